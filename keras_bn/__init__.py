@@ -1,0 +1,15 @@
+"""keras_bn: Batch Normalization and Batch Renormalization for tf-keras.
+
+Public API:
+
+* `BatchNormalization`, `BatchRenormalization`: the layers (`keras_bn/layers/`).
+
+The exporters' source lives in the top-level `export/` folder of the repository and is
+installed as `keras_bn.export`.
+"""
+
+from keras_bn.layers import BatchNormalization, BatchRenormalization
+
+__version__ = "0.1.0"
+
+__all__ = ["BatchNormalization", "BatchRenormalization"]

@@ -1,0 +1,65 @@
+"""The Keras flavour keras_bn is built on, and every Keras-specific call it makes.
+
+All layer and model code imports Keras through this module only, so supporting Keras 3
+(`import keras`) is a second version of this file, not a rewrite of the layers.
+"""
+
+import tensorflow as tf
+import tf_keras as keras
+
+Layer = keras.layers.Layer
+InputSpec = keras.layers.InputSpec
+initializers = keras.initializers
+regularizers = keras.regularizers
+constraints = keras.constraints
+serialize = keras.saving.serialize_keras_object
+deserialize = keras.saving.deserialize_keras_object
+
+#: The built-in BatchNormalization class of this flavour (fold and freeze also handle it).
+BuiltinBatchNormalization = keras.layers.BatchNormalization
+
+
+def register_serializable(cls):
+    """Registers `cls` so saved models load it without `custom_objects`."""
+    return keras.saving.register_keras_serializable(package="keras_bn")(cls)
+
+
+def training_flag(layer, training):
+    """The effective `training` value of a call: a Python bool or a boolean tensor.
+
+    `None` follows the Keras learning phase; a layer with `trainable=False` always runs in
+    inference mode (the tf-keras 2 semantics for BatchNormalization).
+    """
+    if training is None:
+        training = keras.backend.learning_phase()
+    if isinstance(training, int):
+        training = bool(training)
+    if not layer.trainable:
+        training = False
+    return training
+
+
+def add_parameter(layer, name, shape, dtype, initializer, regularizer=None,
+                  constraint=None):
+    """A trainable per-channel weight kept in `dtype` (float32 under mixed precision)."""
+    return layer.add_weight(
+        name=name, shape=shape, dtype=dtype, initializer=initializer,
+        regularizer=regularizer, constraint=constraint, trainable=True,
+        experimental_autocast=False)
+
+
+def add_statistic(layer, name, shape, dtype, initializer):
+    """A non-trainable statistic: saved with the model, averaged across replicas on read."""
+    return layer.add_weight(
+        name=name, shape=shape, dtype=dtype, initializer=initializer, trainable=False,
+        synchronization=tf.VariableSynchronization.ON_READ,
+        aggregation=tf.VariableAggregation.MEAN, experimental_autocast=False)
+
+
+def add_counter(layer, name):
+    """A non-trainable int64 scalar counter (training steps, skipped updates)."""
+    return layer.add_weight(
+        name=name, shape=(), dtype=tf.int64, initializer="zeros", trainable=False,
+        synchronization=tf.VariableSynchronization.ON_READ,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        experimental_autocast=False)

@@ -1,0 +1,368 @@
+"""`keras_bn.BatchNormalization`."""
+
+import warnings
+
+import tensorflow as tf
+
+from keras_bn import _keras
+from keras_bn.layers import statistics as stats
+
+
+@_keras.register_serializable
+class BatchNormalization(_keras.Layer):
+    """Batch normalization (Ioffe & Szegedy, 2015), exact and on TensorFlow's fused kernel.
+
+    In training (`training=True`) the layer normalizes each channel with the statistics of
+    the current batch and updates the moving statistics:
+
+    ```
+    y = gamma * (x - mean_B) / sqrt(var_B + epsilon) + beta
+    moving_mean     = moving_mean * momentum + mean_B * (1 - momentum)
+    moving_variance = moving_variance * momentum + var_B * n / (n - 1) * (1 - momentum)
+    ```
+
+    where `mean_B`, `var_B` are the mean and (biased) variance over every axis except the
+    channel `axis`, and `n` is the number of elements each channel has in the batch.
+    In inference (`training=False`) it uses the moving statistics:
+
+    ```
+    y = gamma * (x - moving_mean) / sqrt(moving_variance + epsilon) + beta
+    ```
+
+    **The moving variance is Bessel-corrected (unbiased) on every code path**, as in the
+    paper's Algorithm 2, PyTorch, and tf-keras's fused path (tf-keras's non-fused path
+    stores the biased variance instead, so its 2-D and 3-D layers differ from its 4-D ones
+    by `n / (n - 1)`; this layer does not).
+
+    Where the input allows (one channel axis, float16/bfloat16/float32, no mask, no
+    virtual batch, not synchronized, `epsilon >= 1.001e-5`) training runs on TensorFlow's
+    fused batch-norm kernel, for any rank and channel position.
+
+    **A batch whose statistics are not finite does not touch the moving statistics**: the
+    update is skipped and counted in the non-trainable weight `skipped_updates`, so one
+    bad batch never destroys what training accumulated.
+
+    **`trainable=False` means inference mode**: a frozen layer uses its moving statistics
+    and does not update them, whatever `training` says (the tf-keras 2 behaviour, which
+    fine-tuning relies on).
+
+    Args:
+      axis: Integer or list of integers, the channel axis (or axes) that keeps its own
+        statistics. `-1` (default) for channels-last data, `1` for channels-first.
+      momentum: Momentum of the moving averages, in `[0, 1)`.
+      epsilon: Small float added to the variance to avoid dividing by zero.
+      center: If True, add the learned offset `beta`; if False, `beta` is not used.
+      scale: If True, multiply by the learned `gamma`; if False, `gamma` is not used.
+      beta_initializer: Initializer for `beta`.
+      gamma_initializer: Initializer for `gamma`.
+      moving_mean_initializer: Initializer for the moving mean.
+      moving_variance_initializer: Initializer for the moving variance.
+      beta_regularizer: Optional regularizer for `beta`.
+      gamma_regularizer: Optional regularizer for `gamma`.
+      beta_constraint: Optional constraint for `beta`.
+      gamma_constraint: Optional constraint for `gamma`.
+      synchronized: If True, the batch statistics in training are those of the global
+        batch across all replicas of the active `tf.distribute` strategy (an all-reduce
+        of sums, squared sums and counts). Without a strategy it equals one device.
+      virtual_batch_size: Optional integer ("Ghost Batch Norm", Hoffer et al. 2017):
+        training statistics are taken over groups of this many examples; it must divide
+        the batch size. Same grouping as tf-keras.
+      **kwargs: Base layer arguments (`name`, `dtype`, `trainable`, ...).
+
+    Call arguments:
+      inputs: Float tensor of rank >= 2.
+      training: Python boolean or boolean tensor. `None` follows the Keras learning phase.
+      mask: Optional binary tensor broadcastable to `inputs` once trailing dimensions are
+        added (e.g. `(batch, time)` for `(batch, time, channels)`); masked-out positions do
+        not count in the batch statistics.
+
+    Returns:
+      A tensor of the shape and dtype of `inputs`.
+
+    Raises:
+      ValueError: bad configuration (momentum outside `[0, 1)`, epsilon <= 0, a bad axis or
+        virtual batch size), or an input the layer cannot normalize (rank < 2, unknown
+        channel dimension, non-float dtype). Each message names the layer and the fix.
+
+    Reference:
+      - [Ioffe & Szegedy, 2015](https://arxiv.org/abs/1502.03167).
+    """
+
+    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
+                 beta_initializer="zeros", gamma_initializer="ones",
+                 moving_mean_initializer="zeros", moving_variance_initializer="ones",
+                 beta_regularizer=None, gamma_regularizer=None, beta_constraint=None,
+                 gamma_constraint=None, synchronized=False, virtual_batch_size=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+        if isinstance(axis, (list, tuple)):
+            axis = list(axis)
+        if not (isinstance(axis, int) or (axis and all(isinstance(a, int) for a in axis))):
+            raise ValueError(f"{self._who} got axis={axis!r}; pass an integer or a "
+                             "non-empty list of integers, e.g. axis=-1 for channels-last.")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"{self._who} got momentum={momentum!r}; it must be in [0, 1) "
+                             "(0.99 is the usual value).")
+        if not epsilon > 0:
+            raise ValueError(f"{self._who} got epsilon={epsilon!r}; it must be > 0 "
+                             "(1e-3 is the default).")
+        if virtual_batch_size is not None and (
+                not isinstance(virtual_batch_size, int) or virtual_batch_size < 1):
+            raise ValueError(f"{self._who} got virtual_batch_size={virtual_batch_size!r}; "
+                             "pass a positive integer that divides the batch size, or None.")
+        self.axis = axis
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self.center = center
+        self.scale = scale
+        self.beta_initializer = _keras.initializers.get(beta_initializer)
+        self.gamma_initializer = _keras.initializers.get(gamma_initializer)
+        self.moving_mean_initializer = _keras.initializers.get(moving_mean_initializer)
+        self.moving_variance_initializer = _keras.initializers.get(
+            moving_variance_initializer)
+        self.beta_regularizer = _keras.regularizers.get(beta_regularizer)
+        self.gamma_regularizer = _keras.regularizers.get(gamma_regularizer)
+        self.beta_constraint = _keras.constraints.get(beta_constraint)
+        self.gamma_constraint = _keras.constraints.get(gamma_constraint)
+        self.synchronized = synchronized
+        self.virtual_batch_size = virtual_batch_size
+
+    @property
+    def _who(self):
+        return f"{type(self).__name__} layer '{self.name}'"
+
+    @property
+    def _param_dtype(self):
+        """float32 under a float16/bfloat16 policy, as tf-keras."""
+        if self.dtype in ("float16", "bfloat16", None):
+            return tf.float32
+        return tf.as_dtype(self.dtype)
+
+    @property
+    def channel_axes(self):
+        """The channel axes as non-negative integers (after `build`)."""
+        return self._axes
+
+    def build(self, input_shape):
+        input_shape = tf.TensorShape(input_shape)
+        rank = input_shape.rank
+        if rank is None or rank < 2:
+            raise ValueError(
+                f"{self._who} needs inputs of known rank >= 2 (batch, ..., channels); got "
+                f"shape {input_shape}. Add a batch dimension, or reshape with "
+                "keras.layers.Reshape before this layer.")
+        axes = [self.axis] if isinstance(self.axis, int) else self.axis
+        if any(not -rank <= a < rank for a in axes):
+            raise ValueError(
+                f"{self._who} got axis={self.axis!r} for inputs of rank {rank} (shape "
+                f"{input_shape}); valid axes are {-rank}..{rank - 1}: use -1 for "
+                "channels-last or 1 for channels-first.")
+        self._axes = sorted({a % rank for a in axes})
+        if self._axes == [0] or len(self._axes) != len(axes):
+            raise ValueError(
+                f"{self._who} got axis={self.axis!r}: the axes must be distinct and not the "
+                "batch axis 0; use -1 for channels-last or 1 for channels-first.")
+        dims = [input_shape[a] for a in self._axes]
+        if any(d is None for d in dims):
+            raise ValueError(
+                f"{self._who}: the channel dimension(s) {self._axes} of input shape "
+                f"{input_shape} must be known when the layer is built; give the Input a "
+                "full shape (e.g. keras.Input((32, 32, 3))).")
+        self._param_shape = tuple(dims)
+        self.input_spec = _keras.InputSpec(ndim=rank, axes=dict(zip(self._axes, dims)))
+        dtype = self._param_dtype
+        self.gamma = (_keras.add_parameter(self, "gamma", dims, dtype,
+                                           self.gamma_initializer, self.gamma_regularizer,
+                                           self.gamma_constraint) if self.scale else None)
+        self.beta = (_keras.add_parameter(self, "beta", dims, dtype, self.beta_initializer,
+                                          self.beta_regularizer, self.beta_constraint)
+                     if self.center else None)
+        self.moving_mean = _keras.add_statistic(self, "moving_mean", dims, dtype,
+                                                self.moving_mean_initializer)
+        self.moving_variance = _keras.add_statistic(self, "moving_variance", dims, dtype,
+                                                    self.moving_variance_initializer)
+        self._build_extra_weights(dims, dtype)
+        self.skipped_updates = _keras.add_counter(self, "skipped_updates")
+        self.built = True
+
+    def _build_extra_weights(self, dims, dtype):
+        """Hook for subclasses: weights created after the moving statistics."""
+
+    # -- the two branches ---------------------------------------------------------------
+
+    def call(self, inputs, training=None, mask=None):
+        if not inputs.dtype.is_floating:
+            raise ValueError(
+                f"{self._who} got inputs of dtype {inputs.dtype.name}; batch normalization "
+                "needs floating-point inputs: cast them first, e.g. tf.cast(x, 'float32').")
+        training = _keras.training_flag(self, training)
+        if training is False:
+            return self._inference(inputs)
+        if training is True:
+            return self._training(inputs, mask)
+        return tf.__internal__.smart_cond.smart_cond(
+            training, lambda: self._training(inputs, mask), lambda: self._inference(inputs))
+
+    def _inference(self, x):
+        gamma, beta = self._gamma_beta()
+        scale, offset = stats.inference_transform(
+            self.moving_mean, self.moving_variance, gamma, beta, self.epsilon)
+        rank = x.shape.rank
+        y = (tf.cast(x, scale.dtype) * self._broadcast(scale, rank)
+             + self._broadcast(offset, rank))
+        return tf.cast(y, x.dtype)
+
+    def _training(self, x, mask):
+        self._warn_if_single_element(x)
+        gamma, beta = self._gamma_beta()
+        if self._can_fuse(x, mask):
+            if self._transform_needs_statistics:
+                mean, variance, _ = stats.moments(
+                    tf.stop_gradient(tf.cast(x, gamma.dtype)), self._reduction_axes(x))
+                scale, offset = self._training_transform(
+                    gamma, beta, tf.reshape(mean, self._param_shape),
+                    tf.reshape(variance, self._param_shape))
+            else:
+                scale, offset = gamma, beta
+            y, mean, variance, count = stats.fused_batch_norm(
+                x, scale, offset, self.epsilon, self._axes[0])
+            self._update_statistics(mean, variance, count)
+            return y
+
+        xc = tf.cast(x, gamma.dtype)
+        ghost = bool(self.virtual_batch_size)
+        if ghost:
+            xc, mask = self._split_virtual_batches(xc, mask)
+        channel_axes = [a + ghost for a in self._axes]
+        # With ghost batches axis 1 indexes the groups: each keeps its own statistics.
+        reduction = [i for i in range(xc.shape.rank)
+                     if i not in channel_axes and not (ghost and i == 1)]
+        if mask is not None:
+            mask = tf.cast(mask, xc.dtype)
+            while mask.shape.rank < xc.shape.rank:
+                mask = tf.expand_dims(mask, -1)
+        mean_b, variance_b, count = stats.moments(xc, reduction, mask, self.synchronized)
+        mean, variance = mean_b, variance_b
+        if ghost:
+            # The moving statistics take the mean over the ghost batches, as tf-keras.
+            mean, variance, count = (tf.reduce_mean(t, axis=1, keepdims=True)
+                                     if t.shape.rank else t for t in (mean, variance, count))
+        mean, variance = (tf.reshape(t, self._param_shape) for t in (mean, variance))
+        if count.shape.rank:
+            count = tf.reshape(count, self._param_shape)
+        scale, offset = self._training_transform(gamma, beta, mean, variance)
+        rank = xc.shape.rank
+        y = stats.normalize(xc, mean_b, variance_b, self._broadcast(scale, rank, ghost),
+                            self._broadcast(offset, rank, ghost), self.epsilon)
+        if ghost:
+            y = tf.reshape(y, tf.shape(x))
+        y.set_shape(x.shape)
+        self._update_statistics(mean, variance, count)
+        return tf.cast(y, x.dtype)
+
+    # -- hooks that BatchRenormalization overrides --------------------------------------
+
+    #: Whether `_training_transform` reads the batch statistics (BRN's r and d do).
+    _transform_needs_statistics = False
+
+    def _training_transform(self, gamma, beta, mean, variance):
+        """The per-channel scale and offset applied to `x_hat` in training."""
+        del mean, variance
+        return gamma, beta
+
+    def _update_statistics(self, mean, variance, count):
+        """Moving averages of the batch statistics, skipped when they are not finite."""
+        finite = stats.all_finite(mean, variance)
+        self._assign_if(finite, self.moving_mean,
+                        stats.moving_average(self.moving_mean, mean, self.momentum))
+        self._assign_if(finite, self.moving_variance, stats.moving_average(
+            self.moving_variance, stats.unbiased_variance(variance, count), self.momentum))
+        self.skipped_updates.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
+        return finite
+
+    @staticmethod
+    def _assign_if(condition, variable, value):
+        variable.assign(tf.where(condition, tf.cast(value, variable.dtype), variable))
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _gamma_beta(self):
+        dtype = self._param_dtype
+        gamma = self.gamma if self.scale else tf.ones(self._param_shape, dtype)
+        beta = self.beta if self.center else tf.zeros(self._param_shape, dtype)
+        return tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta)
+
+    def _can_fuse(self, x, mask):
+        return (len(self._axes) == 1 and mask is None and not self.virtual_batch_size
+                and not self.synchronized and x.dtype in stats.FUSED_DTYPES
+                and self.epsilon >= stats.FUSED_MIN_EPSILON)
+
+    def _reduction_axes(self, x):
+        return [i for i in range(x.shape.rank) if i not in self._axes]
+
+    def _broadcast(self, v, rank, ghost=False):
+        """Reshapes a per-channel vector so it broadcasts against an input of `rank`."""
+        axes = [a + ghost for a in self._axes]
+        if axes == [rank - 1]:
+            return v
+        shape = [1] * rank
+        for a, d in zip(axes, self._param_shape):
+            shape[a] = d
+        return tf.reshape(v, shape)
+
+    def _split_virtual_batches(self, x, mask):
+        """`(B, ...)` -> `(virtual_batch_size, B / virtual_batch_size, ...)`, as tf-keras."""
+        vbs = self.virtual_batch_size
+        batch = x.shape[0]
+        if batch is not None and batch % vbs:
+            raise ValueError(
+                f"{self._who} got a batch of {batch} with virtual_batch_size={vbs}; the "
+                "virtual batch size must divide the batch size: pick a batch size that is a "
+                f"multiple of {vbs} (or drop_remainder=True in tf.data), or change it.")
+        if batch is None:
+            tf.debugging.assert_equal(
+                tf.shape(x)[0] % vbs, 0,
+                message=f"{self._who}: virtual_batch_size={vbs} must divide the batch size")
+        x = tf.reshape(x, tf.concat([[vbs, -1], tf.shape(x)[1:]], 0))
+        if mask is not None:
+            mask = tf.reshape(mask, tf.concat([[vbs, -1], tf.shape(mask)[1:]], 0))
+        return x, mask
+
+    def _warn_if_single_element(self, x):
+        per_channel = 1
+        for i in self._reduction_axes(x):
+            if x.shape[i] is None:
+                return
+            per_channel *= x.shape[i]
+        if per_channel == 1:
+            warnings.warn(
+                f"{self._who} is training on a batch with one element per channel: its "
+                "variance is 0, so the output is just `beta` and the moving variance is "
+                "pulled toward 0. Use a batch size of at least 2 (or run in inference mode).",
+                stacklevel=3)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = {
+            "axis": self.axis,
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "beta_initializer": _keras.initializers.serialize(self.beta_initializer),
+            "gamma_initializer": _keras.initializers.serialize(self.gamma_initializer),
+            "moving_mean_initializer": _keras.initializers.serialize(
+                self.moving_mean_initializer),
+            "moving_variance_initializer": _keras.initializers.serialize(
+                self.moving_variance_initializer),
+            "beta_regularizer": _keras.regularizers.serialize(self.beta_regularizer),
+            "gamma_regularizer": _keras.regularizers.serialize(self.gamma_regularizer),
+            "beta_constraint": _keras.constraints.serialize(self.beta_constraint),
+            "gamma_constraint": _keras.constraints.serialize(self.gamma_constraint),
+            "synchronized": self.synchronized,
+            "virtual_batch_size": self.virtual_batch_size,
+        }
+        return {**super().get_config(), **config}

@@ -1,0 +1,133 @@
+"""`keras_bn.BatchRenormalization`."""
+
+import tensorflow as tf
+
+from keras_bn import _keras
+from keras_bn.layers import statistics as stats
+from keras_bn.layers.batch_normalization import BatchNormalization
+
+
+@_keras.register_serializable
+class BatchRenormalization(BatchNormalization):
+    """Batch Renormalization (Ioffe, 2017): BN that trains well on small or non-i.i.d. batches.
+
+    In training, the batch-normalized `x_hat = (x - mean_B) / sigma_B` (with
+    `sigma_B = sqrt(var_B + epsilon)`) is corrected toward the moving statistics:
+
+    ```
+    r = stop_gradient(clip(sigma_B / sigma, 1 / rmax_t, rmax_t))
+    d = stop_gradient(clip((mean_B - mu) / sigma, -dmax_t, dmax_t))
+    y = gamma * (x_hat * r + d) + beta
+    ```
+
+    `mu` and `sigma` (weights `renorm_mean`, `renorm_stddev`) are moving averages of
+    `mean_B` and `sigma_B` with `renorm_momentum`, read before this batch updates them.
+    The correction is applied as a per-channel scale `gamma * r` and offset
+    `gamma * d + beta` on TensorFlow's fused kernel, so BRN trains at nearly BN's speed.
+
+    In inference the layer is plain batch normalization with `moving_mean` and
+    `moving_variance`, kept exactly as `keras_bn.BatchNormalization` keeps them (Bessel-
+    corrected variance), so a BRN layer folds and exports like a BN layer. (tf-keras's
+    `renorm=True` derives its moving variance from a moving standard deviation instead.)
+
+    The clipping follows the paper's schedule: plain BN (`rmax_t = 1`, `dmax_t = 0`) for
+    `warmup_steps` training steps, then `rmax_t` rises linearly to `rmax` over
+    `rmax_ramp_steps` and `dmax_t` to `dmax` over `dmax_ramp_steps`. The step count is the
+    non-trainable weight `renorm_step`, saved with the model, so resumed training continues
+    the schedule. `warmup_steps=0, rmax_ramp_steps=0, dmax_ramp_steps=0` gives constant
+    clipping at `rmax`, `dmax`.
+
+    Args:
+      axis, momentum, epsilon, center, scale, *_initializer, *_regularizer, *_constraint,
+        synchronized, virtual_batch_size: as in `keras_bn.BatchNormalization`.
+      rmax: Final upper clip of `r` (lower clip `1 / rmax`), >= 1. Paper: 3.
+      dmax: Final clip of `|d|`, >= 0. Paper: 5.
+      warmup_steps: Training steps of plain BN before the clipping opens. Paper: 5000.
+      rmax_ramp_steps: Steps over which `rmax_t` goes from 1 to `rmax`. Paper: 40000.
+      dmax_ramp_steps: Steps over which `dmax_t` goes from 0 to `dmax`. Paper: 25000.
+      renorm_momentum: Momentum of `renorm_mean` / `renorm_stddev`, in `[0, 1)`.
+      **kwargs: Base layer arguments.
+
+    Call arguments:
+      inputs, training, mask: as in `keras_bn.BatchNormalization`.
+
+    Returns:
+      A tensor of the shape and dtype of `inputs`.
+
+    Raises:
+      ValueError: as `keras_bn.BatchNormalization`, and for `rmax < 1`, `dmax < 0`, a
+        negative number of steps, or `renorm_momentum` outside `[0, 1)`.
+
+    Reference:
+      - [Ioffe, 2017](https://arxiv.org/abs/1702.03275).
+    """
+
+    _transform_needs_statistics = True
+
+    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, rmax=3.0, dmax=5.0,
+                 warmup_steps=5000, rmax_ramp_steps=40000, dmax_ramp_steps=25000,
+                 renorm_momentum=0.99, **kwargs):
+        super().__init__(axis=axis, momentum=momentum, epsilon=epsilon, **kwargs)
+        if not rmax >= 1.0:
+            raise ValueError(f"{self._who} got rmax={rmax!r}; it must be >= 1 (r is clipped "
+                             "to [1/rmax, rmax]; the paper uses 3).")
+        if not dmax >= 0.0:
+            raise ValueError(f"{self._who} got dmax={dmax!r}; it must be >= 0 (d is clipped "
+                             "to [-dmax, dmax]; the paper uses 5).")
+        for name, steps in (("warmup_steps", warmup_steps),
+                            ("rmax_ramp_steps", rmax_ramp_steps),
+                            ("dmax_ramp_steps", dmax_ramp_steps)):
+            if not isinstance(steps, int) or steps < 0:
+                raise ValueError(f"{self._who} got {name}={steps!r}; pass a non-negative "
+                                 "integer number of training steps (0 for none).")
+        if not 0.0 <= renorm_momentum < 1.0:
+            raise ValueError(f"{self._who} got renorm_momentum={renorm_momentum!r}; it must "
+                             "be in [0, 1) (0.99 is the usual value).")
+        self.rmax = float(rmax)
+        self.dmax = float(dmax)
+        self.warmup_steps = warmup_steps
+        self.rmax_ramp_steps = rmax_ramp_steps
+        self.dmax_ramp_steps = dmax_ramp_steps
+        self.renorm_momentum = float(renorm_momentum)
+
+    def _build_extra_weights(self, dims, dtype):
+        self.renorm_mean = _keras.add_statistic(self, "renorm_mean", dims, dtype,
+                                                self.moving_mean_initializer)
+        variance_init = self.moving_variance_initializer
+        self.renorm_stddev = _keras.add_statistic(
+            self, "renorm_stddev", dims, dtype,
+            lambda *a, **k: tf.sqrt(variance_init(*a, **k)))
+        self.renorm_step = _keras.add_counter(self, "renorm_step")
+
+    def clip_limits(self):
+        """The current `(rmax_t, dmax_t)` of the schedule, as float tensors."""
+        return stats.renorm_limits(self.renorm_step, self.rmax, self.dmax,
+                                   self.warmup_steps, self.rmax_ramp_steps,
+                                   self.dmax_ramp_steps)
+
+    def _training_transform(self, gamma, beta, mean, variance):
+        rmax, dmax = self.clip_limits()
+        r, d = stats.renorm_correction(mean, variance, self.renorm_mean, self.renorm_stddev,
+                                       self.epsilon, tf.cast(rmax, mean.dtype),
+                                       tf.cast(dmax, mean.dtype))
+        return stats.compose_transforms(gamma, beta, r, d)
+
+    def _update_statistics(self, mean, variance, count):
+        finite = super()._update_statistics(mean, variance, count)
+        self._assign_if(finite, self.renorm_mean, stats.moving_average(
+            self.renorm_mean, mean, self.renorm_momentum))
+        self._assign_if(finite, self.renorm_stddev, stats.moving_average(
+            self.renorm_stddev, tf.sqrt(variance + self.epsilon), self.renorm_momentum))
+        self.renorm_step.assign_add(1)
+        return finite
+
+    def get_config(self):
+        config = {
+            "rmax": self.rmax,
+            "dmax": self.dmax,
+            "warmup_steps": self.warmup_steps,
+            "rmax_ramp_steps": self.rmax_ramp_steps,
+            "dmax_ramp_steps": self.dmax_ramp_steps,
+            "renorm_momentum": self.renorm_momentum,
+        }
+        return {**super().get_config(), **config}
