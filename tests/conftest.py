@@ -1,0 +1,27 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+def assert_close(actual, expected, rtol, what=""):
+    """max|actual - expected| <= rtol * max(1, max|expected|): a tolerance on the scale of
+    the values, since float32 reductions in a different order differ by ~n * 6e-8."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+    err = np.max(np.abs(actual - expected)) if actual.size else 0.0
+    scale = max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
+    assert err <= rtol * scale, f"{what}: max error {err:.3g} > {rtol:g} * {scale:.3g}"
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_clear():
+    np.random.seed(0)
+    tf.random.set_seed(0)
+    yield
+    import tf_keras
+    tf_keras.backend.clear_session()
