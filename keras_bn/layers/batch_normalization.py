@@ -218,15 +218,12 @@ class BatchNormalization(_keras.Layer):
         gamma, beta = self._gamma_beta()
         if self._can_fuse(x, mask):
             if self._transform_needs_statistics:
-                mean, variance, _ = stats.moments(
-                    tf.stop_gradient(tf.cast(x, gamma.dtype)), self._reduction_axes(x))
-                scale, offset = self._training_transform(
-                    gamma, beta, tf.reshape(mean, self._param_shape),
-                    tf.reshape(variance, self._param_shape))
+                y, mean, variance, count = stats.fused_batch_norm_with_transform(
+                    x, lambda m, v: self._training_transform(gamma, beta, m, v),
+                    gamma.dtype, self.epsilon, self._axes[0])
             else:
-                scale, offset = gamma, beta
-            y, mean, variance, count = stats.fused_batch_norm(
-                x, scale, offset, self.epsilon, self._axes[0])
+                y, mean, variance, count = stats.fused_batch_norm(
+                    x, gamma, beta, self.epsilon, self._axes[0])
             self._update_statistics(mean, variance, count)
             return y
 

@@ -62,35 +62,86 @@ def unbiased_variance(variance, count):
     return variance * count / tf.maximum(count - 1, 1)
 
 
+def _fused_layout(x, channel_axis):
+    """`x` as the fused kernel takes it, and its data format.
+
+    4-D and 5-D inputs with channels first or last go to the kernel as they are (the same
+    reductions as tf-keras's fused path); any other rank or channel position is reshaped
+    (free, no copy) to 4-D: channels last becomes NHWC `(1, rows, 1, C)`, otherwise NCHW
+    `(outer, C, inner, 1)`.
+    """
+    rank = x.shape.rank
+    channels = x.shape[channel_axis]
+    native = {(4, 3): "NHWC", (4, 1): "NCHW", (5, 4): "NDHWC", (5, 1): "NCDHW"}
+    if (rank, channel_axis) in native:
+        return x, native[rank, channel_axis]
+    if channel_axis == rank - 1:
+        return tf.reshape(x, [1, -1, 1, channels]), "NHWC"
+    outer = tf.reduce_prod(tf.shape(x)[:channel_axis])
+    return tf.reshape(x, [outer, channels, -1, 1]), "NCHW"
+
+
+def _fused(x, scale, offset, epsilon, data_format, mean=None, variance=None):
+    training = mean is None
+    empty = tf.constant([], scale.dtype)
+    return tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=scale, offset=offset, mean=empty if training else mean,
+        variance=empty if training else variance, epsilon=epsilon,
+        exponential_avg_factor=1.0, data_format=data_format, is_training=training)
+
+
+def _biased(unbiased, x, channels, dtype):
+    count = tf.cast(tf.size(x) // channels, dtype)
+    return unbiased * tf.maximum(count - 1, 1) / count, count
+
+
 def fused_batch_norm(x, scale, offset, epsilon, channel_axis):
     """Training-mode batch norm through TensorFlow's fused kernel, for one channel axis.
-
-    4-D and 5-D inputs with channels first or last go to the kernel as they are; any other
-    rank or channel position is reshaped (free, no copy) to 4-D: channels last becomes NHWC
-    `(1, rows, 1, C)`, otherwise NCHW `(outer, C, inner, 1)`.
 
     Returns:
       `(y, mean, variance, count)` with the biased `variance`, as `moments`.
     """
-    shape = tf.shape(x)
-    rank = x.shape.rank
-    channels = scale.shape[0]
-    native = {(4, 3): "NHWC", (4, 1): "NCHW", (5, 4): "NDHWC", (5, 1): "NCDHW"}
-    if (rank, channel_axis) in native:
-        # The kernel's own layouts: the same reductions as tf-keras's fused path.
-        x4, data_format = x, native[rank, channel_axis]
-    elif channel_axis == rank - 1:
-        x4, data_format = tf.reshape(x, [1, -1, 1, channels]), "NHWC"
-    else:
-        x4 = tf.reshape(x, [tf.reduce_prod(shape[:channel_axis]), channels, -1, 1])
-        data_format = "NCHW"
-    y, mean, unbiased, *_ = tf.raw_ops.FusedBatchNormV3(
-        x=x4, scale=scale, offset=offset, mean=tf.constant([], scale.dtype),
-        variance=tf.constant([], scale.dtype), epsilon=epsilon,
-        exponential_avg_factor=1.0, data_format=data_format, is_training=True)
-    count = tf.cast(tf.size(x) // channels, scale.dtype)
-    variance = unbiased * tf.maximum(count - 1, 1) / count
-    return tf.reshape(y, shape), mean, variance, count
+    x4, data_format = _fused_layout(x, channel_axis)
+    y, mean, unbiased, *_ = _fused(x4, scale, offset, epsilon, data_format)
+    variance, count = _biased(unbiased, x, scale.shape[0], scale.dtype)
+    return tf.reshape(y, tf.shape(x)), mean, variance, count
+
+
+def fused_batch_norm_with_transform(x, transform, param_dtype, epsilon, channel_axis):
+    """Training-mode batch norm whose scale and offset depend on the batch statistics.
+
+    `transform(mean, variance) -> (scale, offset)` must be gradient-free in the
+    statistics (as BRN's `r` and `d` are). Two kernels, no slower path: the fused kernel
+    takes the statistics (and the saved values its gradient needs), the inference kernel
+    applies them with `transform`'s scale and offset, and the gradient is the fused
+    training gradient, so it flows through the batch statistics exactly as in BN.
+
+    Returns:
+      `(y, mean, variance, count)`, as `fused_batch_norm`.
+    """
+    x4, data_format = _fused_layout(x, channel_axis)
+    channels = x.shape[channel_axis]
+    ones, zeros = tf.ones([channels], param_dtype), tf.zeros([channels], param_dtype)
+    _, mean, unbiased, saved_1, saved_2, saved_3 = _fused(
+        tf.stop_gradient(x4), ones, zeros, epsilon, data_format)
+    variance, count = _biased(unbiased, x, channels, param_dtype)
+    scale, offset = transform(mean, variance)
+
+    @tf.custom_gradient
+    def normalize_with_batch_statistics(x4, scale, offset):
+        y = _fused(x4, scale, offset, epsilon, data_format, mean, variance)[0]
+
+        def grad(dy):
+            dx, dscale, doffset, *_ = tf.raw_ops.FusedBatchNormGradV3(
+                y_backprop=dy, x=x4, scale=scale, reserve_space_1=saved_1,
+                reserve_space_2=saved_2, reserve_space_3=saved_3, epsilon=epsilon,
+                data_format=data_format, is_training=True)
+            return dx, dscale, doffset
+
+        return y, grad
+
+    y = normalize_with_batch_statistics(x4, scale, offset)
+    return tf.reshape(y, tf.shape(x)), mean, variance, count
 
 
 def normalize(x, mean, variance, scale, offset, epsilon):

@@ -1,0 +1,42 @@
+"""Training-step cases: forward + backward through one normalization layer in tf.function."""
+
+import tensorflow as tf
+import tf_keras
+
+import keras_bn
+
+SHAPES = {"NHWC 32x56x56x64": (32, 56, 56, 64), "NHWC 8x112x112x32": (8, 112, 112, 32),
+          "2-D 256x1024": (256, 1024)}
+QUICK_SHAPES = {"NHWC 8x28x28x32": (8, 28, 28, 32), "2-D 64x256": (64, 256)}
+
+# BRN with its clipping fully open, so the measured step does all of BRN's work.
+BRN_KWARGS = dict(warmup_steps=0, rmax_ramp_steps=0, dmax_ramp_steps=0)
+
+
+def train_step(layer, shape):
+    """A compiled forward + backward step of `layer` on a fixed random batch."""
+    x = tf.random.normal(shape)
+    layer.build(shape)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * y)
+        return tape.gradient(loss, [x] + layer.trainable_weights)
+
+    return lambda: [g.numpy() for g in step()][0]
+
+
+def contenders(shape):
+    """name -> step function, for one input shape."""
+    make = {
+        "tf-keras BN (fused)": lambda: tf_keras.layers.BatchNormalization(),
+        "tf-keras BN (fused), control": lambda: tf_keras.layers.BatchNormalization(),
+        "keras_bn BN": lambda: keras_bn.BatchNormalization(),
+        "keras_bn BRN": lambda: keras_bn.BatchRenormalization(**BRN_KWARGS),
+        "tf-keras renorm": lambda: tf_keras.layers.BatchNormalization(
+            renorm=True, renorm_clipping={"rmin": 1 / 3, "rmax": 3.0, "dmax": 5.0}),
+    }
+    return {name: train_step(factory(), shape) for name, factory in make.items()}
