@@ -1,0 +1,56 @@
+"""Numerical check of a rewritten model against the original, in inference mode."""
+
+import numpy as np
+
+from keras_bn import _keras
+
+
+class VerificationError(ValueError):
+    """A rewritten or exported model's outputs differ from the original's beyond tolerance."""
+
+
+def random_inputs(model, batch=2, unknown_dim=32, seed=0):
+    """Random inputs of the model's input shapes: normal floats, small integers for int
+    inputs; unknown non-batch dimensions become `unknown_dim`."""
+    rs = np.random.RandomState(seed)
+    arrays = []
+    for spec in model.inputs:
+        shape = [batch] + [unknown_dim if d is None else d for d in spec.shape[1:]]
+        dtype = spec.dtype.as_numpy_dtype if hasattr(spec.dtype, "as_numpy_dtype") else spec.dtype
+        if np.issubdtype(dtype, np.integer):
+            arrays.append(rs.randint(0, 2, shape).astype(dtype))
+        else:
+            arrays.append(rs.randn(*shape).astype(dtype))
+    return arrays
+
+
+def predict(model, inputs):
+    """The model's outputs in inference mode, as a list of float64 numpy arrays."""
+    outputs = model(inputs if len(inputs) > 1 else inputs[0], training=False)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return [np.asarray(o, np.float64) for o in _keras.keras.backend.batch_get_value(outputs)]
+
+
+def compare(expected, actual, rtol, atol, what):
+    """Max abs error over all outputs, against `rtol * max|expected| + atol`.
+
+    Returns:
+      `(max_error, tolerance)`.
+
+    Raises:
+      VerificationError: when an output's shape differs or the error exceeds tolerance.
+    """
+    scale = max(float(np.max(np.abs(e))) if e.size else 0.0 for e in expected)
+    tolerance = rtol * scale + atol
+    error = 0.0
+    for i, (e, a) in enumerate(zip(expected, actual)):
+        a = np.asarray(a, np.float64).reshape(e.shape) if np.size(a) == e.size else a
+        if np.shape(a) != e.shape:
+            raise VerificationError(f"{what}: output {i} has shape {np.shape(a)}, "
+                                    f"expected {e.shape}")
+        error = max(error, float(np.max(np.abs(a - e))) if e.size else 0.0)
+    if not error <= tolerance:
+        raise VerificationError(
+            f"{what}: outputs differ by up to {error:.3g}, beyond the tolerance "
+            f"{tolerance:.3g} (rtol {rtol:g} x output scale {scale:.3g} + atol {atol:g}).")
+    return error, tolerance
