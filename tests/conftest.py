@@ -25,3 +25,23 @@ def _seed_and_clear():
     yield
     import tf_keras
     tf_keras.backend.clear_session()
+
+
+def randomize_bn(model, seed=0):
+    """Non-trivial BN statistics and parameters (a fold test with mean 0, var 1 proves
+    nothing), in every BN layer of `model` and its nested models."""
+    from keras_bn.fold.plan import is_batch_norm, is_model
+
+    rs = np.random.RandomState(seed)
+    for layer in model.layers:
+        if is_model(layer):
+            randomize_bn(layer, seed + 1)
+        elif is_batch_norm(layer):
+            shape = layer.moving_mean.shape
+            layer.moving_mean.assign(rs.randn(*shape) * 0.5)
+            layer.moving_variance.assign(rs.rand(*shape) + 0.3)
+            if layer.gamma is not None:
+                layer.gamma.assign(rs.randn(*shape))
+            if layer.beta is not None:
+                layer.beta.assign(rs.randn(*shape))
+    return model
