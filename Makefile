@@ -22,7 +22,7 @@ test: install
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: install
-	$(PY) examples/quickstart.py
+	$(VENV)/bin/keras-bn demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info

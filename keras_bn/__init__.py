@@ -4,6 +4,7 @@ Public API:
 
 * `BatchNormalization`, `BatchRenormalization`: the layers (`keras_bn/layers/`).
 * `fold`, `fold_plan`: merge BN into neighbouring Conv/Dense weights (`keras_bn/fold/`).
+* `summary`: a table (and data) of every BN layer's statistics and foldability.
 
 The exporters' source lives in the top-level `export/` folder of the repository and is
 installed as `keras_bn.export`.
@@ -11,8 +12,9 @@ installed as `keras_bn.export`.
 
 from keras_bn.fold import FoldPlan, VerificationError, fold, fold_plan
 from keras_bn.layers import BatchNormalization, BatchRenormalization
+from keras_bn.summary import summary
 
 __version__ = "0.1.0"
 
 __all__ = ["BatchNormalization", "BatchRenormalization", "FoldPlan", "VerificationError",
-           "fold", "fold_plan"]
+           "fold", "fold_plan", "summary"]

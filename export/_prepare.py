@@ -1,0 +1,19 @@
+"""The step every exporter starts with: the model to convert and its input signature."""
+
+import tensorflow as tf
+
+from keras_bn.fold import fold as _fold
+
+
+def prepare(model, fold):
+    """`(model to convert, FoldPlan or None)`: the folded model when `fold`."""
+    if not fold:
+        return model, None
+    folded, plan = _fold(model, return_plan=True)
+    return folded, plan
+
+
+def input_signature(model):
+    """One TensorSpec per model input, batch dimension left dynamic, named as the input."""
+    return [tf.TensorSpec((None,) + tuple(spec.shape[1:]), spec.dtype, name=name)
+            for spec, name in zip(model.inputs, model.input_names)]

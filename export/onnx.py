@@ -1,0 +1,66 @@
+"""Export to ONNX with tf2onnx, checked with onnx.checker and run in onnxruntime."""
+
+import collections
+import os
+
+import numpy as np
+
+from keras_bn.export import verify as _verify
+from keras_bn.export._prepare import input_signature, prepare
+
+
+def to_onnx(model, path, *, fold=True, opset=None, verify=True, samples=None, labels=None,
+            rtol=1e-4, atol=1e-5, latency_batch=32):
+    """Exports `model` to an ONNX file and proves the file computes what the model does.
+
+    Folds the BatchNormalization layers first (`keras_bn.fold`, itself verified), converts
+    with tf2onnx (dynamic batch dimension), checks the graph with `onnx.checker`, runs the
+    written file in onnxruntime on a random batch (and on `samples`) and compares with the
+    Keras model in inference mode. The file appears at `path` only once all of that
+    passed: it is written to a temporary file and renamed.
+
+    Args:
+      model: A built Sequential or functional tf-keras model; it is not changed.
+      path: Where to write the `.onnx` file.
+      fold: Fold BN layers first (the exported graph then has no BN and no per-channel
+        Mul/Add left from one).
+      opset: ONNX opset; None lets tf2onnx choose its default.
+      verify: Run the file in onnxruntime and compare with Keras.
+      samples: Optional input array (or list, one per model input) to verify on as well.
+      labels: Optional integer labels of `samples`: the result then reports accuracy.
+      rtol: Tolerance relative to the output scale. 1e-4: onnxruntime's kernels sum in
+        another order than TensorFlow's; over a deep float32 network that reaches ~1e-5.
+      atol: Absolute slack for outputs near zero.
+      latency_batch: Batch size of the latency measurement.
+
+    Returns:
+      An `ExportResult` (path, size, op counts, max error, latency, fold plan).
+
+    Raises:
+      ValueError: the model cannot be folded or converted (the message says why).
+      keras_bn.VerificationError: the file's outputs differ beyond tolerance; no file is
+        left at `path`.
+    """
+    import onnx
+    import onnxruntime
+    import tf2onnx
+
+    converted, plan = prepare(model, fold)
+    proto, _ = tf2onnx.convert.from_keras(converted, input_signature=input_signature(model),
+                                          opset=opset)
+    onnx.checker.check_model(proto)
+    result = _verify.ExportResult(path=os.fspath(path), format="onnx", fold_plan=plan)
+    result.op_counts = dict(collections.Counter(node.op_type for node in proto.graph.node))
+    with _verify.atomic_path(path) as tmp:
+        onnx.save(proto, tmp)
+        session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+
+        def run(inputs):
+            return session.run(None, {n: np.asarray(x) for n, x in zip(names, inputs)})
+
+        _verify.measure(result, model, run, samples, labels, verify, rtol, atol, latency_batch,
+                 f"ONNX export of '{model.name}'")
+        result.size_bytes = os.path.getsize(tmp)
+    return result
+

@@ -1,0 +1,127 @@
+"""What every exporter shares: the result object, atomic writes, parity and timing."""
+
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from keras_bn.fold import compare, predict, random_inputs
+
+
+@dataclass
+class ExportResult:
+    """What an export produced and measured.
+
+    Attributes:
+      path: the written file.
+      format: "onnx", "tflite", "tflite-float16" or "tflite-int8".
+      size_bytes: the file's size.
+      op_counts: operator type -> count in the exported graph.
+      max_error: max abs difference from the Keras model in inference mode, over the
+        random verification batch and `samples` (None without verification).
+      tolerance: the bound `max_error` was checked against (None for quantized files,
+        which are measured, not checked).
+      accuracy: argmax accuracy on `samples`/`labels` when labels were given.
+      keras_accuracy: the Keras model's accuracy on the same samples.
+      latency_ms: median wall time of one batch of `latency_batch` in the runtime.
+      latency_batch: the batch size timed.
+      fold_plan: the FoldPlan when the model was folded first.
+    """
+
+    path: str
+    format: str
+    size_bytes: int = 0
+    op_counts: dict = field(default_factory=dict)
+    max_error: float = None
+    tolerance: float = None
+    accuracy: float = None
+    keras_accuracy: float = None
+    latency_ms: float = None
+    latency_batch: int = None
+    fold_plan: object = None
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path next to `path`; renames it onto `path` only if the block
+    succeeds, and removes it otherwise, so `path` never holds a partial or unverified file."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".keras_bn-", suffix=os.path.splitext(path)[1],
+                               dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def verification_inputs(model, samples):
+    """A random batch of the model's input shapes, plus the user's `samples` if any."""
+    batches = [random_inputs(model, batch=2)]
+    if samples is not None:
+        batches.append([np.asarray(s) for s in (samples if isinstance(samples, (list, tuple))
+                                                 else [samples])])
+    return batches
+
+
+def parity(model, run, batches, rtol, atol, what, check=True):
+    """Max abs error of `run(inputs) -> [outputs]` against the Keras model on `batches`.
+
+    Raises:
+      keras_bn.VerificationError: with `check`, when it exceeds `rtol * scale + atol`.
+    """
+    errors, tolerance = [], None
+    for inputs in batches:
+        expected = predict(model, inputs)
+        actual = run(inputs)
+        if check:
+            error, tolerance = compare(expected, actual, rtol, atol, what)
+        else:
+            error = max(float(np.max(np.abs(np.asarray(a, np.float64).reshape(e.shape) - e)))
+                        for e, a in zip(expected, actual))
+        errors.append(error)
+    return max(errors), tolerance
+
+
+def accuracy(outputs, labels):
+    """Argmax accuracy of the first output against integer `labels`."""
+    return float(np.mean(np.argmax(outputs[0], axis=-1) == np.asarray(labels)))
+
+
+def latency_ms(run, inputs, repeats=10):
+    """Median wall milliseconds of `run(inputs)` after one warm-up call."""
+    run(inputs)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(inputs)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def measure(result, model, run, samples, labels, verify, rtol, atol, latency_batch, what,
+             check=True):
+    """Fills in errors, accuracy and latency; raises through `parity` when `check`."""
+    if verify:
+        batches = verification_inputs(model, samples)
+        if not check and samples is not None:
+            # A quantized file is calibrated for real data: random inputs would only
+            # measure saturation, so its error is reported on the samples alone.
+            batches = batches[1:]
+        result.max_error, result.tolerance = parity(model, run, batches, rtol, atol, what,
+                                                    check)
+    if labels is not None and samples is not None:
+        batch = verification_inputs(model, samples)[-1]
+        result.accuracy = accuracy(run(batch), labels)
+        result.keras_accuracy = accuracy(predict(model, batch), labels)
+    result.latency_batch = latency_batch
+    result.latency_ms = latency_ms(
+        run, random_inputs(model, batch=latency_batch, seed=1))

@@ -1,0 +1,104 @@
+"""`keras_bn.summary`: what every BN layer of a model holds, as a table and as data."""
+
+import numpy as np
+
+from keras_bn.fold.plan import bn_axes, is_batch_norm, is_model, plan_model
+
+#: |gamma| below this (relative to the layer's largest |gamma|) counts as a dead channel.
+DEAD_GAMMA = 1e-3
+#: Moving variance below this counts as a constant channel (it divides by ~sqrt(epsilon)).
+ZERO_VARIANCE = 1e-6
+
+COLUMNS = [("name", "BN layer"), ("kind", "kind"), ("channels", "ch"),
+           ("momentum", "momentum"), ("epsilon", "epsilon"), ("mean_range", "moving mean"),
+           ("variance_range", "moving variance"), ("gamma_range", "gamma"),
+           ("dead_channels", "dead"), ("zero_variance_channels", "var~0"),
+           ("foldable", "foldable into")]
+
+
+def _bn_layers(model, prefix=""):
+    for layer in model.layers:
+        if is_model(layer):
+            yield from _bn_layers(layer, prefix + layer.name + "/")
+        elif is_batch_norm(layer):
+            yield prefix + layer.name, layer
+
+
+def _range(values):
+    return None if values is None else (float(np.min(values)), float(np.max(values)))
+
+
+def summary(model, print_fn=print):
+    """Prints a table of every BatchNormalization layer of `model` and returns it as data.
+
+    One row per BN layer (tf-keras's, keras_bn's BN and BRN; nested models included, named
+    `outer/inner`): channels, momentum, epsilon, the range of the moving mean and
+    variance and of gamma, the number of dead channels (|gamma| below 1e-3 of the layer's
+    largest), of channels with moving variance below 1e-6, and what `keras_bn.fold` would
+    fold the layer into (or why not).
+
+    Args:
+      model: A built tf-keras model.
+      print_fn: Called with the table text; None prints nothing.
+
+    Returns:
+      A list of dicts, one per BN layer, with the keys `name`, `kind`, `channels`,
+      `momentum`, `epsilon`, `mean_range`, `variance_range`, `gamma_range` ((min, max) or
+      None), `dead_channels`, `zero_variance_channels`, `foldable`.
+    """
+    try:
+        decisions = {d.bn: d for d in plan_model(model).decisions}
+        why_no_plan = None
+    except ValueError as error:  # a subclassed model: no graph to fold
+        decisions, why_no_plan = {}, str(error).split(":")[0]
+    rows = []
+    for name, layer in _bn_layers(model):
+        mean = np.reshape(layer.moving_mean.numpy(), -1)
+        variance = np.reshape(layer.moving_variance.numpy(), -1)
+        gamma = None if layer.gamma is None else np.reshape(layer.gamma.numpy(), -1)
+        largest = 0.0 if gamma is None else float(np.max(np.abs(gamma)))
+        decision = decisions.get(name)
+        if decision is None:
+            foldable = f"no: {why_no_plan or 'not in the model graph'}"
+        elif decision.folded:
+            foldable = f"{decision.into} ({decision.position})"
+        else:
+            foldable = f"no: {decision.reason}"
+        rows.append({
+            "name": name,
+            "kind": decision.kind if decision else type(layer).__name__,
+            "channels": int(mean.size),
+            "axis": bn_axes(layer),
+            "momentum": float(layer.momentum),
+            "epsilon": float(layer.epsilon),
+            "mean_range": _range(mean),
+            "variance_range": _range(variance),
+            "gamma_range": _range(gamma),
+            "dead_channels": 0 if gamma is None else int(
+                np.sum(np.abs(gamma) <= DEAD_GAMMA * largest)),
+            "zero_variance_channels": int(np.sum(variance < ZERO_VARIANCE)),
+            "foldable": foldable,
+        })
+    if print_fn is not None:
+        print_fn(format_table(rows, model.name))
+    return rows
+
+
+def _cell(value):
+    if value is None:
+        return "-"
+    if isinstance(value, tuple):
+        return f"[{value[0]:.3g}, {value[1]:.3g}]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def format_table(rows, title="model"):
+    """The rows of `summary` as aligned text."""
+    table = [[header for _, header in COLUMNS]]
+    table += [[_cell(row[key]) for key, _ in COLUMNS] for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return f"BatchNormalization layers of '{title}': {len(rows)}\n" + "\n".join(lines)
