@@ -48,7 +48,7 @@ def to_onnx(model, path, *, fold=True, opset=None, verify=True, samples=None, la
     converted, plan = prepare(model, fold)
     proto, _ = tf2onnx.convert.from_keras(converted, input_signature=input_signature(model),
                                           opset=opset)
-    onnx.checker.check_model(proto)
+    _check(proto, model.name)
     result = _verify.ExportResult(path=os.fspath(path), format="onnx", fold_plan=plan)
     result.op_counts = dict(collections.Counter(node.op_type for node in proto.graph.node))
     with _verify.atomic_path(path) as tmp:
@@ -64,3 +64,17 @@ def to_onnx(model, path, *, fold=True, opset=None, verify=True, samples=None, la
         result.size_bytes = os.path.getsize(tmp)
     return result
 
+
+def _check(proto, name):
+    """`onnx.checker`, with the TensorFlow ops tf2onnx left unconverted named first."""
+    import onnx
+
+    unconverted = sorted({f"{node.op_type} ({node.name})" for node in proto.graph.node
+                          if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type)})
+    if unconverted:
+        raise ValueError(
+            f"tf2onnx could not convert these TensorFlow ops of '{name}': "
+            f"{', '.join(unconverted)}. tf-keras runs some layers as compiled functions "
+            "(a Conv with groups > 1 on CPU is one), which tf2onnx cannot read: export "
+            "that model to TFLite, or rebuild the layer without them.")
+    onnx.checker.check_model(proto)

@@ -45,3 +45,12 @@ def randomize_bn(model, seed=0):
             if layer.beta is not None:
                 layer.beta.assign(rs.randn(*shape))
     return model
+
+
+def randomize_biases(model, seed=0):
+    """Non-zero biases, as a trained model has (converters drop an Add of zeros)."""
+    rs = np.random.RandomState(seed)
+    for weight in model.weights:
+        if weight.name.split("/")[-1].startswith("bias"):
+            weight.assign(rs.randn(*weight.shape) * 0.1)
+    return model

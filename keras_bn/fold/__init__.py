@@ -5,7 +5,7 @@ built once) -> `verify` (both models on the same inputs). The math is in `math`.
 """
 
 from keras_bn.fold.plan import Decision, FoldPlan, plan_model
-from keras_bn.fold.rewrite import fold_model
+from keras_bn.fold.rewrite import fold_model, without_batch_norm
 from keras_bn.fold.verify import VerificationError, compare, predict, random_inputs
 
 
@@ -66,4 +66,5 @@ def fold_plan(model):
     return plan_model(model)
 
 
-__all__ = ["fold", "fold_plan", "FoldPlan", "Decision", "VerificationError"]
+__all__ = ["fold", "fold_plan", "FoldPlan", "Decision", "VerificationError",
+           "without_batch_norm"]

@@ -13,7 +13,8 @@ import numpy as np
 
 from keras_bn import _keras
 from keras_bn.fold import math as fold_math
-from keras_bn.fold.plan import AFTER_KINDS, BEFORE_KINDS, FoldPlan, Graph, _kind, is_model, plan
+from keras_bn.fold.plan import (AFTER_KINDS, BEFORE_KINDS, FoldPlan, Graph, _kind,
+                                  is_batch_norm, is_model, plan)
 
 
 def _short(weight):
@@ -153,4 +154,48 @@ def _set_weights(new_model, model, new_weights):
         if len(values) != len(layer.weights):  # pragma: no cover - a bug, not user input
             raise AssertionError(f"weights of '{layer.name}' do not line up")
         pairs.extend(zip(layer.weights, values))
+    _keras.keras.backend.batch_set_value(pairs)
+
+
+def without_batch_norm(model, seed=0):
+    """The same architecture built without its BatchNormalization layers.
+
+    Every BN is dropped (its consumers read its input) and the layer right before it gets
+    a bias, as a fold would give it. This is the physical limit a folded model is measured
+    against: a folded BN should cost nothing. Weights are copied from `model` where they
+    exist; the new biases are small random values (not zeros, which converters would
+    optimize away, unlike a trained model's). Nested models are rebuilt the same way.
+    """
+    graph = Graph(model)
+    config = copy.deepcopy(graph.config)
+    entries = {(e["config"]["name"] if graph.sequential else e["name"]): e
+               for e in config["layers"]}
+    removed = {}
+    for name, node in graph.nodes.items():
+        if is_model(node.layer):
+            entries[name]["config"] = without_batch_norm(node.layer, seed).get_config()
+        elif node.layer is not None and is_batch_norm(node.layer):
+            removed[name] = node.inputs[0]
+            producer = entries.get(node.inputs[0][0])
+            if producer is not None and "use_bias" in producer["config"]:
+                producer["config"]["use_bias"] = True
+    _drop_layers(config, graph, removed)
+    twin = type(model).from_config(config, custom_objects=_custom_objects(model))
+    _copy_or_fill(twin, model, np.random.RandomState(seed))
+    return twin
+
+
+def _copy_or_fill(twin, model, rs):
+    pairs = []
+    for layer in twin.layers:
+        source = model.get_layer(layer.name)
+        if is_model(layer):
+            _copy_or_fill(layer, source, rs)
+            continue
+        original = _arrays(source)
+        for weight in layer.weights:
+            value = original.get(_short(weight))
+            if value is None or value.shape != tuple(weight.shape):
+                value = (rs.randn(*weight.shape) * 0.01).astype(weight.dtype.as_numpy_dtype)
+            pairs.append((weight, value))
     _keras.keras.backend.batch_set_value(pairs)

@@ -1,0 +1,181 @@
+"""keras_bn.export with real tf2onnx, onnxruntime, TensorFlow's converter and LiteRT."""
+
+import os
+
+import numpy as np
+import pytest
+import tf_keras
+
+import keras_bn
+from keras_bn import export
+from keras_bn.fold import without_batch_norm
+from keras_bn.fold.plan import is_batch_norm
+from conftest import randomize_biases, randomize_bn
+
+L = tf_keras.layers
+BN_OPS = {"BatchNormalization", "FusedBatchNormV3"}
+
+
+def _small(kind="functional"):
+    layers = [L.Conv2D(8, 3, use_bias=False), keras_bn.BatchNormalization(), L.ReLU(),
+              L.Conv2D(8, 3), keras_bn.BatchRenormalization(), L.ReLU(),
+              L.GlobalAveragePooling2D(), L.Dense(6), L.BatchNormalization(), L.Dense(3)]
+    if kind == "sequential":
+        model = tf_keras.Sequential([tf_keras.Input((10, 10, 3))] + layers)
+    else:
+        inputs = tf_keras.Input((10, 10, 3))
+        x = inputs
+        for layer in layers:
+            x = layer(x)
+        model = tf_keras.Model(inputs, x)
+    return randomize_bn(model)
+
+
+def _all_kinds_models():
+    """Every foldable layer kind at least once: 1-D, 2-D and 3-D convolutions, Dense."""
+    one_d = tf_keras.Input((16, 4))
+    x = keras_bn.BatchNormalization()(L.Conv1D(6, 3)(one_d))
+    x = L.BatchNormalization()(L.DepthwiseConv1D(3, depth_multiplier=2)(x))
+    x = keras_bn.BatchRenormalization()(L.SeparableConv1D(6, 3)(x))
+    x = keras_bn.BatchNormalization()(L.Conv1DTranspose(4, 3)(x))
+    x = L.Dense(5)(keras_bn.BatchNormalization()(x))  # BN -> Dense on 3-D input
+    x = keras_bn.BatchNormalization()(L.Dense(4)(x))
+    two_d = tf_keras.Input((12, 12, 4))
+    y = keras_bn.BatchNormalization()(L.Conv2D(8, 3)(two_d))
+    y = keras_bn.BatchNormalization()(L.DepthwiseConv2D(3, depth_multiplier=2)(y))
+    y = L.BatchNormalization()(L.SeparableConv2D(8, 3, use_bias=False)(y))
+    y = keras_bn.BatchNormalization()(L.Conv2DTranspose(6, 3, strides=2)(y))
+    y = L.Conv2D(4, 3)(keras_bn.BatchNormalization()(L.ReLU()(y)))  # BN -> conv, valid
+    three_d = tf_keras.Input((6, 6, 6, 2))
+    z = keras_bn.BatchNormalization()(L.Conv3D(4, 2)(three_d))
+    z = keras_bn.BatchRenormalization()(L.Conv3DTranspose(3, 2)(z))
+    return [randomize_bn(tf_keras.Model(i, o)) for i, o in ((one_d, x), (two_d, y),
+                                                             (three_d, z))]
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional"])
+@pytest.mark.parametrize("fold", [True, False])
+def test_onnx_parity(tmp_path, kind, fold):
+    model = _small(kind)
+    samples = np.random.RandomState(1).rand(7, 10, 10, 3).astype("float32")
+    result = export.to_onnx(model, tmp_path / "m.onnx", fold=fold, samples=samples)
+    assert os.path.getsize(result.path) == result.size_bytes > 0
+    assert result.max_error <= result.tolerance
+    assert (not BN_OPS & set(result.op_counts)) if fold else True
+    assert result.latency_ms > 0 and result.fold_plan is (None if not fold else result.fold_plan)
+    if fold:
+        assert len(result.fold_plan.folded) == 3
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional"])
+def test_tflite_parity(tmp_path, kind):
+    model = _small(kind)
+    result = export.to_tflite(model, tmp_path / "m.tflite")
+    assert result.format == "tflite" and result.max_error <= result.tolerance
+    assert os.path.getsize(tmp_path / "m.tflite") == result.size_bytes
+
+
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["1d", "2d", "3d"])
+def test_every_foldable_kind_through_both_exporters(tmp_path, index):
+    model = _all_kinds_models()[index]
+    plan = keras_bn.fold_plan(model)
+    assert not plan.kept, plan.table()
+    onnx_result = export.to_onnx(model, tmp_path / "m.onnx")
+    tflite_result = export.to_tflite(model, tmp_path / "m.tflite")
+    for result in (onnx_result, tflite_result):
+        assert result.max_error <= result.tolerance
+    assert not BN_OPS & set(onnx_result.op_counts)
+
+
+def _op_counts_match_twin(tmp_path, model, exporter, suffix):
+    randomize_biases(model)
+    folded_ops = exporter(model, tmp_path / f"folded.{suffix}").op_counts
+    twin = without_batch_norm(model)
+    assert not any(map(is_batch_norm, twin.layers))
+    twin_ops = exporter(twin, tmp_path / f"twin.{suffix}", fold=False).op_counts
+    assert folded_ops == twin_ops
+
+
+@pytest.mark.parametrize("exporter,suffix", [(export.to_onnx, "onnx"),
+                                             (export.to_tflite, "tflite")])
+def test_folded_graph_has_exactly_the_ops_of_the_bn_free_twin(tmp_path, exporter, suffix):
+    inputs = tf_keras.Input((9, 9, 3))
+    x = L.ReLU()(keras_bn.BatchNormalization()(L.Conv2D(8, 3, use_bias=False)(inputs)))
+    x = L.Flatten()(L.BatchNormalization()(L.Conv2D(4, 3)(x)))
+    x = L.Dense(5)(keras_bn.BatchRenormalization()(L.Dense(7)(x)))
+    _op_counts_match_twin(tmp_path, randomize_bn(tf_keras.Model(inputs, x)), exporter, suffix)
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("exporter,suffix", [(export.to_onnx, "onnx"),
+                                             (export.to_tflite, "tflite")])
+def test_mobilenetv2_folded_ops_equal_the_twin(tmp_path, exporter, suffix):
+    model = randomize_bn(tf_keras.applications.MobileNetV2(
+        input_shape=(96, 96, 3), weights=None, alpha=0.35, classifier_activation=None))
+    _op_counts_match_twin(tmp_path, model, exporter, suffix)
+
+
+def test_float16_and_int8_report_error_and_accuracy(tmp_path):
+    rs = np.random.RandomState(0)
+    model = _small()
+    data = rs.rand(64, 10, 10, 3).astype("float32")
+    labels = np.argmax(model.predict(data, verbose=0), axis=-1)
+    half = export.to_tflite(model, tmp_path / "h.tflite", quantize="float16", samples=data,
+                            labels=labels)
+    assert half.format == "tflite-float16" and half.tolerance is None
+    assert 0 < half.max_error < 0.05 and half.accuracy >= 0.9 and half.keras_accuracy == 1.0
+    full = export.to_tflite(model, tmp_path / "q.tflite", quantize="int8",
+                            representative_data=data, samples=data, labels=labels)
+    assert full.format == "tflite-int8" and full.max_error > 0
+    assert "QUANTIZE" in full.op_counts and full.accuracy is not None
+    assert full.size_bytes < export.to_tflite(model, tmp_path / "f.tflite").size_bytes
+
+
+def test_grouped_conv_exports_to_tflite_and_names_the_onnx_limit(tmp_path):
+    inputs = tf_keras.Input((8, 8, 4))
+    x = keras_bn.BatchNormalization()(L.Conv2D(8, 3, groups=2, name="grouped")(inputs))
+    model = randomize_bn(tf_keras.Model(inputs, x))
+    result = export.to_tflite(model, tmp_path / "g.tflite")
+    assert result.op_counts == {"CONV_2D": 1} and result.max_error <= result.tolerance
+    with pytest.raises(ValueError, match=r"could not convert.*PartitionedCall.*groups > 1"):
+        export.to_onnx(model, tmp_path / "g.onnx")
+    assert not (tmp_path / "g.onnx").exists()
+
+
+def test_int8_without_representative_data_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="int8.*needs representative_data"):
+        export.to_tflite(_small(), tmp_path / "q.tflite", quantize="int8")
+    with pytest.raises(ValueError, match="quantize='int4'"):
+        export.to_tflite(_small(), tmp_path / "q.tflite", quantize="int4")
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("exporter", [export.to_onnx, export.to_tflite])
+def test_failed_verification_leaves_no_file_and_keeps_the_old_one(tmp_path, exporter):
+    model = _small()
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"previous file")
+    with pytest.raises(keras_bn.VerificationError):
+        # No fold (it would verify first) and zero tolerance: runtimes sum in another order.
+        exporter(model, path, fold=False, rtol=0.0, atol=0.0)
+    assert path.read_bytes() == b"previous file"
+    assert os.listdir(tmp_path) == ["out.bin"]  # no temporary file left behind
+
+
+def test_input_model_is_not_changed(tmp_path):
+    model = _small()
+    before = [w.copy() for w in model.get_weights()]
+    export.to_onnx(model, tmp_path / "m.onnx")
+    export.to_tflite(model, tmp_path / "m.tflite")
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(before, model.get_weights()))
+    assert sum(map(is_batch_norm, model.layers)) == 3
+
+
+def test_multiple_inputs_and_outputs(tmp_path):
+    a, b = tf_keras.Input((5,), name="a"), tf_keras.Input((3,), name="b")
+    x = keras_bn.BatchNormalization()(L.Dense(4)(L.Concatenate()([a, b])))
+    model = randomize_bn(tf_keras.Model([a, b], [L.Dense(2, name="p")(x),
+                                                 L.Dense(1, name="q")(x)]))
+    for exporter, name in ((export.to_onnx, "m.onnx"), (export.to_tflite, "m.tflite")):
+        result = exporter(model, tmp_path / name)
+        assert result.max_error <= result.tolerance
