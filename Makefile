@@ -26,3 +26,6 @@ demo: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+bench: install
+	$(PY) -m benchmarks

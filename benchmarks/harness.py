@@ -4,6 +4,7 @@ Pure Python (no TensorFlow) so the logic is unit-tested on its own.
 """
 
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -115,5 +116,7 @@ def text_table(rows):
 
 def write_results(rows, path, meta):
     """Writes `{"meta": ..., "rows": [...]}` as JSON."""
-    with open(path, "w") as f:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
         json.dump({"meta": meta, "rows": [row.as_dict() for row in rows]}, f, indent=2)
+    os.replace(tmp, path)

@@ -5,12 +5,12 @@ import tensorflow as tf
 from keras_bn.fold import fold as _fold
 
 
-def prepare(model, fold):
-    """`(model to convert, FoldPlan or None)`: the folded model when `fold`."""
+def prepare(model, fold, verify=True):
+    """`(model to convert, FoldPlan or None)`: the folded (and, with `verify`, checked)
+    model when `fold`."""
     if not fold:
         return model, None
-    folded, plan = _fold(model, return_plan=True)
-    return folded, plan
+    return _fold(model, verify=verify, return_plan=True)
 
 
 def input_signature(model):

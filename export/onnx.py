@@ -45,7 +45,7 @@ def to_onnx(model, path, *, fold=True, opset=None, verify=True, samples=None, la
     import onnxruntime
     import tf2onnx
 
-    converted, plan = prepare(model, fold)
+    converted, plan = prepare(model, fold, verify)
     proto, _ = tf2onnx.convert.from_keras(converted, input_signature=input_signature(model),
                                           opset=opset)
     _check(proto, model.name)

@@ -57,7 +57,7 @@ def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None
         raise ValueError(
             "to_tflite(quantize='int8') needs representative_data: an array of typical "
             "inputs (a few hundred rows of the training data) to calibrate the int8 ranges.")
-    converted, plan = prepare(model, fold)
+    converted, plan = prepare(model, fold, verify)
     content = _convert(converted, model, quantize, representative_data, representative_steps)
     result = _verify.ExportResult(path=os.fspath(path), fold_plan=plan,
                                   format="tflite" + (f"-{quantize}" if quantize else ""))

@@ -27,30 +27,6 @@ def _seed_and_clear():
     tf_keras.backend.clear_session()
 
 
-def randomize_bn(model, seed=0):
-    """Non-trivial BN statistics and parameters (a fold test with mean 0, var 1 proves
-    nothing), in every BN layer of `model` and its nested models."""
-    from keras_bn.fold.plan import is_batch_norm, is_model
 
-    rs = np.random.RandomState(seed)
-    for layer in model.layers:
-        if is_model(layer):
-            randomize_bn(layer, seed + 1)
-        elif is_batch_norm(layer):
-            shape = layer.moving_mean.shape
-            layer.moving_mean.assign(rs.randn(*shape) * 0.5)
-            layer.moving_variance.assign(rs.rand(*shape) + 0.3)
-            if layer.gamma is not None:
-                layer.gamma.assign(rs.randn(*shape))
-            if layer.beta is not None:
-                layer.beta.assign(rs.randn(*shape))
-    return model
-
-
-def randomize_biases(model, seed=0):
-    """Non-zero biases, as a trained model has (converters drop an Add of zeros)."""
-    rs = np.random.RandomState(seed)
-    for weight in model.weights:
-        if weight.name.split("/")[-1].startswith("bias"):
-            weight.assign(rs.randn(*weight.shape) * 0.1)
-    return model
+# Shared with the benchmarks, which measure the same kind of models.
+from benchmarks.models import randomize_biases, randomize_bn  # noqa: E402,F401

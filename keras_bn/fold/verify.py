@@ -38,7 +38,8 @@ def compare(expected, actual, rtol, atol, what):
       `(max_error, tolerance)`.
 
     Raises:
-      VerificationError: when an output's shape differs or the error exceeds tolerance.
+      VerificationError: when an output's shape differs, holds NaN/Inf, or the error
+        exceeds tolerance.
     """
     scale = max(float(np.max(np.abs(e))) if e.size else 0.0 for e in expected)
     tolerance = rtol * scale + atol
@@ -48,6 +49,10 @@ def compare(expected, actual, rtol, atol, what):
         if np.shape(a) != e.shape:
             raise VerificationError(f"{what}: output {i} has shape {np.shape(a)}, "
                                     f"expected {e.shape}")
+        bad = int(np.sum(~np.isfinite(a)) + np.sum(~np.isfinite(e)))
+        if bad:
+            raise VerificationError(f"{what}: output {i} holds {bad} NaN/Inf values (in "
+                                    "either model), so the two cannot be compared.")
         error = max(error, float(np.max(np.abs(a - e))) if e.size else 0.0)
     if not error <= tolerance:
         raise VerificationError(

@@ -293,7 +293,8 @@ class BatchNormalization(_keras.Layer):
     def _can_fuse(self, x, mask):
         return (len(self._axes) == 1 and mask is None and not self.virtual_batch_size
                 and not self.synchronized and x.dtype in stats.FUSED_DTYPES
-                and self.epsilon >= stats.FUSED_MIN_EPSILON)
+                and self.epsilon >= stats.FUSED_MIN_EPSILON
+                and stats.fused_is_faster(x.shape, self._axes[0]))
 
     def _reduction_axes(self, x):
         return [i for i in range(x.shape.rank) if i not in self._axes]

@@ -62,6 +62,29 @@ def unbiased_variance(variance, count):
     return variance * count / tf.maximum(count - 1, 1)
 
 
+#: Below this many elements a reshaped (non-4-D/5-D) input is faster on the generic path:
+#: the fused kernel costs ~0.8 ms a training step on 2 CPU cores whatever the size
+#: (measured: 256x256 0.96 ms fused vs 0.54 ms generic; 32x4096 1.30 vs 1.77 ms).
+FUSED_MIN_ELEMENTS = 2**17
+#: The batch size assumed when the batch dimension is unknown (Keras's default).
+ASSUMED_BATCH = 32
+
+
+def fused_is_faster(shape, channel_axis):
+    """Whether the fused kernel beats the generic path for an input of `shape`.
+
+    4-D and 5-D inputs with channels first or last always take it (as tf-keras does);
+    other layouts only from `FUSED_MIN_ELEMENTS` elements on.
+    """
+    rank = len(shape)
+    if (rank, channel_axis) in ((4, 3), (4, 1), (5, 4), (5, 1)):
+        return True
+    elements = 1
+    for i, dim in enumerate(shape):
+        elements *= dim if dim is not None else (ASSUMED_BATCH if i == 0 else 1)
+    return elements >= FUSED_MIN_ELEMENTS
+
+
 def _fused_layout(x, channel_axis):
     """`x` as the fused kernel takes it, and its data format.
 

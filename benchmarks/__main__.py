@@ -1,0 +1,148 @@
+"""`python -m benchmarks [--quick] [--out DIR]` (also `make bench`): every case in one process.
+
+Each case interleaves its contenders (A B A B ..., warm-up first) and reports medians of
+CPU time (`time.process_time`, all threads) and wall time, and their ratios. The CPU-time
+ratio is the one judged against the targets: on a shared 2-core machine wall-clock ratios
+of identical code swing by +-20 %, CPU-time ratios by a few %. Control rows measure a
+contender against an identical copy of itself, so the table shows that noise floor.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchmarks import exporting, harness, inference, models, training  # noqa: E402
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def meta():
+    from importlib.metadata import version
+
+    packages = ["tensorflow", "tf-keras", "onnxruntime", "tf2onnx", "onnx", "ai-edge-litert",
+                "numpy"]
+    return {"date": datetime.date.today().isoformat(), "cores": os.cpu_count(),
+            "cpu": _cpu_name(), "python": platform.python_version(),
+            "versions": {p: version(p) for p in packages}}
+
+
+def bench_training(quick, rows, log):
+    shapes = training.QUICK_SHAPES if quick else training.SHAPES
+    base = "tf-keras BN"
+    for case, shape in shapes.items():
+        log(f"training step {case}")
+        timings = harness.interleave(training.contenders(shape), repeats=5 if quick else 15,
+                                     warmup=3, inner=3)
+        for subject, target in [("tf-keras BN, control", None), ("keras_bn BN", 1.05),
+                                ("keras_bn BRN", 1.15), ("tf-keras renorm", None)]:
+            rows.append(harness.Row(f"train step {case}", subject, base, timings[subject],
+                                    timings[base], target))
+        rows.append(harness.Row(f"train step {case}", "keras_bn BRN", "tf-keras renorm",
+                                timings["keras_bn BRN"], timings["tf-keras renorm"]))
+
+
+def bench_inference(quick, rows, log, workdir):
+    names = ["MobileNetV2"] if quick else ["ResNet50", "MobileNetV2"]
+    batches = [1] if quick else [1, 32]
+    for name in names:
+        variants = inference.variants(models.application(name, quick))
+        for runtime in inference.RUNTIMES:
+            for batch in batches:
+                log(f"inference {name} {runtime} batch {batch}")
+                made = inference.contenders(variants, runtime, batch, workdir)
+                repeats = (5 if quick else 15) if batch == 1 else 7
+                timings = harness.interleave(made, repeats=repeats, warmup=2,
+                                             inner=5 if batch == 1 else 1)
+                case = f"{name} inference, {runtime}, batch {batch}"
+                twin = timings[f"{runtime} twin"]
+                rows.append(harness.Row(case, "folded", "BN-free twin",
+                                        timings[f"{runtime} folded"], twin, 1.02))
+                rows.append(harness.Row(case, "unfolded", "BN-free twin",
+                                        timings[f"{runtime} unfolded"], twin))
+
+
+def bench_export(quick, rows, log, workdir, extra):
+    name = "MobileNetV2" if quick else "ResNet50"
+    model = models.application(name, quick)
+    log(f"export and fold time, {name}")
+    timings = harness.interleave(exporting.contenders(model, workdir),
+                                 repeats=1 if quick else 3, warmup=1)
+    ours, theirs = "keras_bn to_onnx (fold + convert)", "tf2onnx from_keras (unfolded)"
+    rows.append(harness.Row(f"{name} export to ONNX", ours, theirs, timings[ours],
+                            timings[theirs], 0.8))
+    rows.append(harness.Row(f"{name} fold", "keras_bn fold", theirs,
+                            timings["keras_bn fold"], timings[theirs], 0.1))
+    extra["verification_seconds"] = exporting.verification_seconds(model, workdir)
+    extra["fold_peak_memory_mib"] = exporting.fold_peak_memory_mib(model)
+    extra["fold_model"] = name
+
+
+def write_markdown(rows, info, extra, path):
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    text = [f"Measured {info['date']} on {info['cores']} cores ({info['cpu']}), Python "
+            f"{info['python']}; {versions}.", "",
+            "Ratios are subject / baseline medians of interleaved runs; targets are judged on "
+            "CPU time (all threads of the process).", "", harness.markdown_table(rows), ""]
+    if extra:
+        text.append(
+            f"{extra['fold_model']}: verification after export "
+            f"{extra['verification_seconds']:.2f} s (timed apart from the export); fold peak "
+            f"memory {extra['fold_peak_memory_mib']:.1f} MiB (tracemalloc).")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(text) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="small shapes and models, few repeats (about a minute)")
+    parser.add_argument("--out", default="benchmarks/results",
+                        help="folder for results.json and results.md")
+    parser.add_argument("--only", choices=["training", "inference", "export"],
+                        action="append", help="run only these case groups")
+    args = parser.parse_args(argv)
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    log = lambda text: print(f"... {text}", file=sys.stderr, flush=True)
+    groups = args.only or ["training", "inference", "export"]
+    rows, extra = [], {}
+    with tempfile.TemporaryDirectory() as workdir:
+        if "training" in groups:
+            bench_training(args.quick, rows, log)
+        if "inference" in groups:
+            bench_inference(args.quick, rows, log, workdir)
+        if "export" in groups:
+            bench_export(args.quick, rows, log, workdir, extra)
+    info = meta()
+    info.update(extra)
+    print(harness.text_table(rows))
+    if extra:
+        print(f"\nverification after export: {extra['verification_seconds']:.2f} s; fold peak "
+              f"memory: {extra['fold_peak_memory_mib']:.1f} MiB ({extra['fold_model']})")
+    os.makedirs(args.out, exist_ok=True)
+    suffix = "-quick" if args.quick else ""
+    harness.write_results(rows, os.path.join(args.out, f"results{suffix}.json"), info)
+    write_markdown(rows, info, extra, os.path.join(args.out, f"results{suffix}.md"))
+    print(f"\nwritten: {args.out}/results{suffix}.json and .md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Export and fold time for one model: keras_bn.export.to_onnx against tf2onnx alone."""
+
+import os
+import tracemalloc
+
+import tf2onnx
+
+import keras_bn
+from keras_bn import export
+from keras_bn.export import verify as export_verify
+from keras_bn.export._prepare import input_signature
+
+
+def contenders(model, workdir):
+    """name -> run: our export (fold + convert, no verification), tf2onnx on the unfolded
+    model, and the fold alone."""
+    path = os.path.join(workdir, "export.onnx")
+    signature = input_signature(model)
+    return {
+        "keras_bn to_onnx (fold + convert)": lambda: export.to_onnx(model, path,
+                                                                    verify=False),
+        "tf2onnx from_keras (unfolded)": lambda: tf2onnx.convert.from_keras(
+            model, input_signature=signature),
+        "keras_bn fold": lambda: keras_bn.fold(model, verify=False),
+    }
+
+
+def verification_seconds(model, workdir):
+    """Seconds of the parity check `to_onnx` runs after writing the file (timed apart)."""
+    import time
+
+    import onnxruntime
+
+    path = os.path.join(workdir, "verify.onnx")
+    export.to_onnx(model, path, verify=False)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    run = lambda inputs: session.run(None, dict(zip(names, inputs)))
+    start = time.perf_counter()
+    export_verify.parity(model, run, export_verify.verification_inputs(model, None), 1e-4,
+                         1e-5, "benchmark")
+    return time.perf_counter() - start
+
+
+def fold_peak_memory_mib(model):
+    """Peak Python-heap allocation (tracemalloc: numpy arrays included) of one fold."""
+    tracemalloc.start()
+    try:
+        keras_bn.fold(model, verify=False)
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()

@@ -1,0 +1,45 @@
+"""The models the benchmarks (and tests) measure: real architectures with real-looking BN."""
+
+import numpy as np
+import tf_keras
+
+from keras_bn.fold.plan import is_batch_norm, is_model
+
+
+def randomize_bn(model, seed=0):
+    """Non-trivial BN statistics and parameters in every BN layer of `model` (nested
+    included): a fold of fresh BN (mean 0, variance 1) proves nothing."""
+    rs = np.random.RandomState(seed)
+    for layer in model.layers:
+        if is_model(layer):
+            randomize_bn(layer, seed + 1)
+        elif is_batch_norm(layer):
+            shape = layer.moving_mean.shape
+            layer.moving_mean.assign(rs.randn(*shape) * 0.5)
+            layer.moving_variance.assign(rs.rand(*shape) + 0.3)
+            if layer.gamma is not None:
+                layer.gamma.assign(rs.randn(*shape))
+            if layer.beta is not None:
+                layer.beta.assign(rs.randn(*shape))
+    return model
+
+
+def randomize_biases(model, seed=0):
+    """Non-zero biases, as a trained model has (converters drop an Add of zeros)."""
+    rs = np.random.RandomState(seed)
+    for weight in model.weights:
+        if weight.name.split("/")[-1].startswith("bias"):
+            weight.assign(rs.randn(*weight.shape) * 0.1)
+    return model
+
+
+def application(name, quick=False):
+    """ResNet50 or MobileNetV2 with `weights=None` (nothing is downloaded), BN statistics
+    and biases randomized. `quick` gives small inputs (and a thin MobileNetV2)."""
+    kwargs = dict(weights=None, classifier_activation=None)
+    if quick:
+        kwargs["input_shape"] = (96, 96, 3)
+        if name == "MobileNetV2":
+            kwargs["alpha"] = 0.35
+    model = getattr(tf_keras.applications, name)(**kwargs)
+    return randomize_biases(randomize_bn(model))
