@@ -64,11 +64,13 @@ def bench_inference(quick, rows, log, workdir):
             for batch in batches:
                 log(f"inference {name} {runtime} batch {batch}")
                 made = inference.contenders(variants, runtime, batch, workdir)
-                repeats = (5 if quick else 15) if batch == 1 else 7
+                repeats = (7 if quick else 21) if batch == 1 else 7
                 timings = harness.interleave(made, repeats=repeats, warmup=2,
-                                             inner=5 if batch == 1 else 1)
+                                             inner=20 if batch == 1 else 1)
                 case = f"{name} inference, {runtime}, batch {batch}"
                 twin = timings[f"{runtime} twin"]
+                rows.append(harness.Row(case, "twin, control", "BN-free twin",
+                                        timings[f"{runtime} twin, control"], twin))
                 rows.append(harness.Row(case, "folded", "BN-free twin",
                                         timings[f"{runtime} folded"], twin, 1.02))
                 rows.append(harness.Row(case, "unfolded", "BN-free twin",

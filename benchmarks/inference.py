@@ -9,13 +9,15 @@ import keras_bn
 from keras_bn import export
 from keras_bn.fold import without_batch_norm
 
-VARIANTS = ("unfolded", "folded", "twin")
+VARIANTS = ("unfolded", "folded", "twin", "twin, control")
 
 
 def variants(model):
-    """name -> model: the original, its fold, and the same architecture without BN."""
-    return {"unfolded": model, "folded": keras_bn.fold(model),
-            "twin": without_batch_norm(model)}
+    """name -> model: the original, its fold, the same architecture without BN, and a
+    second copy of that twin (the control row: identical work, so its ratio is noise)."""
+    twin = without_batch_norm(model)
+    return {"unfolded": model, "folded": keras_bn.fold(model), "twin": twin,
+            "twin, control": without_batch_norm(model)}
 
 
 def keras_runner(model, x):
@@ -28,7 +30,11 @@ def onnx_runner(model, x, path):
     import onnxruntime
 
     export.to_onnx(model, path, fold=False, verify=False)
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    # Idle worker threads spin by default and would bill their CPU to whichever session
+    # runs next in the interleaved order.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x}
     return lambda: session.run(None, feed)
 
@@ -62,6 +68,6 @@ def contenders(models, runtime, batch, workdir):
     for name in VARIANTS:
         make = RUNTIMES[runtime]
         args = (models[name], x) if runtime == "keras" else (
-            models[name], x, os.path.join(workdir, f"{name}.{runtime}"))
+            models[name], x, os.path.join(workdir, f"{name.replace(', ', '_')}.{runtime}"))
         made[f"{runtime} {name}"] = make(*args)
     return made

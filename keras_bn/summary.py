@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from keras_bn.fold.plan import bn_axes, is_batch_norm, is_model, plan_model
+from keras_bn.fold.plan import batch_norm_layers, bn_axes, plan_model
 
 #: |gamma| below this (relative to the layer's largest |gamma|) counts as a dead channel.
 DEAD_GAMMA = 1e-3
@@ -14,14 +14,6 @@ COLUMNS = [("name", "BN layer"), ("kind", "kind"), ("channels", "ch"),
            ("variance_range", "moving variance"), ("gamma_range", "gamma"),
            ("dead_channels", "dead"), ("zero_variance_channels", "var~0"),
            ("foldable", "foldable into")]
-
-
-def _bn_layers(model, prefix=""):
-    for layer in model.layers:
-        if is_model(layer):
-            yield from _bn_layers(layer, prefix + layer.name + "/")
-        elif is_batch_norm(layer):
-            yield prefix + layer.name, layer
 
 
 def _range(values):
@@ -52,7 +44,7 @@ def summary(model, print_fn=print):
     except ValueError as error:  # a subclassed model: no graph to fold
         decisions, why_no_plan = {}, str(error).split(":")[0]
     rows = []
-    for name, layer in _bn_layers(model):
+    for name, layer in batch_norm_layers(model):
         mean = np.reshape(layer.moving_mean.numpy(), -1)
         variance = np.reshape(layer.moving_variance.numpy(), -1)
         gamma = None if layer.gamma is None else np.reshape(layer.gamma.numpy(), -1)

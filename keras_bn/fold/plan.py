@@ -183,6 +183,16 @@ def is_model(layer):
     return isinstance(layer, _keras.keras.Model)
 
 
+def batch_norm_layers(model, prefix=""):
+    """`(name, layer)` for every BN layer of `model`, nested models included
+    (`outer/inner` names), in layer order."""
+    for layer in model.layers:
+        if is_model(layer):
+            yield from batch_norm_layers(layer, prefix + layer.name + "/")
+        elif is_batch_norm(layer):
+            yield prefix + layer.name, layer
+
+
 def plan_model(model, prefix=""):
     """The FoldPlan of `model` with its nested models' decisions in graph order."""
     graph = Graph(model)

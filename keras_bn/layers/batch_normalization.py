@@ -127,6 +127,9 @@ class BatchNormalization(_keras.Layer):
         self.gamma_constraint = _keras.constraints.get(gamma_constraint)
         self.synchronized = synchronized
         self.virtual_batch_size = virtual_batch_size
+        #: Inference mode while staying trainable (gamma and beta still learn); set by
+        #: `keras_bn.freeze(model, train_gamma_beta=True)`. Not saved in the config.
+        self.frozen = False
 
     @property
     def _who(self):
@@ -196,7 +199,7 @@ class BatchNormalization(_keras.Layer):
             raise ValueError(
                 f"{self._who} got inputs of dtype {inputs.dtype.name}; batch normalization "
                 "needs floating-point inputs: cast them first, e.g. tf.cast(x, 'float32').")
-        training = _keras.training_flag(self, training)
+        training = False if self.frozen else _keras.training_flag(self, training)
         if training is False:
             return self._inference(inputs)
         if training is True:
