@@ -81,8 +81,9 @@ def bench_export(quick, rows, log, workdir, extra):
     name = "MobileNetV2" if quick else "ResNet50"
     model = models.application(name, quick)
     log(f"export and fold time, {name}")
-    timings = harness.interleave(exporting.contenders(model, workdir),
-                                 repeats=1 if quick else 3, warmup=1)
+    repeats, warmup = (1 if quick else 3), 1
+    timings = harness.interleave(exporting.contenders(model, workdir, repeats + warmup),
+                                 repeats=repeats, warmup=warmup)
     ours, theirs = "keras_bn to_onnx (fold + convert)", "tf2onnx from_keras (unfolded)"
     rows.append(harness.Row(f"{name} export to ONNX", ours, theirs, timings[ours],
                             timings[theirs], 0.8))

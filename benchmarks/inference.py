@@ -29,7 +29,7 @@ def keras_runner(model, x):
 def onnx_runner(model, x, path):
     import onnxruntime
 
-    export.to_onnx(model, path, fold=False, verify=False)
+    export.to_onnx(model, path, fold=False, verify=False, latency_batch=None)
     options = onnxruntime.SessionOptions()
     # Idle worker threads spin by default and would bill their CPU to whichever session
     # runs next in the interleaved order.
@@ -42,7 +42,7 @@ def onnx_runner(model, x, path):
 def tflite_runner(model, x, path):
     from ai_edge_litert.interpreter import Interpreter
 
-    export.to_tflite(model, path, fold=False, verify=False)
+    export.to_tflite(model, path, fold=False, verify=False, latency_batch=None)
     interpreter = Interpreter(model_path=path, num_threads=os.cpu_count())
     index = interpreter.get_input_details()[0]["index"]
     interpreter.resize_tensor_input(index, x.shape)

@@ -14,7 +14,7 @@ QUANTIZE = (None, "float16", "int8")
 
 def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None,
               verify=True, samples=None, labels=None, rtol=1e-4, atol=1e-5,
-              representative_steps=200, latency_batch=32):
+              representative_steps=200, latency_batch=1):
     """Exports `model` to a TFLite file and runs the file in LiteRT to check it.
 
     Folds the BatchNormalization layers first (`keras_bn.fold`, itself verified), converts
@@ -39,7 +39,8 @@ def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None
       rtol: Tolerance relative to the output scale for float32 files (see `to_onnx`).
       atol: Absolute slack for outputs near zero.
       representative_steps: Calibration rows for int8.
-      latency_batch: Batch size of the latency measurement.
+      latency_batch: Batch size of the latency measurement (median of 10 runs in
+        LiteRT); None skips it.
 
     Returns:
       An `ExportResult`.
@@ -65,17 +66,17 @@ def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None
     with _verify.atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(content)
-        runner = Interpreter(model_path=tmp).get_signature_runner()
-        names = model.input_names
-        outputs = model.output_names
+        if verify or labels is not None or latency_batch:
+            runner = Interpreter(model_path=tmp).get_signature_runner()
+            names, outputs = model.input_names, model.output_names
 
-        def run(inputs):
-            got = runner(**{n: np.asarray(x, np.float32) for n, x in zip(names, inputs)})
-            return [got[name] for name in outputs]
+            def run(inputs):
+                got = runner(**{n: np.asarray(x, np.float32) for n, x in zip(names, inputs)})
+                return [got[name] for name in outputs]
 
-        _verify.measure(result, model, run, samples, labels, verify, rtol, atol,
-                        latency_batch, f"TFLite export of '{model.name}'",
-                        check=quantize is None)
+            _verify.measure(result, model, run, samples, labels, verify, rtol, atol,
+                            latency_batch, f"TFLite export of '{model.name}'",
+                            check=quantize is None)
         result.size_bytes = os.path.getsize(tmp)
     return result
 

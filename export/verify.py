@@ -27,7 +27,8 @@ class ExportResult:
         which are measured, not checked).
       accuracy: argmax accuracy on `samples`/`labels` when labels were given.
       keras_accuracy: the Keras model's accuracy on the same samples.
-      latency_ms: median wall time of one batch of `latency_batch` in the runtime.
+      latency_ms: median wall time of one batch of `latency_batch` in the runtime (None
+        when not measured).
       latency_batch: the batch size timed.
       fold_plan: the FoldPlan when the model was folded first.
     """
@@ -122,6 +123,6 @@ def measure(result, model, run, samples, labels, verify, rtol, atol, latency_bat
         batch = verification_inputs(model, samples)[-1]
         result.accuracy = accuracy(run(batch), labels)
         result.keras_accuracy = accuracy(predict(model, batch), labels)
-    result.latency_batch = latency_batch
-    result.latency_ms = latency_ms(
-        run, random_inputs(model, batch=latency_batch, seed=1))
+    if latency_batch:
+        result.latency_batch = latency_batch
+        result.latency_ms = latency_ms(run, random_inputs(model, batch=latency_batch, seed=1))

@@ -154,6 +154,7 @@ def results_table(results):
         ops = sum(r.op_counts.values())
         rows.append((r.format, r.path, f"{r.size_bytes / 1024:.1f} KiB",
                      "-" if r.max_error is None else f"{r.max_error:.2e}",
+                     "-" if r.latency_ms is None else
                      f"{r.latency_ms:.2f} ms (batch {r.latency_batch})", str(ops)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()

@@ -152,7 +152,7 @@ def main(epochs=12, out="demo_results", verbose=2):
                         y_test, epochs, verbose)
     folded, plan = steps.run("fold and verify", keras_bn.fold, model, return_plan=True)
     print(plan.table())
-    kwargs = dict(samples=x_test, labels=y_test)
+    kwargs = dict(samples=x_test, labels=y_test, latency_batch=32)
     onnx_result = steps.run("export ONNX", to_onnx, model, os.path.join(out, "digits.onnx"),
                             **kwargs)
     tflite_result = steps.run("export TFLite float32", to_tflite, model,
