@@ -1,0 +1,100 @@
+"""The benchmark code's own logic: interleaving, ratios, tables, results; the twin builder.
+No test here asserts a time."""
+
+import json
+
+import numpy as np
+import tf_keras
+
+import keras_bn
+from benchmarks import harness, inference
+from keras_bn.fold import without_batch_norm
+from keras_bn.fold.plan import is_batch_norm
+from conftest import randomize_bn
+
+L = tf_keras.layers
+
+
+class FakeClock:
+    """A clock each contender advances by a known amount, so timings are exact."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_interleave_runs_warmup_then_alternates_and_divides_by_inner():
+    clock, calls = FakeClock(), []
+
+    def contender(name, seconds):
+        def run():
+            calls.append(name)
+            clock.now += seconds
+        return run
+
+    timings = harness.interleave({"a": contender("a", 2.0), "b": contender("b", 1.0)},
+                                 repeats=3, warmup=1, inner=2, clock=clock, cpu_clock=clock)
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3
+    assert timings["a"].wall == [2.0] * 3 and timings["b"].cpu == [1.0] * 3
+    row = harness.Row("case", "a", "b", timings["a"], timings["b"], target=1.5)
+    assert row.cpu_ratio == 2.0 and row.wall_ratio == 2.0 and row.met is False
+    assert harness.Row("case", "b", "a", timings["b"], timings["a"], 1.0).met is True
+
+
+def test_medians_resist_one_outlier():
+    timing = harness.Timing(wall=[1.0, 1.0, 50.0], cpu=[2.0, 9.0, 2.0])
+    assert timing.wall_median == 1.0 and timing.cpu_median == 2.0
+
+
+def _rows():
+    fast, slow = harness.Timing([0.001] * 3, [0.002] * 3), harness.Timing([0.002] * 3,
+                                                                         [0.003] * 3)
+    return [harness.Row("train", "ours", "theirs", fast, slow, 1.05),
+            harness.Row("infer", "folded", "twin", slow, fast, 1.02),
+            harness.Row("infer", "control", "twin", fast, fast)]
+
+
+def test_tables_show_every_row_with_ratio_and_verdict():
+    markdown = harness.markdown_table(_rows())
+    lines = markdown.splitlines()
+    assert lines[0].startswith("| case |") and len(lines) == 2 + 3
+    assert "| 0.667 |" in lines[2] and "<= 1.05 met" in lines[2]
+    assert "| 1.500 |" in lines[3] and "MISSED" in lines[3]
+    assert lines[4].endswith("|  |")  # no target: no verdict
+    text = harness.text_table(_rows())
+    assert "ours / theirs" in text and "2.00 / 3.00" in text
+
+
+def test_results_json_round_trip(tmp_path):
+    path = tmp_path / "results.json"
+    harness.write_results(_rows(), str(path), {"cores": 2})
+    data = json.loads(path.read_text())
+    assert data["meta"] == {"cores": 2} and len(data["rows"]) == 3
+    assert data["rows"][0]["cpu_ratio"] == 2 / 3 and data["rows"][0]["met"] is True
+
+
+def test_twin_has_no_bn_same_other_layers_and_biases_where_bn_was():
+    inputs = tf_keras.Input((8, 8, 3))
+    x = keras_bn.BatchNormalization()(L.Conv2D(4, 3, use_bias=False, name="c1")(inputs))
+    x = L.BatchNormalization()(L.DepthwiseConv2D(3, use_bias=False, name="dw")(L.ReLU()(x)))
+    x = L.Dense(2, name="head")(L.Flatten()(x))
+    model = randomize_bn(tf_keras.Model(inputs, x))
+    twin = without_batch_norm(model)
+    assert not any(map(is_batch_norm, twin.layers))
+    assert [l.name for l in twin.layers] == [l.name for l in model.layers
+                                             if not is_batch_norm(l)]
+    assert twin.get_layer("c1").use_bias and twin.get_layer("dw").use_bias
+    np.testing.assert_array_equal(twin.get_layer("c1").kernel.numpy(),
+                                  model.get_layer("c1").kernel.numpy())
+    assert np.all(twin.get_layer("c1").bias.numpy() != 0)  # not zeros: converters keep it
+    assert not model.get_layer("c1").use_bias  # the input model is untouched
+
+
+def test_inference_variants_share_the_architecture():
+    inputs = tf_keras.Input((6,))
+    model = randomize_bn(tf_keras.Model(inputs, L.BatchNormalization()(L.Dense(3)(inputs))))
+    variants = inference.variants(model)
+    assert list(variants) == list(inference.VARIANTS)
+    assert [len(v.layers) for v in variants.values()] == [3, 2, 2, 2]
