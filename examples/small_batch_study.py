@@ -163,6 +163,7 @@ def plot(rows, runs, batch_sizes, path_accuracy, path_curves):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, marker in zip(METHODS, "osD"):
@@ -180,6 +181,7 @@ def plot(rows, runs, batch_sizes, path_accuracy, path_curves):
            ylabel="held-out accuracy, inference mode (%)",
            title="digits MLP: accuracy vs batch size\n(hollow: non-i.i.d., 2 classes/batch)")
     ax.set_xticklabels([str(b) for b in batch_sizes])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
