@@ -219,17 +219,23 @@ class BatchNormalization(_keras.Layer):
     def _training(self, x, mask):
         self._warn_if_single_element(x)
         gamma, beta = self._gamma_beta()
-        if self._can_fuse(x, mask):
-            if self._transform_needs_statistics:
-                y, mean, variance, count = stats.fused_batch_norm_with_transform(
-                    x, lambda m, v: self._training_transform(gamma, beta, m, v),
-                    gamma.dtype, self.epsilon, self._axes[0])
-            else:
-                y, mean, variance, count = stats.fused_batch_norm(
-                    x, gamma, beta, self.epsilon, self._axes[0])
-            self._update_statistics(mean, variance, count)
-            return y
+        step = self._fused_step if self._can_fuse(x, mask) else self._generic_step
+        y, mean, variance, count = step(x, mask, gamma, beta)
+        self._update_statistics(mean, variance, count)
+        return y
 
+    def _fused_step(self, x, mask, gamma, beta):
+        """Training output and batch statistics on TensorFlow's fused kernel."""
+        del mask  # `_can_fuse` admits no mask
+        if self._transform_needs_statistics:
+            return stats.fused_batch_norm_with_transform(
+                x, lambda m, v: self._training_transform(gamma, beta, m, v), gamma.dtype,
+                self.epsilon, self._axes[0])
+        return stats.fused_batch_norm(x, gamma, beta, self.epsilon, self._axes[0])
+
+    def _generic_step(self, x, mask, gamma, beta):
+        """Training output and batch statistics with masks, ghost batches, several axes,
+        synchronized statistics, and in float32 for 16-bit inputs."""
         xc = tf.cast(x, gamma.dtype)
         ghost = bool(self.virtual_batch_size)
         if ghost:
@@ -258,8 +264,7 @@ class BatchNormalization(_keras.Layer):
         if ghost:
             y = tf.reshape(y, tf.shape(x))
         y.set_shape(x.shape)
-        self._update_statistics(mean, variance, count)
-        return tf.cast(y, x.dtype)
+        return tf.cast(y, x.dtype), mean, variance, count
 
     # -- hooks that BatchRenormalization overrides --------------------------------------
 
