@@ -24,6 +24,12 @@ def register_serializable(cls):
     return keras.saving.register_keras_serializable(package="keras_bn")(cls)
 
 
+def is_graph_model(model):
+    """A Sequential or functional model (whose graph its config describes), not a
+    subclassed one. tf-keras marks these with `_is_graph_network`; no public API says it."""
+    return isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)
+
+
 def training_flag(layer, training):
     """The effective `training` value of a call: a Python bool or a boolean tensor.
 

@@ -133,8 +133,8 @@ class Graph:
     """
 
     def __init__(self, model):
-        if not getattr(model, "_is_graph_network", False) and not isinstance(
-                model, _keras.keras.Sequential):
+        """Reads `model.get_config()` (a fresh dict: `rewrite` edits it in place)."""
+        if not _keras.is_graph_model(model):
             raise ValueError(
                 f"Model '{model.name}' is a subclassed model ({type(model).__name__}): its "
                 "layers are connected by Python code in `call`, which cannot be read or "
@@ -143,6 +143,7 @@ class Graph:
         self.config = model.get_config()
         self.sequential = isinstance(model, _keras.keras.Sequential)
         self.nodes = {}
+        layers = {layer.name: layer for layer in model.layers}
         previous = None
         for entry in self.config["layers"]:
             name = entry["config"]["name"] if self.sequential else entry["name"]
@@ -155,8 +156,8 @@ class Graph:
                 first = entry["inbound_nodes"][0] if calls else []
                 inputs = [tuple(ref[:3]) for ref in first]
                 kwargs = first[0][3] if first and len(first[0]) > 3 else {}
-            layer = _layer_by_name(model, name)
-            self.nodes[name] = Node(name, layer, inputs, calls, kwargs)
+            # None for the InputLayer of a Sequential model, which is not in `layers`.
+            self.nodes[name] = Node(name, layers.get(name), inputs, calls, kwargs)
         self.outputs = ([(previous, 0, 0)] if self.sequential
                         else [tuple(ref) for ref in self.config["output_layers"]])
         self.consumers = {}
@@ -168,14 +169,6 @@ class Graph:
                 for call in entry["inbound_nodes"][1:]:
                     for ref in call:
                         self.consumers.setdefault(tuple(ref[:3]), []).append(entry["name"])
-
-
-def _layer_by_name(model, name):
-    for layer in model.layers:
-        if layer.name == name:
-            return layer
-    # Sequential models built from an Input keep the InputLayer out of `layers`.
-    return None
 
 
 def is_model(layer):

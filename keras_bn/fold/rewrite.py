@@ -7,8 +7,6 @@ weight is set in one batch: the originals, or the folded ones from `keras_bn.fol
 The input model is only read.
 """
 
-import copy
-
 import numpy as np
 
 from keras_bn import _keras
@@ -79,9 +77,7 @@ def fold_model(model, prefix=""):
                          "Input shape first, so its BN statistics exist.")
     graph = Graph(model)
     the_plan = plan(graph, prefix)
-    config = copy.deepcopy(graph.config)
-    entries = {(e["config"]["name"] if graph.sequential else e["name"]): e
-               for e in config["layers"]}
+    entries = _entries(graph)
 
     new_weights = {}  # layer name -> {short weight name: array} or a list for nested models
     decisions = {d.bn.split("/")[-1]: d for d in the_plan.decisions}
@@ -112,10 +108,21 @@ def fold_model(model, prefix=""):
         entries[target.name]["config"]["use_bias"] = True
         removed[local] = bn.inputs[0]
 
-    _drop_layers(config, graph, removed)
-    new_model = type(model).from_config(config, custom_objects=_custom_objects(model))
+    new_model = _rebuild(model, graph, removed)
     _set_weights(new_model, model, new_weights)
     return new_model, the_plan
+
+
+def _entries(graph):
+    """Layer name -> its entry in `graph.config["layers"]`, to edit in place."""
+    return {(e["config"]["name"] if graph.sequential else e["name"]): e
+            for e in graph.config["layers"]}
+
+
+def _rebuild(model, graph, removed):
+    """The model `graph.config` (as edited) describes, without the `removed` layers."""
+    _drop_layers(graph.config, graph, removed)
+    return type(model).from_config(graph.config, custom_objects=_custom_objects(model))
 
 
 def _drop_layers(config, graph, removed):
@@ -142,6 +149,7 @@ def _drop_layers(config, graph, removed):
 
 
 def _set_weights(new_model, model, new_weights):
+    originals = {layer.name: layer for layer in model.layers}
     pairs = []
     for layer in new_model.layers:
         folded = new_weights.get(layer.name)
@@ -150,7 +158,7 @@ def _set_weights(new_model, model, new_weights):
         elif folded is not None:
             values = [folded[_short(w)] for w in layer.weights]
         else:
-            values = model.get_layer(layer.name).get_weights()
+            values = originals[layer.name].get_weights()
         if len(values) != len(layer.weights):  # pragma: no cover - a bug, not user input
             raise AssertionError(f"weights of '{layer.name}' do not line up")
         pairs.extend(zip(layer.weights, values))
@@ -167,9 +175,7 @@ def without_batch_norm(model, seed=0):
     optimize away, unlike a trained model's). Nested models are rebuilt the same way.
     """
     graph = Graph(model)
-    config = copy.deepcopy(graph.config)
-    entries = {(e["config"]["name"] if graph.sequential else e["name"]): e
-               for e in config["layers"]}
+    entries = _entries(graph)
     removed = {}
     for name, node in graph.nodes.items():
         if is_model(node.layer):
@@ -179,16 +185,16 @@ def without_batch_norm(model, seed=0):
             producer = entries.get(node.inputs[0][0])
             if producer is not None and "use_bias" in producer["config"]:
                 producer["config"]["use_bias"] = True
-    _drop_layers(config, graph, removed)
-    twin = type(model).from_config(config, custom_objects=_custom_objects(model))
+    twin = _rebuild(model, graph, removed)
     _copy_or_fill(twin, model, np.random.RandomState(seed))
     return twin
 
 
 def _copy_or_fill(twin, model, rs):
+    originals = {layer.name: layer for layer in model.layers}
     pairs = []
     for layer in twin.layers:
-        source = model.get_layer(layer.name)
+        source = originals[layer.name]
         if is_model(layer):
             _copy_or_fill(layer, source, rs)
             continue
