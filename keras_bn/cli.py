@@ -156,9 +156,9 @@ def results_table(results):
                      "-" if r.max_error is None else f"{r.max_error:.2e}",
                      "-" if r.latency_ms is None else
                      f"{r.latency_ms:.2f} ms (batch {r.latency_batch})", str(ops)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-                     for row in rows)
+    from keras_bn._table import aligned
+
+    return aligned(rows)
 
 
 def _inspect(args):

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from keras_bn._table import aligned
 from keras_bn.fold.plan import batch_norm_layers, bn_axes, plan_model
 
 #: |gamma| below this (relative to the layer's largest |gamma|) counts as a dead channel.
@@ -90,7 +91,4 @@ def format_table(rows, title="model"):
     """The rows of `summary` as aligned text."""
     table = [[header for _, header in COLUMNS]]
     table += [[_cell(row[key]) for key, _ in COLUMNS] for row in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return f"BatchNormalization layers of '{title}': {len(rows)}\n" + "\n".join(lines)
+    return f"BatchNormalization layers of '{title}': {len(rows)}\n" + aligned(table, rule=True)

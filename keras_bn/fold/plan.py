@@ -7,6 +7,7 @@ nothing. `rewrite` carries the plan out.
 from dataclasses import dataclass, field
 
 from keras_bn import _keras
+from keras_bn._table import aligned
 from keras_bn.layers import BatchNormalization as _OurBatchNormalization
 
 _L = _keras.keras.layers
@@ -101,14 +102,11 @@ class FoldPlan:
         for d in self.decisions:
             result = f"folded {d.position} -> {d.into}" if d.folded else "kept"
             rows.append((d.bn, d.kind, result, d.reason))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
         summary = f"{len(self.folded)} folded, {len(self.kept)} kept"
         if self.max_error is not None:
             summary += (f"; verified: max abs error {self.max_error:.3g} "
                         f"(tolerance {self.tolerance:.3g})")
-        return "\n".join(lines + [summary])
+        return aligned(rows, rule=True) + "\n" + summary
 
     def __str__(self):
         return self.table()
