@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import keras_bn
 from keras_bn import export
-from keras_bn.fold import without_batch_norm
+from keras_bn.folding import without_batch_norm
 
 VARIANTS = ("unfolded", "folded", "twin", "twin, control")
 

@@ -3,7 +3,7 @@
 import numpy as np
 import tf_keras
 
-from keras_bn.fold.plan import is_batch_norm, is_model
+from keras_bn.walk import is_batch_norm, is_model
 
 
 def randomize_bn(model, seed=0):

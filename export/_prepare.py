@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from keras_bn.fold import fold as _fold
+from keras_bn.folding import fold as _fold
 
 
 def prepare(model, fold, verify=True):

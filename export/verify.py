@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from keras_bn.fold import compare, predict, random_inputs
+from keras_bn.folding import compare, predict, random_inputs
 
 
 @dataclass

@@ -69,3 +69,12 @@ def add_counter(layer, name):
         synchronization=tf.VariableSynchronization.ON_READ,
         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         experimental_autocast=False)
+
+
+def unsafe_deserialization():
+    """A context in which `from_config` may rebuild Lambda layers (Python code), for
+    models whose code already runs in this process. tf-keras offers only a global switch
+    publicly; its SafeModeScope limits the lift to the `with` block."""
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    return SafeModeScope(False)

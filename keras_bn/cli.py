@@ -186,7 +186,7 @@ def main(argv=None):
 
     tf.get_logger().setLevel("ERROR")  # TensorFlow's Python warnings would bury the results
     handlers = {"fold": _fold, "export": _export, "inspect": _inspect, "demo": _demo}
-    from keras_bn.fold import VerificationError
+    from keras_bn.folding import VerificationError
 
     try:
         handlers[args.command](args)

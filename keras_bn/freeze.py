@@ -1,6 +1,6 @@
 """`keras_bn.freeze` / `keras_bn.unfreeze`: BN layers in inference mode for fine-tuning."""
 
-from keras_bn.fold.plan import batch_norm_layers
+from keras_bn.walk import batch_norm_layers
 from keras_bn.layers import BatchNormalization as _Ours
 
 

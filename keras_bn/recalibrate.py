@@ -3,7 +3,7 @@
 import numpy as np
 
 from keras_bn import _keras
-from keras_bn.fold.plan import batch_norm_layers
+from keras_bn.walk import batch_norm_layers
 
 
 def _batches(data, batch_size):

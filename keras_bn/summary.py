@@ -3,7 +3,8 @@
 import numpy as np
 
 from keras_bn._table import aligned
-from keras_bn.fold.plan import batch_norm_layers, bn_axes, plan_model
+from keras_bn.folding.plan import plan_model
+from keras_bn.walk import batch_norm_layers, bn_axes
 
 #: |gamma| below this (relative to the layer's largest |gamma|) counts as a dead channel.
 DEAD_GAMMA = 1e-3

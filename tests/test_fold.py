@@ -8,8 +8,8 @@ import tf_keras
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import keras_bn
-from keras_bn.fold import predict, random_inputs
-from keras_bn.fold.plan import is_batch_norm
+from keras_bn.folding import predict, random_inputs
+from keras_bn.walk import is_batch_norm
 from conftest import assert_close, randomize_bn
 
 L = tf_keras.layers
@@ -162,15 +162,15 @@ def test_refuses_shared_bn_and_shared_producer():
     _check_folded(model, keras_bn.fold(model), expect_bn_left=2)
 
 
-def test_refuses_bn_before_zero_padded_or_grouped_conv():
+def test_refuses_bn_before_zero_padded_conv_and_folds_before_grouped_conv():
     inputs = tf_keras.Input((6, 6, 4))
     x = L.Conv2D(4, 3, padding="same", name="same")(L.BatchNormalization(name="b1")(inputs))
-    x = L.Conv2D(4, 3, groups=2, name="grouped")(L.BatchNormalization(name="b2")(L.ReLU()(x)))
+    x = L.Conv2D(6, 3, groups=2, name="grouped")(L.BatchNormalization(name="b2")(L.ReLU()(x)))
     model = randomize_bn(tf_keras.Model(inputs, x))
     plan = {d.bn: d for d in keras_bn.fold_plan(model).decisions}
     assert "padding='same'" in plan["b1"].reason and "border" in plan["b1"].reason
-    assert "groups=2" in plan["b2"].reason
-    _check_folded(model, keras_bn.fold(model), expect_bn_left=2)
+    assert (plan["b2"].into, plan["b2"].position) == ("grouped", "before")
+    _check_folded(model, keras_bn.fold(model), expect_bn_left=1)
 
 
 def test_plan_table_lists_every_bn():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_bn.fold import math as fm
+from keras_bn.folding import math as fm
 from conftest import assert_close
 
 # float32 convolutions of O(1) values over <= 100 products: 1e-5 of the output scale.

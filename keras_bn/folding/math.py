@@ -31,6 +31,12 @@ def bn_affine(mean, variance, epsilon, gamma=None, beta=None):
     return a, beta - mean * a
 
 
+def compose_affine(first, second):
+    """The affine map `(a, b)` of applying `first`, then `second` (two BNs in a row)."""
+    (a1, b1), (a2, b2) = first, second
+    return a2 * a1, a2 * b1 + b2
+
+
 def _bias(bias, channels, dtype):
     return np.zeros(channels, dtype) if bias is None else np.asarray(bias)
 
@@ -87,17 +93,22 @@ def fold_bn_before_dense(kernel, bias, a, b):
     return _cast(w * a[:, None], bias + b @ w, kernel.dtype)
 
 
-def fold_bn_before_conv(kernel, bias, a, b):
-    """BN -> Conv1D/2D/3D with `groups=1`, exact only without zero padding.
+def fold_bn_before_conv(kernel, bias, a, b, groups=1):
+    """BN -> Conv1D/2D/3D (any `groups`), exact only without zero padding.
 
     Every output sums the whole kernel window, so the constant `b` adds
-    `sum over window and input channels of W * b` to each output channel.
+    `sum over window and input channels of W * b` to each output channel. With groups,
+    output channel `o` reads input channels `g * in_g + i` of its group `g = o // out_g`.
     """
     kernel = np.asarray(kernel)
     bias = _bias(bias, kernel.shape[-1], kernel.dtype)
     w = kernel.astype(np.float64)
-    window_sum = w.reshape(-1, w.shape[-2], w.shape[-1]).sum(axis=0)  # (in, out)
-    return _cast(w * a[:, None], bias + b @ window_sum, kernel.dtype)
+    in_g, out = w.shape[-2:]
+    group_of = np.arange(out) // (out // groups)
+    scale = np.reshape(a, (groups, in_g))[group_of].T  # (in_g, out)
+    shift = np.reshape(b, (groups, in_g))[group_of].T
+    window_sum = w.reshape(-1, in_g, out).sum(axis=0)
+    return _cast(w * scale, bias + (window_sum * shift).sum(axis=0), kernel.dtype)
 
 
 def fold_bn_before_depthwise(kernel, bias, a, b):
@@ -109,3 +120,18 @@ def fold_bn_before_depthwise(kernel, bias, a, b):
     window_sum = w.reshape(-1, channels, multiplier).sum(axis=0)  # (in, m)
     shift = (window_sum * b[:, None]).reshape(-1)
     return _cast(w * a[:, None], bias + shift, kernel.dtype)
+
+
+def fold_bn_before_separable(depthwise_kernel, pointwise_kernel, bias, a, b):
+    """BN -> SeparableConv1D/2D, exact only without zero padding: the depthwise kernel
+    takes the scale, the constant `b` passes through both kernels into the bias.
+
+    Returns:
+      `(depthwise_kernel, pointwise_kernel, bias)`.
+    """
+    depthwise, shift = fold_bn_before_depthwise(depthwise_kernel, None, a, b)
+    pointwise = np.asarray(pointwise_kernel)
+    bias = _bias(bias, pointwise.shape[-1], pointwise.dtype)
+    w = pointwise.astype(np.float64).reshape(-1, pointwise.shape[-1])  # (in * m, out)
+    return depthwise, pointwise.copy(), (bias + shift.astype(np.float64) @ w).astype(
+        pointwise.dtype)

@@ -1,0 +1,93 @@
+"""Folding BatchNormalization into neighbouring Conv/Dense layers.
+
+Data flows one way: `plan.plan_model` (which BN goes where, or why not) ->
+`rewrite.rewrite(model, plan)` (the new model, built once) -> `verify` (both models on
+the same inputs). `graph` reads the model's config, `kinds` is the registry of layer
+classes that absorb a BN, `math` the pure numpy per layer kind.
+"""
+
+from keras_bn.folding.plan import Decision, FoldPlan, plan_model
+from keras_bn.folding.rewrite import rewrite, without_batch_norm
+from keras_bn.folding.verify import (VerificationError, compare, default_rtol, predict,
+                                     random_inputs)
+from keras_bn.walk import batch_norm_paths
+
+
+def fold(model, *, verify: bool = True, rtol: float = None, atol: float = 1e-6,
+         return_plan: bool = False):
+    """A new inference model with every foldable BatchNormalization merged into weights.
+
+    Handles `tf_keras.layers.BatchNormalization`, `keras_bn.BatchNormalization` and
+    `keras_bn.BatchRenormalization` (whose inference is plain BN). A BN right after a
+    Conv1D/2D/3D (any `groups`), DepthwiseConv1D/2D, SeparableConv1D/2D,
+    Conv1D/2D/3DTranspose or Dense is merged into that layer's output channels; a BN right
+    before a Dense, or before a Conv/DepthwiseConv/SeparableConv with 'valid' padding (or
+    a kernel of size 1), into its input channels. BNs in a row compose into one first. A
+    layer without bias gets one. Every BN that cannot be folded exactly (an activation
+    between, a producer that also feeds another layer, a channel axis mismatch, a call
+    that may train, a shared layer, zero padding after it, a layer kind not supported)
+    stays, with the reason in the plan (`fold_plan`).
+
+    The input model, its weights and its files are not changed (the verification run
+    restores any variable a `training=True` call inside the model updates). A Sequential
+    model comes back Sequential, a functional model functional, with the same inputs,
+    layer names and outputs; nested models are folded inside. A model holding Lambda
+    layers is rebuilt with their (already loaded) code.
+
+    Args:
+      model: A built Sequential or functional tf-keras model.
+      verify: Run both models in inference mode on random inputs of the model's input
+        shapes (batch 2, unknown dimensions 32) and raise if they differ.
+      rtol: Tolerance relative to the output scale (max |output|). None: 1e-5 for a
+        float32 model, 10 units in the last place of the compute dtype under mixed
+        precision (float16: 9.8e-3); see `default_rtol`.
+      atol: Absolute slack added to the tolerance, for outputs near zero.
+      return_plan: Also return the FoldPlan that was executed (with the measured error).
+
+    Returns:
+      The folded `tf_keras.Model`, or `(model, FoldPlan)` with `return_plan=True`.
+
+    Raises:
+      ValueError: a subclassed or unbuilt model.
+      VerificationError: (a ValueError) the folded model's outputs differ beyond
+        `rtol * scale + atol`.
+    """
+    if not model.built:
+        raise ValueError(f"Model '{model.name}' is not built: call it on data or give it an "
+                         "Input shape first, so its BN statistics exist.")
+    the_plan = plan_model(model)
+    folded = rewrite(model, the_plan)
+    _check_kept(folded, the_plan)
+    if verify:
+        inputs = random_inputs(model)
+        rtol = default_rtol(model) if rtol is None else rtol
+        the_plan.max_error, the_plan.tolerance = compare(
+            predict(model, inputs), predict(folded, inputs), rtol, atol,
+            f"folded model '{model.name}'")
+    return (folded, the_plan) if return_plan else folded
+
+
+def _check_kept(folded, plan):
+    """The BN layers left in `folded` are exactly the plan's `kept` (else a bug)."""
+    left = sorted(path for path, _ in batch_norm_paths(folded))
+    kept = sorted(d.path for d in plan.kept)
+    if left != kept:  # pragma: no cover - would be a bug in plan or rewrite
+        raise AssertionError(f"keras_bn bug: the folded model keeps BN layers {left}, the "
+                             f"plan says {kept}. Please report it.")
+
+
+def fold_plan(model) -> FoldPlan:
+    """What `fold` would do to each BN layer of `model`, without building anything.
+
+    Returns:
+      A `FoldPlan`: `.decisions` (one `Decision` per BN, nested models included, in graph
+      order), `.folded`, `.kept`, `.as_dicts()`, and `str(plan)` is a table.
+
+    Raises:
+      ValueError: a subclassed model.
+    """
+    return plan_model(model)
+
+
+__all__ = ["fold", "fold_plan", "FoldPlan", "Decision", "VerificationError",
+           "without_batch_norm"]

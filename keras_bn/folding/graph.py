@@ -1,0 +1,211 @@
+"""The model's layer graph, read from (and edited in) its public config: the one place
+that knows tf-keras's config schema.
+
+A functional model's config lists each layer with its `inbound_nodes`, one entry per call.
+tf-keras writes a call as a nested structure (a tensor, a list or dict of tensors) whose
+leaves are *tensor references* `[layer_name, node_index, tensor_index, kwargs]` (kwargs
+optional), or `["_CONSTANT_VALUE", -1, value, kwargs]` for a constant first argument of
+an op layer (`x * 0.5`, `tf.nn.relu6(x)`: `TFOpLambda`, `SlicingOpLambda`). The keyword
+arguments may hold tensor references too (`x + y` stores `y` there). A list counts as a
+reference exactly when tf-keras's own loader treats it as one: 3 or 4 items, a string
+first. Layer names may contain `/`; they are never split here.
+
+A Sequential model's config is a list of layers, each reading the previous one's output.
+"""
+
+from dataclasses import dataclass, field
+
+from keras_bn import _keras
+
+CONSTANT = "_CONSTANT_VALUE"  # tf-keras's marker for a constant first argument
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A tensor: output `tensor` of call `call` of layer `layer`."""
+
+    layer: str
+    call: int = 0
+    tensor: int = 0
+
+
+@dataclass
+class Call:
+    """One call of a layer: the tensors it reads and its keyword arguments.
+
+    Attributes:
+      layer: the called layer's name.
+      index: which call of the layer (its node index in the config).
+      args: the tensors of its first (positional) argument, in order.
+      kwargs: its keyword arguments, tensors in them as `Ref`.
+      reads: every tensor the call reads (first argument and keyword arguments).
+    """
+
+    layer: str
+    index: int
+    args: list
+    kwargs: dict
+    reads: list
+
+
+@dataclass
+class Node:
+    """One layer of the graph: its name, object (None for a Sequential InputLayer) and calls."""
+
+    name: str
+    layer: object
+    calls: list = field(default_factory=list)
+
+
+def _is_ref(value):
+    return isinstance(value, list) and len(value) in (3, 4) and isinstance(value[0], str)
+
+
+def _walk(value, on_ref, into_kwargs=True):
+    """Calls `on_ref(list)` on every tensor reference in a nested config value and, with
+    `into_kwargs`, in the keyword arguments a reference carries."""
+    if _is_ref(value):
+        on_ref(value)
+        if into_kwargs and len(value) == 4:
+            _walk(value[3], on_ref)
+    elif isinstance(value, (list, dict)):
+        for item in (value.values() if isinstance(value, dict) else value):
+            _walk(item, on_ref, into_kwargs)
+
+
+def _as_ref(value):
+    return Ref(value[0], int(value[1]), int(value[2]))
+
+
+def _to_refs(value):
+    """A nested config value with tensor references replaced by `Ref`."""
+    if _is_ref(value) and value[0] != CONSTANT:
+        return _as_ref(value)
+    if isinstance(value, list):
+        return [_to_refs(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _to_refs(item) for key, item in value.items()}
+    return value
+
+
+def _read_call(name, index, data):
+    """A `Call` from one entry of a layer's `inbound_nodes`."""
+    args, kwargs, reads = [], {}, []
+
+    def first_argument(ref):
+        nonlocal kwargs
+        if ref[0] != CONSTANT:
+            args.append(_as_ref(ref))
+        if len(ref) == 4 and ref[3]:
+            kwargs = _to_refs(ref[3])
+
+    # The first argument's references sit at the top of the structure; their kwargs are
+    # the call's keyword arguments (the same dict, repeated in each reference).
+    _walk(data, first_argument, into_kwargs=False)
+    _walk(data, lambda ref: ref[0] != CONSTANT and reads.append(_as_ref(ref)))
+    return Call(name, index, args, kwargs, list(dict.fromkeys(reads)))
+
+
+class Graph:
+    """The layer graph of a Sequential or functional model, read from its config.
+
+    Attributes:
+      model: the model.
+      config: `model.get_config()`, a fresh dict that `without` edits.
+      sequential: whether the model is Sequential.
+      nodes: layer name -> `Node`, in config (topological) order.
+      outputs: the model's output tensors as `Ref`.
+      consumers: `Ref` -> the calls that read it.
+
+    Raises:
+      ValueError: a subclassed model, whose graph cannot be read or rebuilt.
+    """
+
+    def __init__(self, model):
+        if not _keras.is_graph_model(model):
+            raise ValueError(
+                f"Model '{model.name}' is a subclassed model ({type(model).__name__}): its "
+                "layers are connected by Python code in `call`, which cannot be read or "
+                "rebuilt. Build it as a Sequential or functional model to fold it.")
+        self.model = model
+        self.config = model.get_config()
+        self.sequential = isinstance(model, _keras.keras.Sequential)
+        layers = {layer.name: layer for layer in model.layers}
+        self.nodes = {}
+        for name, calls in self._read_calls():
+            self.nodes[name] = Node(name, layers.get(name), calls)
+        self.consumers = {}
+        for node in self.nodes.values():
+            for call in node.calls:
+                for ref in call.reads:
+                    self.consumers.setdefault(ref, []).append(call)
+
+    def _read_calls(self):
+        if self.sequential:
+            previous = None
+            for entry in self.config["layers"]:
+                name = entry["config"]["name"]
+                args = [Ref(previous)] if previous else []
+                yield name, [Call(name, 0, args, {}, list(args))]
+                previous = name
+            self.outputs = [Ref(previous)]
+            return
+        for entry in self.config["layers"]:
+            yield entry["name"], [_read_call(entry["name"], i, data)
+                                  for i, data in enumerate(entry["inbound_nodes"])]
+        self.outputs = [_as_ref(ref) for ref in _flat_refs(self.config["output_layers"])]
+
+    def entry(self, name):
+        """The config entry of layer `name` (to edit in place before `without`)."""
+        for entry in self.config["layers"]:
+            if (entry["config"]["name"] if self.sequential else entry["name"]) == name:
+                return entry
+        raise KeyError(name)
+
+    def entries(self):
+        """Layer name -> its config entry."""
+        return {(e["config"]["name"] if self.sequential else e["name"]): e
+                for e in self.config["layers"]}
+
+    def without(self, removed):
+        """The (edited) config without the `removed` layers.
+
+        Args:
+          removed: layer name -> the `Ref` its output is replaced by (its input). Each
+            removed layer is called once and has one output.
+
+        Returns:
+          The config dict, every reference to a removed layer's output (in call
+          arguments, keyword arguments and the model outputs) pointing at its input.
+        """
+        def resolve(ref):
+            while ref.layer in removed:
+                ref = removed[ref.layer]
+            return ref
+
+        def rewire(value):
+            if value[0] in removed:
+                target = resolve(_as_ref(value))
+                value[:3] = [target.layer, target.call, target.tensor]
+
+        config = self.config
+        if self.sequential:
+            layers = config["layers"]
+            for i, entry in enumerate(layers):
+                if entry["config"]["name"] in removed and "batch_input_shape" in entry["config"]:
+                    following = layers[i + 1]["config"]  # the input shape moves along
+                    following.setdefault("batch_input_shape",
+                                         entry["config"]["batch_input_shape"])
+            config["layers"] = [e for e in layers if e["config"]["name"] not in removed]
+            return config
+        config["layers"] = [e for e in config["layers"] if e["name"] not in removed]
+        for entry in config["layers"]:
+            _walk(entry["inbound_nodes"], rewire)
+        _walk(config["output_layers"], rewire)
+        return config
+
+
+def _flat_refs(value):
+    found = []
+    _walk(value, found.append)
+    return found

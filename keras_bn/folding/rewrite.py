@@ -1,0 +1,171 @@
+"""Carries out a FoldPlan: one new model, built once, in time linear in the model's size.
+
+All weight surgery lives here (the config editing is `graph.Graph.without`). Folded BN
+layers are dropped and their consumers rewired to the BN's input; layers that absorb a BN
+get a bias if they had none. Nested models are edited inside the same config, the new
+model is built from it once, and every weight is set in one batch: the originals, or the
+folded ones from the kinds registry. `rewrite` does not plan: it executes the plan it is
+given. The input model is only read.
+"""
+
+import numpy as np
+
+from keras_bn import _keras
+from keras_bn.folding import math as fold_math
+from keras_bn.folding.graph import Graph
+from keras_bn.folding.kinds import kind_of
+from keras_bn.walk import is_batch_norm, is_model
+
+
+def rewrite(model, plan):
+    """The model `plan` describes: `model` with the plan's folded BNs merged away.
+
+    Args:
+      model: the Sequential or functional model `plan` was made for.
+      plan: a `FoldPlan` of `model` (from `plan_model`).
+
+    Returns:
+      A new model of the same class; `model` is not changed.
+    """
+    folded = [d for d in plan.decisions if d.folded]
+    config, updates = _edit(model, (), folded)
+    new_model = _rebuild(model, config)
+    _set_weights(new_model, model, updates)
+    return new_model
+
+
+def _edit(model, path, folded):
+    """`(edited config, weight updates)` of `model` (at `path`) for the `folded` decisions.
+
+    The updates map a layer name to `{short weight name: array}`, or for a nested model
+    to its own updates dict.
+    """
+    graph = Graph(model)
+    entries = graph.entries()
+    updates, removed, done = {}, {}, set()
+    for decision in folded:
+        if decision.path[:-1] != path or decision.chain in done:
+            continue
+        done.add(decision.chain)
+        affine = _chain_affine([graph.nodes[name].layer for name in decision.chain])
+        target = graph.nodes[decision.into]
+        kind = kind_of(target.layer)
+        fold = kind.after if decision.position == "after" else kind.before
+        weights = updates.get(target.name) or _arrays(target.layer)
+        updates[target.name] = fold(weights, *affine, target.layer)
+        entries[target.name]["config"]["use_bias"] = True
+        for name in decision.chain:
+            removed[name] = graph.nodes[name].calls[0].args[0]
+    for name, node in graph.nodes.items():
+        inside = [d for d in folded if d.path[:len(path) + 1] == path + (name,)]
+        if is_model(node.layer) and inside:
+            entries[name]["config"], updates[name] = _edit(node.layer, path + (name,), inside)
+    return graph.without(removed), updates
+
+
+def _short(weight):
+    return weight.name.split("/")[-1].split(":")[0]
+
+
+def _arrays(layer):
+    return {_short(w): np.array(w.numpy()) for w in layer.weights}
+
+
+def _bn_affine(bn):
+    get = lambda w: None if w is None else np.reshape(w.numpy(), -1)
+    return fold_math.bn_affine(get(bn.moving_mean), get(bn.moving_variance), bn.epsilon,
+                               get(getattr(bn, "gamma", None)), get(getattr(bn, "beta", None)))
+
+
+def _chain_affine(bns):
+    affine = _bn_affine(bns[0])
+    for bn in bns[1:]:
+        affine = fold_math.compose_affine(affine, _bn_affine(bn))
+    return affine
+
+
+def _custom_objects(model, found=None):
+    """Classes the config names that tf-keras does not know by itself."""
+    found = {} if found is None else found
+    for layer in model.layers:
+        cls = type(layer)
+        if not cls.__module__.startswith("tf_keras."):
+            found[_keras.keras.saving.get_registered_name(cls)] = cls
+        if is_model(layer):
+            _custom_objects(layer, found)
+    return found
+
+
+def _rebuild(model, config):
+    """The model `config` describes, of `model`'s class.
+
+    A model that holds Lambda layers already runs their Python code in this process (the
+    user built it, or chose to load it unsafely); rebuilding it deserializes that same
+    code, so safe mode is lifted for this one call and nowhere else.
+    """
+    with _keras.unsafe_deserialization():
+        return type(model).from_config(config, custom_objects=_custom_objects(model))
+
+
+def _set_weights(new_model, model, updates):
+    _keras.keras.backend.batch_set_value(list(_weight_pairs(new_model, model, updates)))
+
+
+def _weight_pairs(new_model, model, updates):
+    originals = {layer.name: layer for layer in model.layers}
+    for layer in new_model.layers:
+        update = updates.get(layer.name)
+        if update is not None and is_model(layer):
+            yield from _weight_pairs(layer, originals[layer.name], update)
+            continue
+        values = ([update[_short(w)] for w in layer.weights] if update is not None
+                  else originals[layer.name].get_weights())
+        if len(values) != len(layer.weights):  # pragma: no cover - a bug, not user input
+            raise AssertionError(f"weights of '{layer.name}' do not line up")
+        yield from zip(layer.weights, values)
+
+
+def without_batch_norm(model, seed=0):
+    """The same architecture built without its BatchNormalization layers.
+
+    Every BN is dropped (its consumers read its input) and the layer right before it gets
+    a bias, as a fold would give it. This is the physical limit a folded model is measured
+    against: a folded BN should cost nothing. Weights are copied from `model` where they
+    exist; the new biases are small random values (not zeros, which converters would
+    optimize away, unlike a trained model's). Nested models are rebuilt the same way.
+    """
+    twin = _rebuild(model, _without_config(model))
+    _copy_or_fill(twin, model, np.random.RandomState(seed))
+    return twin
+
+
+def _without_config(model):
+    graph = Graph(model)
+    entries = graph.entries()
+    removed = {}
+    for name, node in graph.nodes.items():
+        if is_model(node.layer):
+            entries[name]["config"] = _without_config(node.layer)
+        elif is_batch_norm(node.layer):
+            removed[name] = node.calls[0].args[0]
+            producer = entries.get(removed[name].layer)
+            if producer is not None and "use_bias" in producer["config"]:
+                producer["config"]["use_bias"] = True
+    return graph.without(removed)
+
+
+def _copy_or_fill(twin, model, rs):
+    originals = {layer.name: layer for layer in model.layers}
+    pairs = []
+    for layer in twin.layers:
+        source = originals[layer.name]
+        if is_model(layer):
+            _copy_or_fill(layer, source, rs)
+            continue
+        original = _arrays(source)
+        for weight in layer.weights:
+            value = original.get(_short(weight))
+            if value is None or value.shape != tuple(weight.shape):
+                value = (rs.randn(*weight.shape) * 0.01).astype(weight.dtype.as_numpy_dtype)
+            pairs.append((weight, value))
+    _keras.keras.backend.batch_set_value(pairs)

@@ -1,0 +1,54 @@
+"""Finding the BatchNormalization layers of a model: the helpers every feature shares.
+
+Folding, freezing, recalibration, the summary and the benchmarks all need "which layers
+are BN, where are they, over which axes"; they import it from here, not from each other.
+"""
+
+from keras_bn import _keras
+from keras_bn.layers import BatchNormalization as _OurBatchNormalization
+
+
+def is_batch_norm(layer) -> bool:
+    """A tf-keras BatchNormalization or a keras_bn one (BatchRenormalization included)."""
+    return isinstance(layer, (_keras.BuiltinBatchNormalization, _OurBatchNormalization))
+
+
+def is_ours(layer) -> bool:
+    """A keras_bn layer (BatchNormalization or BatchRenormalization)."""
+    return isinstance(layer, _OurBatchNormalization)
+
+
+def is_model(layer) -> bool:
+    """Whether a layer of a model is itself a (nested) model."""
+    return isinstance(layer, _keras.keras.Model)
+
+
+def bn_kind(layer) -> str:
+    """`"tf_keras.BatchNormalization"`, `"keras_bn.BatchRenormalization"`, ..."""
+    return f"{'keras_bn' if is_ours(layer) else 'tf_keras'}.{type(layer).__name__}"
+
+
+def bn_axes(layer) -> list:
+    """The BN layer's channel axes as non-negative integers (it must be built)."""
+    if is_ours(layer):
+        return list(layer.channel_axes)
+    # tf-keras's `build` turns `axis` into a list of non-negative axes.
+    return sorted(layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis])
+
+
+def batch_norm_paths(model, path=()):
+    """`(path, layer)` for every BN layer of `model`, nested models included, in layer
+    order; `path` is the tuple of nested model names, then the layer's own name (names
+    may contain `/`, so a path is never a split string)."""
+    for layer in model.layers:
+        if is_model(layer):
+            yield from batch_norm_paths(layer, path + (layer.name,))
+        elif is_batch_norm(layer):
+            yield path + (layer.name,), layer
+
+
+def batch_norm_layers(model):
+    """`(name, layer)` for every BN layer of `model`, nested models included
+    (`outer/inner` names), in layer order."""
+    for path, layer in batch_norm_paths(model):
+        yield "/".join(path), layer
