@@ -24,6 +24,39 @@ def randomize_bn(model, seed=0):
     return model
 
 
+def realistic_bn(model, seed=0, batch=4):
+    """BN layers as a trained network has them: moving statistics measured on data (here
+    random normal inputs, recalibrated exactly), then perturbed (mean +- 0.1 std, variance
+    x 0.8..1.25), gamma in [0.5, 1.5] with random signs, beta ~ N(0, 0.1).
+
+    `randomize_bn`'s independent random statistics make a deep network (EfficientNet,
+    200+ BNs) chaotic: its outputs reach 1e11 and float32 rounding alone moves them by
+    percent, so no fold check could pass or mean anything there.
+    """
+    import keras_bn
+    from keras_bn.folding import random_inputs
+    from keras_bn.walk import batch_norm_layers
+
+    rs = np.random.RandomState(seed)
+    layers = [layer for _, layer in batch_norm_layers(model)]
+    for layer in layers:
+        shape = layer.moving_mean.shape
+        if layer.gamma is not None:
+            layer.gamma.assign(rs.uniform(0.5, 1.5, shape) * rs.choice([-1, 1], shape))
+        if layer.beta is not None:
+            layer.beta.assign(rs.randn(*shape) * 0.1)
+    if layers:
+        inputs = random_inputs(model, batch=batch, seed=seed)
+        keras_bn.recalibrate(model, [inputs if len(inputs) > 1 else inputs[0]], verbose=0)
+    for layer in layers:
+        shape = layer.moving_mean.shape
+        std = np.sqrt(layer.moving_variance.numpy())
+        layer.moving_mean.assign(layer.moving_mean.numpy() + 0.1 * std * rs.randn(*shape))
+        layer.moving_variance.assign(layer.moving_variance.numpy() *
+                                     np.exp(rs.uniform(np.log(0.8), np.log(1.25), shape)))
+    return model
+
+
 def randomize_biases(model, seed=0):
     """Non-zero biases, as a trained model has (converters drop an Add of zeros)."""
     rs = np.random.RandomState(seed)

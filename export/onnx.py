@@ -11,7 +11,7 @@ from keras_bn.export._prepare import input_signature, prepare
 
 
 def to_onnx(model, path, *, fold=True, opset=None, verify=True, samples=None, labels=None,
-            rtol=1e-4, atol=1e-5, latency_batch=1):
+            rtol=None, atol=1e-5, latency_batch=1):
     """Exports `model` to an ONNX file and proves the file computes what the model does.
 
     Folds the BatchNormalization layers first (`keras_bn.fold`, itself verified), converts
@@ -29,8 +29,10 @@ def to_onnx(model, path, *, fold=True, opset=None, verify=True, samples=None, la
       verify: Run the file in onnxruntime and compare with Keras.
       samples: Optional input array (or list, one per model input) to verify on as well.
       labels: Optional integer labels of `samples`: the result then reports accuracy.
-      rtol: Tolerance relative to the output scale. 1e-4: onnxruntime's kernels sum in
-        another order than TensorFlow's; over a deep float32 network that reaches ~1e-5.
+      rtol: Tolerance relative to the output scale. None: 1e-4 for a float32 model
+        (onnxruntime's kernels sum in another order than TensorFlow's; over a deep float32
+        network that reaches ~1e-5), 10 units in the last place of the compute dtype under
+        mixed precision (float16: 9.8e-3).
       atol: Absolute slack for outputs near zero.
       latency_batch: Batch size of the latency measurement (median of 10 runs in
         onnxruntime); None skips it.
@@ -60,7 +62,8 @@ def to_onnx(model, path, *, fold=True, opset=None, verify=True, samples=None, la
             def run(inputs):
                 return session.run(None, {n: np.asarray(x) for n, x in zip(names, inputs)})
 
-            _verify.measure(result, model, run, samples, labels, verify, rtol, atol,
+            _verify.measure(result, model, run, samples, labels, verify,
+                            _verify.export_rtol(model, rtol), atol,
                             latency_batch, f"ONNX export of '{model.name}'")
         result.size_bytes = os.path.getsize(tmp)
     return result

@@ -13,7 +13,7 @@ QUANTIZE = (None, "float16", "int8")
 
 
 def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None,
-              verify=True, samples=None, labels=None, rtol=1e-4, atol=1e-5,
+              verify=True, samples=None, labels=None, rtol=None, atol=1e-5,
               representative_steps=200, latency_batch=1):
     """Exports `model` to a TFLite file and runs the file in LiteRT to check it.
 
@@ -74,7 +74,8 @@ def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None
                 got = runner(**{n: np.asarray(x, np.float32) for n, x in zip(names, inputs)})
                 return [got[name] for name in outputs]
 
-            _verify.measure(result, model, run, samples, labels, verify, rtol, atol,
+            _verify.measure(result, model, run, samples, labels, verify,
+                            _verify.export_rtol(model, rtol), atol,
                             latency_batch, f"TFLite export of '{model.name}'",
                             check=quantize is None)
         result.size_bytes = os.path.getsize(tmp)

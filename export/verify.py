@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from keras_bn.folding import compare, predict, random_inputs
+from keras_bn.folding import compare, default_rtol, predict, random_inputs
 
 
 @dataclass
@@ -62,6 +62,17 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+#: A float32 file's tolerance, relative to the output scale: the runtimes' kernels sum
+#: in another order than TensorFlow's; over a deep float32 network that reaches ~1e-5.
+FLOAT32_RTOL = 1e-4
+
+
+def export_rtol(model, rtol=None):
+    """`rtol`, or by default 1e-4 for a float32 model and the fold's mixed-precision
+    tolerance (10 units in the last place of the compute dtype) for a float16 one."""
+    return rtol if rtol is not None else max(FLOAT32_RTOL, default_rtol(model))
 
 
 def verification_inputs(model, samples):

@@ -206,8 +206,7 @@ def _not_a_kind(node, what):
     if not layer.weights:
         return "no weights", f"{what} {_label(node)}, which has no weights to fold into"
     return "unsupported", (f"{what} {_label(node)}, a layer kind fold does not support "
-                           "(only the exact classes Conv1D/2D/3D, Dense, DepthwiseConv1D/2D, "
-                           "SeparableConv1D/2D and Conv1D/2D/3DTranspose)")
+                           "(the supported classes are listed in keras_bn.folding.kinds)")
 
 
 def _after(graph, bn, axes):

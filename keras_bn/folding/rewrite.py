@@ -85,12 +85,15 @@ def _chain_affine(bns):
 
 
 def _custom_objects(model, found=None):
-    """Classes the config names that tf-keras does not know by itself."""
+    """Classes the config names that tf-keras does not know by itself: every layer class
+    that is not one of `tf_keras.layers` (user classes, and the private ones of
+    `tf_keras.applications` such as ConvNeXt's LayerScale), by registered and class name."""
     found = {} if found is None else found
     for layer in model.layers:
         cls = type(layer)
-        if not cls.__module__.startswith("tf_keras."):
-            found[_keras.keras.saving.get_registered_name(cls)] = cls
+        if getattr(_keras.keras.layers, cls.__name__, None) is not cls:
+            found.setdefault(_keras.keras.saving.get_registered_name(cls), cls)
+            found.setdefault(cls.__name__, cls)
         if is_model(layer):
             _custom_objects(layer, found)
     return found
