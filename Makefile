@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench zoo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,3 +29,8 @@ clean:
 
 bench: install
 	$(PY) -m benchmarks
+
+# Every tf_keras.applications constructor folded (float64 parity), one per family and the
+# hand-built models exported to ONNX and TFLite; writes benchmarks/results/zoo.md.
+zoo: install
+	$(PY) -m benchmarks.zoo

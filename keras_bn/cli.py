@@ -3,7 +3,8 @@
 import argparse
 import os
 import sys
-import time
+
+from keras_bn.progress import Steps
 
 EXAMPLES = """\
 examples:
@@ -31,25 +32,6 @@ COMMANDS = {
 
 class UserError(Exception):
     """Bad input: reported as one line on stderr, exit status 2."""
-
-
-class Steps:
-    """Progress of multi-step work on stderr: `[2/4] fold ... 0.8 s`."""
-
-    def __init__(self, total, stream=sys.stderr):
-        self.total, self.done, self.stream = total, 0, stream
-
-    def run(self, label, fn, *args, **kwargs):
-        self.done += 1
-        print(f"[{self.done}/{self.total}] {label} ...", end="", flush=True, file=self.stream)
-        start = time.perf_counter()
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException:
-            print(" failed", file=self.stream, flush=True)
-            raise
-        print(f" {time.perf_counter() - start:.1f} s", file=self.stream, flush=True)
-        return result
 
 
 def _parser():

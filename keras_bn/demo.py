@@ -139,7 +139,7 @@ def plot(history, rows, path):
 def main(epochs=12, out="demo_results", verbose=2):
     """Runs the demo; returns the table rows (list of dicts)."""
     import keras_bn
-    from keras_bn.cli import Steps
+    from keras_bn.progress import Steps
     from keras_bn.export import to_onnx, to_tflite
 
     os.makedirs(out, exist_ok=True)

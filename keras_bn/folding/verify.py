@@ -30,9 +30,11 @@ def predict(model, inputs):
 
     The model is left exactly as it was: a layer called with `training=True` inside it
     (a BN that normalizes with batch statistics, say) updates its variables even here,
-    so every variable is read before and written back after.
+    so every variable a forward pass can update (the non-trainable ones: moving
+    statistics, counters; trainable ones change only under an optimizer) is read before
+    and written back after.
     """
-    variables = model.variables
+    variables = model.non_trainable_variables
     saved = _keras.keras.backend.batch_get_value(variables)
     try:
         outputs = model(inputs if len(inputs) > 1 else inputs[0], training=False)

@@ -1,0 +1,51 @@
+"""Every `tf_keras.applications` constructor folded, and one model per family (plus the
+hand-built ones) exported to ONNX and TFLite and run (`heavy`: runs in `make test`).
+
+Fold parity is 1e-5 of the output scale in float64 (see `benchmarks/zoo.py`: random
+weights make deep float32 networks too ill-conditioned for a float32 check to test the
+fold); measured errors are 1e-11 or smaller. Export parity is the exporters' own check,
+1e-4 of the output scale in float32, on BN statistics measured on data.
+"""
+
+import numpy as np
+import pytest
+
+from benchmarks import zoo
+
+pytestmark = pytest.mark.heavy
+
+
+def test_the_zoo_is_every_constructor():
+    names = zoo.constructors()
+    assert len(names) >= 70 and {"ResNet50", "ConvNeXtTiny", "RegNetY320"} <= set(names)
+    families = {zoo.family(n) for n in names}
+    assert {"EfficientNet", "EfficientNetV2", "RegNetX", "RegNetY", "ResNetV2", "ResNetRS",
+            "MobileNetV3", "NASNet", "ConvNeXt", "DenseNet", "VGG"} <= families
+    assert len(zoo.representatives()) == len(families)
+
+
+@pytest.mark.parametrize("name", zoo.constructors() + list(zoo.HAND_BUILT))
+def test_fold(name):
+    row = zoo.fold_case(name)
+    assert row["fold_error"] <= 1e-5, row
+    assert row["foldable_left"] == 0, row
+    assert row["original_unchanged"], row
+    assert row["folded"] + row["kept"] == row["bn"], row
+
+
+@pytest.mark.parametrize("name", zoo.representatives() + list(zoo.HAND_BUILT))
+def test_export_one_per_family(name, tmp_path):
+    row = zoo.export_case(name, str(tmp_path))
+    # The exporters raise beyond 1e-4 of the output scale; the row reports the error.
+    assert row["onnx_error"] <= 1e-4 and row["tflite_error"] <= 1e-4, row
+    assert row["onnx_bn_ops"] == 0 and row["tflite_bn_ops"] == 0, row
+
+
+def test_foldable_left_counts_an_unfolded_bn():
+    """The independent counter sees a BN right after a linear conv (it can fail)."""
+    model = zoo.build("residual (hand-built)")
+    assert zoo.foldable_left(model) == sum(
+        1 for layer in model.layers if type(layer).__name__ == "BatchNormalization"
+        and type(layer.inbound_nodes[0].inbound_layers).__name__ == "Conv2D")
+    assert zoo.foldable_left(model) > 0
+    np.testing.assert_equal(zoo.family("EfficientNetV2B3"), "EfficientNetV2")
