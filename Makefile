@@ -18,8 +18,12 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 install: $(VENV)/.installed
 
+# The heavy group (the applications zoo, whole architectures exported) runs in two worker
+# processes: most of its time is Keras's single-threaded Python (building, rebuilding,
+# eager calls of 800-layer models), so two processes on two cores nearly halve it.
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider --durations=10
+	$(PY) -m pytest -q -p no:cacheprovider --durations=10 -m "not heavy"
+	$(PY) -m pytest -q -p no:cacheprovider --durations=10 -m heavy -n 2
 
 demo: install
 	$(VENV)/bin/keras-bn demo

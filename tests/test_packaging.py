@@ -1,6 +1,7 @@
 """The top-level `export/` folder ships as `keras_bn.export`, editable and not."""
 
 import os
+import pathlib
 import subprocess
 import sys
 import zipfile
@@ -26,6 +27,8 @@ def test_wheel_install_maps_export_folder(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"keras_bn/export/{m}" for m in EXPORT_MODULES} <= names
     assert not any(n.startswith("export/") for n in names)  # no stray top-level package
+    source = {str(p.relative_to(ROOT)) for p in pathlib.Path(ROOT, "keras_bn").rglob("*.py")}
+    assert source <= names, sorted(source - names)  # every module ships (keras_bn.fold once did not)
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
                     "--target", str(tmp_path / "site"), str(wheel)], check=True, timeout=600)
     probe = ("import keras_bn.export as e, keras_bn; "
