@@ -33,7 +33,14 @@ def test_fold(name):
     assert row["folded"] + row["kept"] == row["bn"], row
 
 
-@pytest.mark.parametrize("name", zoo.representatives() + list(zoo.HAND_BUILT))
+def _export_params():
+    for name in zoo.representatives() + list(zoo.HAND_BUILT):
+        limit = zoo.EXPORT_LIMITS.get(zoo.family(name))
+        yield pytest.param(name, marks=[pytest.mark.xfail(reason=limit, strict=False)]
+                           if limit else [])
+
+
+@pytest.mark.parametrize("name", _export_params())
 def test_export_one_per_family(name, tmp_path):
     row = zoo.export_case(name, str(tmp_path))
     # The exporters raise beyond 1e-4 of the output scale; the row reports the error.
