@@ -40,7 +40,7 @@ def _export_params():
                            if limit else [])
 
 
-@pytest.mark.parametrize("name", _export_params())
+@pytest.mark.parametrize("name", list(_export_params()))
 def test_export_one_per_family(name, tmp_path):
     row = zoo.export_case(name, str(tmp_path))
     # The exporters raise beyond 1e-4 of the output scale; the row reports the error.
