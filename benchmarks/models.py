@@ -24,14 +24,22 @@ def randomize_bn(model, seed=0):
     return model
 
 
-def realistic_bn(model, seed=0, batch=4):
+def realistic_bn(model, seed=0, batch=16):
     """BN layers as a trained network has them: moving statistics measured on data (here
-    random normal inputs, recalibrated exactly), then perturbed (mean +- 0.1 std, variance
-    x 0.8..1.25), gamma in [0.5, 1.5] with random signs, beta ~ N(0, 0.1).
+    `batch` random normal inputs, recalibrated exactly: every channel its own mean and
+    variance), |gamma| in [0.2, 0.8] with random signs, beta ~ N(0, 0.1).
 
     `randomize_bn`'s independent random statistics make a deep network (EfficientNet,
     200+ BNs) chaotic: its outputs reach 1e11 and float32 rounding alone moves them by
-    percent, so no fold check could pass or mean anything there.
+    percent, so no fold check could pass or mean anything there. What else was tried,
+    measured in float64 (fold error relative to the output scale): statistics measured
+    on 4 inputs leave channels of the deepest stages (one spatial position at 32x32)
+    with a tiny std, and ResNetRS152's outputs reach 3e6 with a 20 % error from float64
+    rounding alone (64 inputs: 6e-6; 16 inputs: 4e-12); perturbing the measured
+    statistics (mean +- 0.1 std, variance x 0.8..1.25) compounds over depth
+    (EfficientNetB7's outputs reach 4e33); |gamma| up to 1.5 lets every residual branch
+    add more than a unit of variance. The verification inputs are another draw than the
+    calibration ones, as in real use.
     """
     import keras_bn
     from keras_bn.folding import random_inputs
@@ -42,18 +50,12 @@ def realistic_bn(model, seed=0, batch=4):
     for layer in layers:
         shape = layer.moving_mean.shape
         if layer.gamma is not None:
-            layer.gamma.assign(rs.uniform(0.5, 1.5, shape) * rs.choice([-1, 1], shape))
+            layer.gamma.assign(rs.uniform(0.2, 0.8, shape) * rs.choice([-1, 1], shape))
         if layer.beta is not None:
             layer.beta.assign(rs.randn(*shape) * 0.1)
     if layers:
-        inputs = random_inputs(model, batch=batch, seed=seed)
+        inputs = random_inputs(model, batch=batch, seed=seed + 1)
         keras_bn.recalibrate(model, [inputs if len(inputs) > 1 else inputs[0]], verbose=0)
-    for layer in layers:
-        shape = layer.moving_mean.shape
-        std = np.sqrt(layer.moving_variance.numpy())
-        layer.moving_mean.assign(layer.moving_mean.numpy() + 0.1 * std * rs.randn(*shape))
-        layer.moving_variance.assign(layer.moving_variance.numpy() *
-                                     np.exp(rs.uniform(np.log(0.8), np.log(1.25), shape)))
     return model
 
 

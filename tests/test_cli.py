@@ -97,7 +97,7 @@ def test_bad_input_exits_2_with_one_line(model_file, tmp_path, args, message):
 
 def test_lambda_layer_needs_unsafe(tmp_path):
     inputs = tf_keras.Input((4,))
-    x = L.Lambda(lambda t: t * 2.0, name="double")(L.BatchNormalization()(inputs))
+    x = L.Lambda(lambda t: t * 2.0, name="double")(L.BatchNormalization()(L.Dense(3)(inputs)))
     path = tmp_path / "lambda.keras"
     tf_keras.Model(inputs, x).save(path)
     refused = keras_bn_cli("inspect", path)
@@ -105,6 +105,11 @@ def test_lambda_layer_needs_unsafe(tmp_path):
     assert "--unsafe" in refused.stderr and "Traceback" not in refused.stderr
     allowed = keras_bn_cli("inspect", path, "--unsafe")
     assert allowed.returncode == 0, allowed.stderr
+    # The user's choice carries into the fold's rebuild of the model (and only there).
+    folded = keras_bn_cli("fold", path, tmp_path / "folded.keras", "--unsafe")
+    assert folded.returncode == 0, folded.stderr
+    model = tf_keras.models.load_model(tmp_path / "folded.keras", safe_mode=False)
+    assert not any(map(is_batch_norm, model.layers))
 
 
 def test_lambda_in_h5_is_refused_too(tmp_path):
