@@ -66,13 +66,13 @@ def atomic_path(path):
 
 #: A float32 file's tolerance, relative to the output scale: the runtimes' kernels sum
 #: in another order than TensorFlow's; over a deep float32 network that reaches ~1e-5.
-FLOAT32_RTOL = 1e-4
+FILE_RTOL = 1e-4
 
 
 def export_rtol(model, rtol=None):
     """`rtol`, or by default 1e-4 for a float32 model and the fold's mixed-precision
     tolerance (10 units in the last place of the compute dtype) for a float16 one."""
-    return rtol if rtol is not None else max(FLOAT32_RTOL, default_rtol(model))
+    return rtol if rtol is not None else max(FILE_RTOL, default_rtol(model))
 
 
 def verification_inputs(model, samples):

@@ -37,6 +37,10 @@ BEFORE = [
     (lambda f: L.Conv3D(4, 2, data_format=f), (5, 5, 5, 2)),
     (lambda f: L.DepthwiseConv2D(3, depth_multiplier=2, data_format=f), (7, 7, 3)),
     (lambda f: L.DepthwiseConv1D(2, data_format=f, use_bias=False), (7, 3)),
+    (lambda f: L.Conv2D(6, 3, groups=3, data_format=f), (7, 7, 3)),
+    (lambda f: L.SeparableConv2D(4, 3, depth_multiplier=2, data_format=f), (7, 7, 3)),
+    (lambda f: L.SeparableConv1D(4, 1, padding="same", data_format=f, use_bias=False),
+     (9, 3)),
 ]
 
 

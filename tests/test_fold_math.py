@@ -129,3 +129,33 @@ def test_inputs_are_never_modified_and_dtype_is_kept():
     assert k.dtype == c2.dtype == np.float32
     np.testing.assert_array_equal(w, w0)
     np.testing.assert_array_equal(c, c0)
+
+
+def test_compose_affine_is_two_bns_in_a_row():
+    x = rs.randn(5, 3)
+    first, second = _bn(3), _bn(3)
+    a, b = fm.compose_affine(first, second)
+    np.testing.assert_allclose(a * x + b, second[0] * (first[0] * x + first[1]) + second[1],
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_before_grouped_conv_valid(groups):
+    x = rs.randn(2, 7, 7, 4).astype("float32")
+    w = rs.randn(3, 3, 4 // groups, 8).astype("float32")
+    c = rs.randn(8).astype("float32")
+    a, b = _bn(4)
+    k, c2 = fm.fold_bn_before_conv(w, c, a, b, groups=groups)
+    conv = lambda inp, kernel: tf.nn.conv2d(inp, kernel, 1, "VALID").numpy()
+    assert_close(conv(x, k) + c2, conv((a * x + b).astype("float32"), w) + c, RTOL)
+
+
+def test_before_separable_valid():
+    x = rs.randn(2, 7, 7, 3).astype("float32")
+    dw = rs.randn(3, 3, 3, 2).astype("float32")
+    pw = rs.randn(1, 1, 6, 5).astype("float32")
+    c = rs.randn(5).astype("float32")
+    a, b = _bn(3)
+    dw2, pw2, c2 = fm.fold_bn_before_separable(dw, pw, c, a, b)
+    sep = lambda inp, d, p: tf.nn.separable_conv2d(inp, d, p, [1, 1, 1, 1], "VALID").numpy()
+    assert_close(sep(x, dw2, pw2) + c2, sep((a * x + b).astype("float32"), dw, pw) + c, RTOL)
