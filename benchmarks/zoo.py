@@ -198,12 +198,12 @@ def fold_case(name, float32=False):
     if bn_count(model) and name not in FLOAT32_ONLY:
         model = build(name, "float64")
     model = realistic_bn(model)
-    before = [w.copy() for w in model.get_weights()]
+    before = _digests(model)  # digests, not copies: RegNetY320 in float64 is 1.2 GB
     start = time.perf_counter()
     folded, plan = keras_bn.fold(model, return_plan=True)
     seconds = time.perf_counter() - start
-    unchanged = all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
-    scale = (plan.tolerance - 1e-6) / 1e-5
+    unchanged = before == _digests(model)
+    scale = (plan.tolerance - 1e-6) / 1e-5  # fold checked at rtol 1e-5, atol 1e-6
     row = {"model": name, "family": family(name) if name not in HAND_BUILT else name,
            "parity_dtype": model.dtype, "bn": bn_count(model),
            "folded": len(plan.folded), "kept": len(plan.kept),
@@ -212,10 +212,23 @@ def fold_case(name, float32=False):
            "foldable_left": foldable_left(folded), "original_unchanged": unchanged}
     if float32:
         model32 = realistic_bn(build(name, "float32"))
-        _, plan32 = keras_bn.fold(model32, return_plan=True, rtol=1.0)
-        scale32 = plan32.tolerance - 1e-6
+        # For information only: never raises (a chaotic network may differ by 100 %).
+        _, plan32 = keras_bn.fold(model32, return_plan=True, rtol=np.inf)
+        scale32 = _output_scale(model32)
         row["fold_error_f32"] = plan32.max_error / scale32 if scale32 else 0.0
     return row
+
+
+def _digests(model):
+    import hashlib
+    return [hashlib.sha256(np.ascontiguousarray(v.numpy()).tobytes()).hexdigest()
+            for v in model.variables]
+
+
+def _output_scale(model):
+    """max |output| on the inputs `fold` verifies with (as its tolerance uses)."""
+    from keras_bn.folding import predict, random_inputs
+    return max(float(np.max(np.abs(o))) for o in predict(model, random_inputs(model)))
 
 
 def _categories(plan):
