@@ -17,6 +17,7 @@ convolution), with BN statistics measured on data as a trained network has them.
 """
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -84,6 +85,7 @@ def build(name, dtype="float32", size=None):
     """The application with `weights=None`, `classes=10`, logits out, small inputs (or
     a hand-built model of `HAND_BUILT`)."""
     tf_keras.backend.clear_session()
+    gc.collect()  # the previous model's arrays go before the next one is built
     tf_keras.backend.set_floatx(dtype)
     try:
         if name in HAND_BUILT:
