@@ -36,6 +36,14 @@ def bn_axes(layer) -> list:
     return sorted(layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis])
 
 
+def all_layers(model):
+    """Every layer of `model`, nested models' layers included (after the model itself)."""
+    for layer in model.layers:
+        yield layer
+        if is_model(layer):
+            yield from all_layers(layer)
+
+
 def batch_norm_paths(model, path=()):
     """`(path, layer)` for every BN layer of `model`, nested models included, in layer
     order; `path` is the tuple of nested model names, then the layer's own name (names

@@ -131,9 +131,10 @@ class Graph:
         self.config = model.get_config()
         self.sequential = isinstance(model, _keras.keras.Sequential)
         layers = {layer.name: layer for layer in model.layers}
-        self.nodes = {}
-        for name, calls in self._read_calls():
-            self.nodes[name] = Node(name, layers.get(name), calls)
+        self.nodes = {name: Node(name, layers.get(name), calls)
+                      for name, calls in self._read_calls()}
+        self.outputs = ([Ref(name) for name in list(self.nodes)[-1:]] if self.sequential else
+                        [_as_ref(ref) for ref in _flat_refs(self.config["output_layers"])])
         self.consumers = {}
         for node in self.nodes.values():
             for call in node.calls:
@@ -148,22 +149,13 @@ class Graph:
                 args = [Ref(previous)] if previous else []
                 yield name, [Call(name, 0, args, {}, list(args))]
                 previous = name
-            self.outputs = [Ref(previous)]
             return
         for entry in self.config["layers"]:
             yield entry["name"], [_read_call(entry["name"], i, data)
                                   for i, data in enumerate(entry["inbound_nodes"])]
-        self.outputs = [_as_ref(ref) for ref in _flat_refs(self.config["output_layers"])]
-
-    def entry(self, name):
-        """The config entry of layer `name` (to edit in place before `without`)."""
-        for entry in self.config["layers"]:
-            if (entry["config"]["name"] if self.sequential else entry["name"]) == name:
-                return entry
-        raise KeyError(name)
 
     def entries(self):
-        """Layer name -> its config entry."""
+        """Layer name -> its config entry (to edit in place before `without`)."""
         return {(e["config"]["name"] if self.sequential else e["name"]): e
                 for e in self.config["layers"]}
 
