@@ -35,7 +35,7 @@ demo: install
 	$(VENV)/bin/keras-bn demo
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info
 
 bench: install
 	$(PY) -m benchmarks

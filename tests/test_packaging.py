@@ -1,15 +1,19 @@
-"""The top-level `export/` folder ships as `keras_bn.export`, editable and not."""
+"""The package as users get it: built into a wheel and an sdist, installed into a fresh
+virtual environment, and the top-level `export/` folder shipping as `keras_bn.export`."""
 
 import os
 import pathlib
 import subprocess
 import sys
+import sysconfig
+import tarfile
 import zipfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPORT_MODULES = {"__init__.py", "onnx.py", "tflite.py", "verify.py", "_prepare.py"}
+#: The tree to build: this checkout, or KERAS_BN_SOURCE (to run the test on another commit).
+SOURCE = os.environ.get("KERAS_BN_SOURCE", ROOT)
 
 
 def test_editable_install_maps_export_folder():
@@ -19,22 +23,73 @@ def test_editable_install_maps_export_folder():
     assert callable(keras_bn.export.to_onnx) and callable(keras_bn.export.to_tflite)
 
 
+def _modules(source):
+    """Every module a wheel must hold, as its path inside the wheel."""
+    root = pathlib.Path(source)
+    mine = {str(p.relative_to(root)) for p in (root / "keras_bn").rglob("*.py")}
+    export = {"keras_bn/export/" + str(p.relative_to(root / "export"))
+              for p in (root / "export").rglob("*.py")}
+    return mine | export
+
+
+def _run(command, **kwargs):
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, **kwargs)
+    assert done.returncode == 0, f"{command} exited {done.returncode}:\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def fresh_install(tmp_path_factory):
+    """(fresh venv, dist folder): the sdist built from the tree, the wheel built from the
+    sdist (so a file missing from the sdist breaks the wheel too), installed into a new
+    virtual environment. That environment sees the dependencies (TensorFlow etc.) through
+    a path line in a .pth file, which puts the dev venv's site-packages on sys.path without
+    running its .pth files: the editable install's finder is not active there, and the
+    source tree is not on the path (the commands run in an empty folder)."""
+    tmp = tmp_path_factory.mktemp("fresh")
+    _run([sys.executable, "-m", "build", "--outdir", str(tmp / "dist"), SOURCE])
+    venv = tmp / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    (wheel,) = (tmp / "dist").glob("*.whl")
+    python = str(venv / "bin" / "python")
+    _run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet",
+          "--no-deps", "--no-index", str(wheel)])
+    purelib = _run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"])
+    pathlib.Path(purelib.strip(), "dev_dependencies.pth").write_text(
+        sysconfig.get_path("purelib") + "\n")
+    return venv, tmp / "dist"
+
+
 @pytest.mark.heavy
-def test_wheel_install_maps_export_folder(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w",
-                    str(tmp_path / "dist"), ROOT], check=True, timeout=600)
-    (wheel,) = (tmp_path / "dist").iterdir()
+def test_wheel_and_sdist_hold_every_module_and_the_license(fresh_install):
+    _, dist = fresh_install
+    (wheel,) = dist.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {f"keras_bn/export/{m}" for m in EXPORT_MODULES} <= names
+    missing = _modules(SOURCE) - names
+    assert not missing, f"not in the wheel: {sorted(missing)}"
     assert not any(n.startswith("export/") for n in names)  # no stray top-level package
-    source = {str(p.relative_to(ROOT)) for p in pathlib.Path(ROOT, "keras_bn").rglob("*.py")}
-    assert source <= names, sorted(source - names)  # every module ships (keras_bn.fold once did not)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--target", str(tmp_path / "site"), str(wheel)], check=True, timeout=600)
-    probe = ("import keras_bn.export as e, keras_bn; "
-             "print(e.__file__); print(keras_bn.__file__); e.to_onnx; e.to_tflite")
-    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"), TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
-                         text=True, cwd=tmp_path, env=env, timeout=600).stdout.split()
-    assert out[0] == str(tmp_path / "site" / "keras_bn" / "export" / "__init__.py")
-    assert out[1].startswith(str(tmp_path / "site"))
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    assert "License-Expression: Apache-2.0" in zipfile.ZipFile(wheel).read(metadata).decode()
+    (sdist,) = dist.glob("*.tar.gz")
+    in_sdist = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
+    assert {"LICENSE", "README.md", "pyproject.toml"} <= in_sdist
+
+
+@pytest.mark.heavy
+def test_fresh_venv_imports_runs_the_cli_and_exports(fresh_install, tmp_path):
+    venv, _ = fresh_install
+    python, cli = str(venv / "bin" / "python"), str(venv / "bin" / "keras-bn")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    where = _run([python, "-c", "import keras_bn, keras_bn.export as e; e.to_onnx; "
+                  "print(keras_bn.__file__)"], cwd=tmp_path, env=env)
+    assert where.strip().startswith(str(venv)), where  # the installed copy, not the source
+    assert "usage: keras-bn" in _run([cli, "--help"], cwd=tmp_path, env=env)
+    _run([python, "-c", "import tf_keras as k, keras_bn; k.Sequential([k.Input((8, 8, 3)), "
+          "k.layers.Conv2D(4, 3), keras_bn.BatchNormalization(), k.layers.Flatten(), "
+          "k.layers.Dense(2)]).save('m.keras')"], cwd=tmp_path, env=env)
+    _run([cli, "fold", "m.keras", "folded.keras"], cwd=tmp_path, env=env)
+    _run([cli, "export", "m.keras", "--onnx", "m.onnx"], cwd=tmp_path, env=env)
+    assert (tmp_path / "folded.keras").stat().st_size > 0
+    assert (tmp_path / "m.onnx").stat().st_size > 0
