@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from keras_bn.errors import InputError
 from keras_bn.export import verify as _verify
 from keras_bn.export._prepare import input_signature, prepare
 
@@ -76,7 +77,7 @@ def _check(proto, name):
     unconverted = sorted({f"{node.op_type} ({node.name})" for node in proto.graph.node
                           if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type)})
     if unconverted:
-        raise ValueError(
+        raise InputError(
             f"tf2onnx could not convert these TensorFlow ops of '{name}': "
             f"{', '.join(unconverted)}. tf-keras runs some layers as compiled functions "
             "(a Conv with groups > 1 on CPU is one), which tf2onnx cannot read: export "

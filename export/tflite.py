@@ -6,6 +6,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from keras_bn.errors import InputError
 from keras_bn.export import verify as _verify
 from keras_bn.export._prepare import input_signature, prepare
 
@@ -53,9 +54,9 @@ def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None
     from ai_edge_litert.interpreter import Interpreter
 
     if quantize not in QUANTIZE:
-        raise ValueError(f"to_tflite got quantize={quantize!r}; use one of {QUANTIZE}.")
+        raise InputError(f"to_tflite got quantize={quantize!r}; use one of {QUANTIZE}.")
     if quantize == "int8" and representative_data is None:
-        raise ValueError(
+        raise InputError(
             "to_tflite(quantize='int8') needs representative_data: an array of typical "
             "inputs (a few hundred rows of the training data) to calibrate the int8 ranges.")
     converted, plan = prepare(model, fold, verify)

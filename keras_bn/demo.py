@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from keras_bn.errors import InputError
+
 
 def load_digits(seed=0):
     """`(x_train, y_train, x_test, y_test)`: digits as (N, 8, 8, 1) floats in [0, 1],
@@ -19,7 +21,7 @@ def load_digits(seed=0):
         from sklearn.datasets import load_digits as sklearn_digits
         from sklearn.model_selection import train_test_split
     except ImportError as error:  # pragma: no cover - the demo extra is missing
-        raise ValueError("the demo needs scikit-learn: pip install 'keras-bn[demo]'") from error
+        raise InputError("the demo needs scikit-learn: pip install 'keras-bn[demo]'") from error
     digits = sklearn_digits()
     x = (digits.images / 16.0).astype("float32")[..., None]
     x_train, x_test, y_train, y_test = train_test_split(

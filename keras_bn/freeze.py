@@ -1,5 +1,6 @@
 """`keras_bn.freeze` / `keras_bn.unfreeze`: BN layers in inference mode for fine-tuning."""
 
+from keras_bn.errors import InputError
 from keras_bn.walk import batch_norm_layers
 from keras_bn.layers import BatchNormalization as _Ours
 
@@ -34,7 +35,7 @@ def freeze(model, *, train_gamma_beta=False):
     if train_gamma_beta:
         builtin = [name for name, layer in layers if not isinstance(layer, _Ours)]
         if builtin:
-            raise ValueError(
+            raise InputError(
                 f"freeze(train_gamma_beta=True): tf-keras BatchNormalization layer(s) "
                 f"{', '.join(repr(n) for n in builtin)} run in inference mode only when "
                 "trainable=False, which also freezes gamma and beta. Use train_gamma_beta="

@@ -1,84 +1,202 @@
-"""Loading a model file safely: Lambda layers (stored Python code) are refused by default."""
+"""Loading a model file safely: code stored in the file is refused unless asked for.
 
+The check reads what tf-keras will read. The format is decided from the file's content
+exactly as `tf_keras.models.load_model` decides it (a name ending in `.keras` *and* a zip
+archive: the zip format; else a directory: SavedModel; else HDF5), and the model's parsed
+configuration from that format's own place (`config.json` in the zip, the `model_config`
+attribute of the HDF5 file, every node of the SavedModel's Keras metadata) is walked in
+full, nested models and wrappers included. The model is then loaded from a private copy of
+what was checked, so the file cannot change between the check and the load.
+"""
+
+import builtins
 import json
 import os
+import shutil
+import tempfile
 import zipfile
 
 from keras_bn import _keras
+from keras_bn.errors import InputError, UnsafeModelError
+
+#: Modules a configuration may name for tf-keras to import: Keras itself and keras_bn.
+#: Any other module (a user's package, `os`, `__main__`) is code the file makes us run.
+SAFE_MODULES = ("tf_keras", "keras", "keras_bn")
+
+#: TensorFlow API namespaces a TFOpLambda layer may not call when loading safely: they
+#: read or write files, run Python, or reach outside the model's tensors.
+UNSAFE_TF_OPS = ("io", "gfile", "raw_ops", "py_function", "numpy_function", "py_func",
+                 "print", "Print", "summary", "saved_model", "data", "debugging", "train",
+                 "distribute", "config", "sysconfig", "load_op_library", "load_library",
+                 "autograph", "lookup")
 
 
-class UnsafeModelError(ValueError):
-    """The file holds Python code (a Lambda layer) and `unsafe` was not given."""
+def model_format(path):
+    """"keras" (zip), "savedmodel" or "h5": the format tf-keras will read `path` as.
 
-
-def _config_text(path):
-    """The model's config as text, from any of tf-keras's formats, or None."""
-    if os.path.isdir(path):
-        meta = os.path.join(path, "keras_metadata.pb")
-        return open(meta, "rb").read().decode("utf-8", "replace") if os.path.exists(meta) else None
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            return archive.read("config.json").decode() if "config.json" in archive.namelist() else None
+    Raises:
+      FileNotFoundError: no such file.
+      InputError: not a model file in any of the three formats.
+    """
     import h5py
 
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.endswith(".keras") and zipfile.is_zipfile(path):
+        return "keras"
+    if os.path.isdir(path):
+        return "savedmodel"
     if h5py.is_hdf5(path):
-        with h5py.File(path, "r") as f:
-            config = f.attrs.get("model_config")
-            return config.decode() if isinstance(config, bytes) else config
+        return "h5"
+    raise InputError(f"{path}: not a tf-keras model file (a .keras zip, an HDF5 file or "
+                     "a SavedModel folder)")
+
+
+def stored_configs(path, fmt, shown=None):
+    """The parsed JSON configurations tf-keras will deserialize from `path` (named
+    `shown` in errors)."""
+    shown = shown or path
+    try:
+        if fmt == "keras":
+            with zipfile.ZipFile(path) as archive:
+                return [json.loads(archive.read("config.json"))]
+        if fmt == "h5":
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                config = f.attrs.get("model_config")
+            if config is None:
+                raise InputError(f"{shown}: an HDF5 file without a model (weights only?)")
+            return [json.loads(config)]
+        return [json.loads(text) for text in _saved_model_metadata(path, shown)]
+    except (KeyError, ValueError, OSError) as error:
+        if isinstance(error, InputError):
+            raise
+        raise InputError(f"{shown}: unreadable model configuration ({error})") from error
+
+
+def _saved_model_metadata(path, shown):
+    """The Keras metadata strings of a SavedModel: `keras_metadata.pb`, or for files
+    written before TF 2.5 the object graph's user objects (as tf-keras falls back to)."""
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    meta = os.path.join(path, "keras_metadata.pb")
+    if os.path.exists(meta):
+        metadata = saved_metadata_pb2.SavedMetadata()
+        with open(meta, "rb") as f:
+            metadata.ParseFromString(f.read())
+        texts = [node.metadata for node in metadata.nodes]
+    else:
+        import tensorflow as tf
+
+        graph = tf.__internal__.saved_model.parse_saved_model(path).meta_graphs[0]
+        texts = [node.user_object.metadata for node in graph.object_graph_def.nodes
+                 if node.WhichOneof("kind") == "user_object" and node.user_object.metadata]
+    if not texts:
+        raise InputError(f"{shown}: a SavedModel without Keras metadata, not a tf-keras model")
+    return texts
+
+
+def code_references(config):
+    """`[(layer, what)]`: every place in a parsed configuration that makes the loader run
+    Python code: Lambda layers, serialized lambdas and functions, modules outside Keras
+    and keras_bn to import, Python built-ins, side-effecting TensorFlow ops."""
+    found = []
+
+    def visit(node, layer):
+        if isinstance(node, list):
+            for item in node:
+                visit(item, layer)
+            return
+        if not isinstance(node, dict):
+            return
+        inner = node.get("config")
+        if isinstance(inner, dict) and isinstance(inner.get("name"), str):
+            layer = inner["name"]
+        what = _code_in(node)
+        if what:
+            found.append((layer, what))
+            return  # one reason per place: a Lambda's function is part of the Lambda
+        for key, value in node.items():
+            if key != "compile_config":  # not deserialized: models load with compile=False
+                visit(value, layer)
+
+    visit(config, "(model)")
+    return found
+
+
+def _code_in(node):
+    """Why this one config dict runs code, or None."""
+    class_name, module = node.get("class_name"), node.get("module")
+    if class_name == "Lambda":
+        return "a Lambda layer (Python code stored in the file)"
+    if class_name == "__lambda__" or "function_type" in node:
+        return "a serialized Python function"
+    if isinstance(module, str) and module.split(".")[0] not in SAFE_MODULES + ("builtins",):
+        return f"module {module!r} to import"
+    if module == "builtins" and isinstance(node.get("config"), str) \
+            and hasattr(builtins, node["config"]):
+        return f"Python's built-in {node['config']!r}"
+    if class_name == "TFOpLambda":
+        function = str(node.get("config", {}).get("function", ""))
+        parts = function.removeprefix("compat.v1.").removeprefix("compat.v2.").split(".")
+        if parts[0] in UNSAFE_TF_OPS:
+            return f"TensorFlow op tf.{function} (files, Python or state outside the model)"
     return None
 
 
-def _lambda_layers(text):
-    names = []
-
-    def visit(node):
-        if isinstance(node, dict):
-            if node.get("class_name") == "Lambda":
-                names.append(node.get("config", {}).get("name", "?"))
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
-
-    try:
-        visit(json.loads(text))
-    except ValueError:  # SavedModel metadata is not one JSON document: search the text
-        if '"class_name": "Lambda"' in text:
-            names.append("?")
-    return names
+def check_safe(path, shown=None):
+    """Raises `UnsafeModelError` when the file at `path` (named `shown` in errors)
+    references code (see `code_references`); returns its format otherwise."""
+    fmt = model_format(path)
+    found = [ref for config in stored_configs(path, fmt, shown)
+             for ref in code_references(config)]
+    if found:
+        listed = "; ".join(f"layer {layer!r}: {what}" for layer, what in dict.fromkeys(found))
+        raise UnsafeModelError(
+            f"{shown or path}: refusing to load code stored in the file ({listed}). Loading it would "
+            "run that code. Pass --unsafe (unsafe=True) only if you trust where the file "
+            "comes from.")
+    return fmt
 
 
 def load_model(path, unsafe=False):
     """Loads a `.keras`, `.h5` or SavedModel file; keras_bn layers need no extra flags.
 
+    Without `unsafe`, the file's configuration is checked first (see the module's
+    docstring) and a file that references Python code is refused; the model is then
+    loaded from a private copy of the checked file.
+
     Args:
       path: The model file (or SavedModel directory).
-      unsafe: Allow Lambda layers, whose Python code runs when the file loads.
+      unsafe: Allow code stored in the file (Lambda layers, custom modules) to run.
 
     Returns:
       The tf-keras model (not compiled).
 
     Raises:
       FileNotFoundError: no such file.
-      UnsafeModelError: a Lambda layer without `unsafe`.
-      ValueError: the file is not a model tf-keras can read.
+      UnsafeModelError: the file references code and `unsafe` is False.
+      InputError: the file is not a model tf-keras can read.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    text = _config_text(path)
-    if text is None:
-        raise ValueError(f"{path}: not a tf-keras model file (.keras, .h5 or SavedModel)")
-    lambdas = _lambda_layers(text) if not unsafe else []
-    if lambdas:
-        raise UnsafeModelError(
-            f"{path}: refusing to load Lambda layer(s) {', '.join(repr(n) for n in lambdas)}: "
-            "loading one runs Python code stored in the file. Pass --unsafe (unsafe=True) "
-            "only if you trust where the file comes from.")
-    import keras_bn  # noqa: F401  (registers the keras_bn layers for deserialization)
+    if unsafe:
+        model_format(path)
+        return _load(path, unsafe)
+    model_format(path)
+    with tempfile.TemporaryDirectory(prefix="keras_bn-load-") as private:
+        # The copy keeps the name (tf-keras decides the format from it, too).
+        copy = os.path.join(private, os.path.basename(os.path.normpath(path)))
+        (shutil.copytree if os.path.isdir(path) else shutil.copyfile)(path, copy)
+        check_safe(copy, shown=path)
+        return _load(copy, unsafe, shown=path)
+
+
+def _load(path, unsafe, shown=None):
+    import keras_bn.layers  # noqa: F401  (registers the keras_bn layers for deserialization)
 
     try:
         return _keras.keras.models.load_model(path, compile=False, safe_mode=not unsafe)
     except (OSError, ValueError, TypeError, KeyError) as error:
-        raise ValueError(f"{path}: could not load the model: {error}") from error
+        raise InputError(f"{shown or path}: could not load the model: {error}") from error

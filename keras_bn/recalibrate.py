@@ -3,6 +3,7 @@
 import numpy as np
 
 from keras_bn import _keras
+from keras_bn.errors import InputError
 from keras_bn.walk import batch_norm_layers
 
 
@@ -56,7 +57,7 @@ def recalibrate(model, data, *, steps=None, batch_size=32, verbose=1):
     """
     layers = list(batch_norm_layers(model))
     if not layers:
-        raise ValueError(f"recalibrate: model '{model.name}' has no BatchNormalization layer.")
+        raise InputError(f"recalibrate: model '{model.name}' has no BatchNormalization layer.")
     before = _statistics(layers)
     saved = {name: ([w.numpy() for w in layer.weights], layer.momentum, layer.trainable)
              for name, layer in layers}
@@ -77,7 +78,7 @@ def recalibrate(model, data, *, steps=None, batch_size=32, verbose=1):
             if progress:
                 progress.update(count)
         if count == 0:
-            raise ValueError("recalibrate: `data` gave no batch.")
+            raise InputError("recalibrate: `data` gave no batch.")
     finally:
         pairs = []
         for name, layer in layers:

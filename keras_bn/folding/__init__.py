@@ -6,6 +6,7 @@ the same inputs). `graph` reads the model's config, `kinds` is the registry of l
 classes that absorb a BN, `math` the pure numpy per layer kind.
 """
 
+from keras_bn.errors import InputError
 from keras_bn.folding.plan import Decision, FoldPlan, plan_model
 from keras_bn.folding.rewrite import rewrite, without_batch_norm
 from keras_bn.folding.verify import (VerificationError, compare, default_rtol, predict,
@@ -53,7 +54,7 @@ def fold(model, *, verify: bool = True, rtol: float = None, atol: float = 1e-6,
         `rtol * scale + atol`.
     """
     if not model.built:
-        raise ValueError(f"Model '{model.name}' is not built: call it on data or give it an "
+        raise InputError(f"Model '{model.name}' is not built: call it on data or give it an "
                          "Input shape first, so its BN statistics exist.")
     the_plan = plan_model(model)
     folded = rewrite(model, the_plan)

@@ -16,6 +16,7 @@ A Sequential model's config is a list of layers, each reading the previous one's
 from dataclasses import dataclass, field
 
 from keras_bn import _keras
+from keras_bn.errors import InputError
 
 CONSTANT = "_CONSTANT_VALUE"  # tf-keras's marker for a constant first argument
 
@@ -123,7 +124,7 @@ class Graph:
 
     def __init__(self, model):
         if not _keras.is_graph_model(model):
-            raise ValueError(
+            raise InputError(
                 f"Model '{model.name}' is a subclassed model ({type(model).__name__}): its "
                 "layers are connected by Python code in `call`, which cannot be read or "
                 "rebuilt. Build it as a Sequential or functional model to fold it.")

@@ -4,11 +4,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bn import _keras
+from keras_bn.errors import VerificationError  # noqa: F401  (raised here, re-exported)
 from keras_bn.walk import all_layers
-
-
-class VerificationError(ValueError):
-    """A rewritten or exported model's outputs differ from the original's beyond tolerance."""
 
 
 def random_inputs(model, batch=2, unknown_dim=32, seed=0):

@@ -1,0 +1,172 @@
+"""Safe loading: decided on what tf-keras will load, never on the file's name or text.
+
+Each hostile file holds code that leaves a marker file behind if it ever runs; a test
+passes only if the CLI refuses the file *and* the marker is absent.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import h5py
+import pytest
+import tf_keras
+
+import keras_bn
+from keras_bn.errors import InputError, UnsafeModelError
+from keras_bn.loading import code_references, load_model, model_format
+
+L = tf_keras.layers
+
+
+def cli(*args, cwd, pythonpath=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "keras_bn.cli", *map(str, args)], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def save_lambda_model(marker, path, **save):
+    """Saves a model whose Lambda writes `marker` when it runs (as it does on load)."""
+    where = str(marker)
+    inputs = tf_keras.Input((4,))
+    x = L.Dense(3)(inputs)
+    x = L.Lambda(lambda t: (open(where, "w").write("ran"), t)[1], name="payload")(x)
+    tf_keras.Model(inputs, keras_bn.BatchNormalization()(x)).save(path, **save)
+    os.remove(where)  # building and saving the model ran it, here
+
+
+def harmless_model():
+    inputs = tf_keras.Input((4,))
+    return tf_keras.Model(inputs, keras_bn.BatchNormalization()(L.Dense(3)(inputs)))
+
+
+def assert_refused(result, marker, what):
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert what in result.stderr and "--unsafe" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(marker), "the file's code ran"
+
+
+def test_hdf5_with_an_appended_keras_zip_is_read_as_hdf5(tmp_path):
+    marker = tmp_path / "ran.txt"
+    path = tmp_path / "model.h5"
+    save_lambda_model(marker, path)
+    harmless_model().save(tmp_path / "harmless.keras")
+    with open(path, "ab") as f:  # a valid zip at the end: zipfile reads it, h5py ignores it
+        f.write((tmp_path / "harmless.keras").read_bytes())
+    assert zipfile.is_zipfile(path) and h5py.is_hdf5(path) and model_format(path) == "h5"
+    assert_refused(cli("inspect", path, cwd=tmp_path), marker, "'payload'")
+
+
+def test_keras_name_on_an_hdf5_file_is_read_as_hdf5(tmp_path):
+    marker = tmp_path / "ran.txt"
+    save_lambda_model(marker, tmp_path / "model.h5")
+    os.rename(tmp_path / "model.h5", tmp_path / "model.keras")
+    assert model_format(tmp_path / "model.keras") == "h5"
+    assert_refused(cli("inspect", tmp_path / "model.keras", cwd=tmp_path), marker, "'payload'")
+
+
+def test_savedmodel_with_compact_metadata_json(tmp_path):
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    marker = tmp_path / "ran.txt"
+    path = tmp_path / "saved"
+    save_lambda_model(marker, path, save_format="tf")
+    meta = saved_metadata_pb2.SavedMetadata()
+    meta.ParseFromString((path / "keras_metadata.pb").read_bytes())
+    for node in meta.nodes:  # the same JSON, written without spaces
+        node.metadata = json.dumps(json.loads(node.metadata), separators=(",", ":"))
+    (path / "keras_metadata.pb").write_bytes(meta.SerializeToString())
+    assert '"class_name": "Lambda"' not in (path / "keras_metadata.pb").read_text("latin-1")
+    assert_refused(cli("inspect", path, cwd=tmp_path), marker, "'payload'")
+
+
+def test_module_named_in_the_config_is_not_imported(tmp_path):
+    """tf-keras imports any `module` a config names: importing runs that module's code."""
+    marker = tmp_path / "ran.txt"
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "side_effect.py").write_text(
+        f"open({str(marker)!r}, 'w').write('imported')\nfrom tf_keras.layers import Dense\n")
+    harmless_model().save(tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    config = json.loads(files["config.json"])
+    dense = next(l for l in config["config"]["layers"] if l["class_name"] == "Dense")
+    dense["module"] = "side_effect"  # tf-keras imports it to find the class
+    files["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(tmp_path / "hostile.keras", "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    result = cli("fold", tmp_path / "hostile.keras", tmp_path / "out.keras", cwd=tmp_path,
+                 pythonpath=tmp_path / "site")
+    assert_refused(result, marker, "module 'side_effect' to import")
+    assert not (tmp_path / "out.keras").exists()
+
+
+def _config(model):
+    return json.loads(model.to_json())
+
+
+def test_references_found_in_nested_models_and_wrappers():
+    inner_in = tf_keras.Input((5, 4))
+    inner = tf_keras.Model(inner_in, L.TimeDistributed(L.Lambda(lambda t: t, name="deep"))(
+        inner_in), name="inner")
+    outer_in = tf_keras.Input((5, 4))
+    x = inner(outer_in)
+    x = tf_keras.layers.Dense(2)(x) + 1.0
+    refs = code_references(_config(tf_keras.Model(outer_in, x)))
+    assert [layer for layer, _ in refs] == ["deep"]
+
+
+@pytest.mark.parametrize("node,what", [
+    ({"class_name": "__lambda__", "config": {"code": "..."}}, "serialized Python function"),
+    ({"module": "builtins", "class_name": "function", "config": "exec"}, "built-in 'exec'"),
+    ({"module": "__main__", "class_name": "Custom", "config": {"name": "c"}}, "'__main__'"),
+    ({"class_name": "TFOpLambda", "config": {"name": "w", "function": "io.write_file"}},
+     "tf.io.write_file"),
+    ({"class_name": "TFOpLambda", "config": {"name": "p", "function": "compat.v1.py_func"}},
+     "tf.compat.v1.py_func"),
+])
+def test_each_kind_of_code_reference(node, what):
+    (found,) = code_references({"layers": [node]})
+    assert what in found[1]
+
+
+def test_real_architectures_hold_no_code_references():
+    """Keras's own classes, functions and TF ops (ConvNeXt: a private LayerScale class,
+    TFOpLambda math) and keras_bn layers must load without --unsafe."""
+    convnext = tf_keras.applications.ConvNeXtTiny(weights=None, input_shape=(32, 32, 3))
+    assert code_references(json.loads(convnext.to_json())) == []
+    inputs = tf_keras.Input((8, 8, 3))
+    x = keras_bn.BatchRenormalization()(L.Conv2D(4, 3, activation="gelu")(inputs))
+    x = L.Dense(2, activation=tf_keras.activations.swish)(L.Flatten()(x * 2.0))
+    assert code_references(_config(tf_keras.Model(inputs, x))) == []
+
+
+@pytest.mark.parametrize("name,save", [("m.keras", {}), ("m.h5", {}),
+                                       ("saved", {"save_format": "tf"})])
+def test_every_format_loads_from_its_content(tmp_path, name, save):
+    harmless_model().save(tmp_path / name, **save)
+    loaded = load_model(tmp_path / name)
+    assert isinstance(loaded.layers[-1], keras_bn.BatchNormalization)
+    assert sorted(os.listdir(tmp_path)) == [name]  # the private copy is gone
+
+
+def test_errors_name_the_file(tmp_path):
+    (tmp_path / "notes.keras").write_text("not a model")
+    with pytest.raises(InputError, match="notes.keras: not a tf-keras model file"):
+        load_model(tmp_path / "notes.keras")
+    with pytest.raises(FileNotFoundError, match="nowhere.h5"):
+        load_model(tmp_path / "nowhere.h5")
+    harmless_model().save_weights(tmp_path / "weights.h5")
+    with pytest.raises(InputError, match="weights.h5: an HDF5 file without a model"):
+        load_model(tmp_path / "weights.h5")
+    save_lambda_model(tmp_path / "ran.txt", tmp_path / "l.keras")
+    with pytest.raises(UnsafeModelError, match=r"l\.keras: refusing .*'payload'"):
+        load_model(tmp_path / "l.keras")
+    shutil.rmtree(tmp_path)
