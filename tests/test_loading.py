@@ -91,13 +91,14 @@ def test_module_named_in_the_config_is_not_imported(tmp_path):
     marker = tmp_path / "ran.txt"
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "side_effect.py").write_text(
-        f"open({str(marker)!r}, 'w').write('imported')\nfrom tf_keras.layers import Dense\n")
+        f"open({str(marker)!r}, 'w').write('imported')\nfrom tf_keras import Model as MyModel\n")
     harmless_model().save(tmp_path / "m.keras")
     with zipfile.ZipFile(tmp_path / "m.keras") as z:
         files = {n: z.read(n) for n in z.namelist()}
     config = json.loads(files["config.json"])
-    dense = next(l for l in config["config"]["layers"] if l["class_name"] == "Dense")
-    dense["module"] = "side_effect"  # tf-keras imports it to find the class
+    # tf-keras imports the model class's module to find the class (layers it looks up
+    # by name), then builds the model as usual.
+    config.update(module="side_effect", class_name="MyModel", registered_name=None)
     files["config.json"] = json.dumps(config).encode()
     with zipfile.ZipFile(tmp_path / "hostile.keras", "w") as z:
         for name, data in files.items():
