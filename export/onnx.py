@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from keras_bn.errors import InputError
+from keras_bn.files import atomic_path, check_output
 from keras_bn.export import verify as _verify
 from keras_bn.export._prepare import input_signature, prepare
 
@@ -42,19 +43,21 @@ def to_onnx(model, path, *, fold=True, opset=None, verify=True, samples=None, la
       An `ExportResult` (path, size, op counts, max error, latency, fold plan).
 
     Raises:
-      ValueError: the model cannot be folded or converted (the message says why).
+      keras_bn.errors.InputError: (a ValueError) `path` does not end in .onnx, or the
+        model cannot be folded or converted (the message says why).
       keras_bn.VerificationError: the file's outputs differ beyond tolerance; no file is
         left at `path`.
     """
     import onnx
     import onnxruntime
 
+    check_output(path, (".onnx",))  # before minutes of conversion
     converted, plan = prepare(model, fold, verify)
     proto = _convert(converted, input_signature(model), opset)
     _check(proto, model.name)
     result = _verify.ExportResult(path=os.fspath(path), format="onnx", fold_plan=plan)
     result.op_counts = dict(collections.Counter(node.op_type for node in proto.graph.node))
-    with _verify.atomic_path(path) as tmp:
+    with atomic_path(path, (".onnx",)) as tmp:
         onnx.save(proto, tmp)
         if verify or labels is not None or latency_batch:
             session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])

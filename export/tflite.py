@@ -5,8 +5,10 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.lite.python.convert_phase import ConverterError
 
-from keras_bn.errors import InputError
+from keras_bn.errors import InputError, VerificationError
+from keras_bn.files import atomic_path, check_output
 from keras_bn.export import verify as _verify
 from keras_bn.export._prepare import input_signature, prepare
 
@@ -19,8 +21,8 @@ def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None
     """Exports `model` to a TFLite file and runs the file in LiteRT to check it.
 
     Folds the BatchNormalization layers first (`keras_bn.fold`, itself verified), converts
-    with `tf.lite.TFLiteConverter` (dynamic batch dimension; inputs and outputs stay
-    float32 in every mode), then runs the written file with `ai_edge_litert`'s Interpreter
+    with `tf.lite.TFLiteConverter` (dynamic batch dimension; inputs and outputs keep the
+    model's dtypes in every mode), then runs the written file with `ai_edge_litert`'s Interpreter
     on a random batch and on `samples`. float32 files must match the Keras model within
     tolerance; float16 and int8 files cannot, so their error (and accuracy, with
     `labels`) is measured and reported instead. The file appears at `path` only once all
@@ -32,8 +34,9 @@ def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None
       fold: Fold BN layers first.
       quantize: None (float32), "float16" (float16 weights) or "int8" (full integer
         kernels, calibrated on `representative_data`).
-      representative_data: Input array (or list, one per input) for int8 calibration;
-        its first `representative_steps` rows are used one at a time.
+      representative_data: int8 calibration inputs: an array (one input), a list with
+        one array per input, or a dict by input name; rows are samples, and the first
+        `representative_steps` are used one at a time. Any size fits a dynamic dimension.
       verify: Run the file in LiteRT and compare with Keras.
       samples: Optional input array (or list) to verify on as well.
       labels: Optional integer labels of `samples`: the result then reports accuracy.
@@ -47,7 +50,9 @@ def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None
       An `ExportResult`.
 
     Raises:
-      ValueError: an unknown `quantize`, or int8 without `representative_data`.
+      keras_bn.errors.InputError: (a ValueError) `path` does not end in .tflite, an
+        unknown `quantize`, or int8 calibration data that is missing, empty or does not
+        fit the model's inputs.
       keras_bn.VerificationError: a float32 file's outputs differ beyond tolerance; no file
         is left at `path`.
     """
@@ -55,24 +60,27 @@ def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None
 
     if quantize not in QUANTIZE:
         raise InputError(f"to_tflite got quantize={quantize!r}; use one of {QUANTIZE}.")
-    if quantize == "int8" and representative_data is None:
-        raise InputError(
-            "to_tflite(quantize='int8') needs representative_data: an array of typical "
-            "inputs (a few hundred rows of the training data) to calibrate the int8 ranges.")
+    if quantize == "int8":
+        representative_data = calibration_data(model, representative_data)
+    check_output(path, (".tflite",))  # before minutes of conversion
     converted, plan = prepare(model, fold, verify)
     content = _convert(converted, model, quantize, representative_data, representative_steps)
+    if quantize == "int8" and not tensor_types(content) & {"INT8", "UINT8"}:
+        raise VerificationError(f"TFLite int8 export of '{model.name}': the converter "
+                                "wrote no int8 tensor; the file would be float.")
     result = _verify.ExportResult(path=os.fspath(path), fold_plan=plan,
                                   format="tflite" + (f"-{quantize}" if quantize else ""))
     result.op_counts = op_counts(content)
-    with _verify.atomic_path(path) as tmp:
+    with atomic_path(path, (".tflite",)) as tmp:
         with open(tmp, "wb") as f:
             f.write(content)
         if verify or labels is not None or latency_batch:
             runner = Interpreter(model_path=tmp).get_signature_runner()
             names, outputs = model.input_names, model.output_names
+            dtypes = {n: d["dtype"] for n, d in runner.get_input_details().items()}
 
-            def run(inputs):
-                got = runner(**{n: np.asarray(x, np.float32) for n, x in zip(names, inputs)})
+            def run(inputs):  # each input in the file's own dtype (float64, int32, ...)
+                got = runner(**{n: np.asarray(x, dtypes[n]) for n, x in zip(names, inputs)})
                 return [got[name] for name in outputs]
 
             _verify.measure(result, model, run, samples, labels, verify,
@@ -99,18 +107,83 @@ def _convert(converted, model, quantize, representative_data, steps):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif quantize == "int8":
-        data = (representative_data if isinstance(representative_data, (list, tuple))
-                else [representative_data])
-        data = [np.asarray(d, np.float32) for d in data]
+        data = representative_data
 
         def representative():
             for i in range(min(steps, len(data[0]))):
-                yield [d[i:i + 1] for d in data]
+                yield {n: d[i:i + 1] for n, d in zip(model.input_names, data)}
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
+    try:
+        return converter.convert()
+    except ConverterError as error:  # an op or dtype TFLite has no kernel for
+        lines = [line.split("error: ", 1)[1].strip() for line in str(error).splitlines()
+                 if "error: " in line]
+        raise InputError(f"TensorFlow's TFLite converter cannot convert '{model.name}': "
+                         f"{(lines or [str(error)])[0]}") from error
+
+
+def calibration_data(model, data):
+    """int8 calibration inputs as a list in the model's input order, each in its input's
+    dtype, checked against the model's input shapes (None matches any size).
+
+    `data` is one array (a single-input model), a list with one array per input, or a
+    dict from input name to array.
+
+    Raises:
+      InputError: no data, no rows, a missing or unknown input, a shape that does not
+        fit, or inputs with different numbers of rows.
+    """
+    names = list(model.input_names)
+    if data is None:
+        raise InputError(
+            "to_tflite(quantize='int8') needs representative_data: typical inputs (a few "
+            "hundred rows of the training data) to calibrate the int8 ranges.")
+    if isinstance(data, dict):
+        unknown, missing = set(data) - set(names), [n for n in names if n not in data]
+        if unknown or missing:
+            raise InputError(f"int8 calibration data has arrays {sorted(data)}; the model's "
+                             f"inputs are {names}: give one array per input, by name.")
+        data = [data[n] for n in names]
+    elif not isinstance(data, (list, tuple)):
+        data = [data]
+    if len(data) != len(names):
+        raise InputError(f"int8 calibration data has {len(data)} array(s); '{model.name}' "
+                         f"has {len(names)} inputs {names}: give one array per input.")
+    arrays = [_fitting(np.asarray(d), spec, name)
+              for d, spec, name in zip(data, model.inputs, names)]
+    rows = {len(a) for a in arrays}
+    if len(rows) > 1:
+        raise InputError(f"int8 calibration arrays have different numbers of rows {sorted(rows)}"
+                         f" for inputs {names}: row i of each is one sample.")
+    return arrays
+
+
+def _fitting(array, spec, name):
+    """`array` as calibration rows for the input `spec`, or an InputError saying why not."""
+    want = tuple(spec.shape[1:])
+    shown = "(rows, " + ", ".join("any" if d is None else str(d) for d in want) + ")"
+    if array.ndim != len(want) + 1 or any(
+            w is not None and w != got for w, got in zip(want, array.shape[1:])):
+        raise InputError(f"int8 calibration data for input '{name}' has shape {array.shape}; "
+                         f"the input takes {shown}.")
+    if len(array) == 0:
+        raise InputError(f"int8 calibration data for input '{name}' has no rows; give a "
+                         "few hundred typical inputs.")
+    return array.astype(spec.dtype.as_numpy_dtype)
+
+
+def tensor_types(content):
+    """The tensor type names ("FLOAT32", "INT8", ...) used in a TFLite flatbuffer."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAsModel(content, 0)
+    return {names.get(model.Subgraphs(s).Tensors(t).Type())
+            for s in range(model.SubgraphsLength())
+            for t in range(model.Subgraphs(s).TensorsLength())}
 
 
 def op_counts(content):

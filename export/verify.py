@@ -1,9 +1,7 @@
-"""What every exporter shares: the result object, atomic writes, parity and timing."""
+"""What every exporter shares: the result object, parity and timing (the atomic write is
+`keras_bn.files.atomic_path`)."""
 
-import contextlib
-import os
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -44,24 +42,6 @@ class ExportResult:
     latency_ms: float = None
     latency_batch: int = None
     fold_plan: object = None
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yields a temporary path next to `path`; renames it onto `path` only if the block
-    succeeds, and removes it otherwise, so `path` never holds a partial or unverified file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".keras_bn-", suffix=os.path.splitext(path)[1],
-                               dir=directory)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 #: A float32 file's tolerance, relative to the output scale: the runtimes' kernels sum
