@@ -7,18 +7,46 @@ Public API:
 * `summary`: a table (and data) of every BN layer's statistics and foldability.
 * `recalibrate`: recompute BN statistics as the true average over data (precise BN).
 * `freeze`, `unfreeze`: BN layers in inference mode for fine-tuning.
+* `InputError`, `UnsafeModelError`, `VerificationError`: what keras_bn raises on purpose.
 
 The exporters' source lives in the top-level `export/` folder of the repository and is
 installed as `keras_bn.export`.
 """
 
-from keras_bn.folding import FoldPlan, VerificationError, fold, fold_plan
-from keras_bn.freeze import freeze, unfreeze
-from keras_bn.layers import BatchNormalization, BatchRenormalization
-from keras_bn.recalibrate import recalibrate
-from keras_bn.summary import summary
+import importlib
+import os
+import sys
 
 __version__ = "0.1.0"
 
-__all__ = ["BatchNormalization", "BatchRenormalization", "FoldPlan", "VerificationError",
-           "fold", "fold_plan", "freeze", "recalibrate", "summary", "unfreeze"]
+#: Public name -> the module that defines it.
+_API = {
+    "BatchNormalization": "keras_bn.layers", "BatchRenormalization": "keras_bn.layers",
+    "FoldPlan": "keras_bn.folding", "fold": "keras_bn.folding", "fold_plan": "keras_bn.folding",
+    "freeze": "keras_bn.freeze", "unfreeze": "keras_bn.freeze",
+    "recalibrate": "keras_bn.recalibrate", "summary": "keras_bn.summary",
+    "InputError": "keras_bn.errors", "UnsafeModelError": "keras_bn.errors",
+    "VerificationError": "keras_bn.errors",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name):
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'keras_bn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))
+
+
+# `import keras_bn` registers the layers with tf-keras at once (so `.h5` and SavedModel
+# files holding them load with tf-keras's own `load_model`), which imports TensorFlow
+# (~3 s). Only the `keras-bn` command line (the console script, or `python -m` on a
+# keras_bn module) defers that to the first use of a name above: `keras-bn --help` and
+# argument errors then answer without TensorFlow.
+if os.path.basename(sys.argv[0] if sys.argv else "") not in ("keras-bn", "-m"):
+    from keras_bn.layers import BatchNormalization, BatchRenormalization  # noqa: E402,F401

@@ -1,10 +1,18 @@
-"""The `keras-bn` command line: a thin shell over keras_bn's public functions."""
+"""The `keras-bn` command line: a thin shell over keras_bn's public functions.
+
+Importing this module imports neither TensorFlow nor the rest of keras_bn (see
+keras_bn/__init__.py): `--help` and argument errors answer at once.
+"""
 
 import argparse
+import contextlib
 import os
 import sys
+import traceback
 
 from keras_bn.progress import Steps
+
+EXIT_OK, EXIT_FAILED_CHECK, EXIT_BAD_INPUT, EXIT_BUG = 0, 1, 2, 3
 
 EXAMPLES = """\
 examples:
@@ -13,6 +21,17 @@ examples:
   keras-bn export model.keras --onnx model.onnx --tflite model.tflite
   keras-bn export model.keras --tflite model_int8.tflite --int8 calibration.npy
   keras-bn demo --out demo_results
+
+output files:
+  written only once complete and verified (a temporary file, then renamed); never over
+  the input model; the extension must match the format (.keras/.h5, .onnx, .tflite);
+  permissions as for any new file under your umask (an overwritten file keeps its own);
+  missing parent folders are created.
+
+exit status:
+  0 done, 1 a numerical verification failed, 2 bad input (one line on stderr),
+  3 an internal error (a bug in keras-bn: one line; --debug or KERAS_BN_DEBUG=1 prints
+  the traceback).
 """
 
 COMMANDS = {
@@ -31,7 +50,7 @@ COMMANDS = {
 
 
 class UserError(Exception):
-    """Bad input: reported as one line on stderr, exit status 2."""
+    """Bad input found by the command line itself: one line on stderr, exit status 2."""
 
 
 def _parser():
@@ -44,19 +63,27 @@ def _parser():
         made[name] = sub.add_parser(
             name, help=summary, description=summary, epilog="examples:\n" + examples,
             formatter_class=argparse.RawDescriptionHelpFormatter)
+        made[name].add_argument("--verbose", action="store_true",
+                                help="show TensorFlow's and the converters' own log lines")
+        made[name].add_argument("--debug", action="store_true",
+                                help="print the traceback of an internal error")
         if name != "demo":
             made[name].add_argument("model", metavar="MODEL",
                                     help="a .keras, .h5 or SavedModel file")
             made[name].add_argument("--unsafe", action="store_true",
                                     help="allow Lambda layers (runs code stored in the file)")
     made["fold"].add_argument("out", metavar="OUT", help="where to write the folded model "
-                              "(.keras or .h5)")
+                              "(.keras or .h5; not MODEL; missing folders are created)")
     made["fold"].add_argument("--no-verify", action="store_true",
                               help="skip the numerical check of the folded model")
-    made["export"].add_argument("--onnx", metavar="PATH", help="write an ONNX file")
-    made["export"].add_argument("--tflite", metavar="PATH", help="write a TFLite file")
-    made["export"].add_argument("--int8", metavar="DATA.npy",
-                                help="quantize the TFLite file to int8, calibrated on this array")
+    made["export"].add_argument("--onnx", metavar="PATH", help="write an ONNX file (.onnx; "
+                                "missing folders are created)")
+    made["export"].add_argument("--tflite", metavar="PATH", help="write a TFLite file "
+                                "(.tflite; missing folders are created)")
+    made["export"].add_argument("--int8", metavar="DATA",
+                                help="quantize the TFLite file to int8, calibrated on DATA: a "
+                                ".npy array (one-input models) or a .npz with one array per "
+                                "model input, named as the input; rows are samples")
     made["export"].add_argument("--float16", action="store_true",
                                 help="store the TFLite weights as float16")
     made["export"].add_argument("--no-fold", action="store_true", help="export without folding")
@@ -75,10 +102,9 @@ def _load(args, steps):
 
 def _fold(args):
     import keras_bn
-    from keras_bn.export.verify import atomic_path
+    from keras_bn.files import atomic_path, check_output
 
-    if os.path.splitext(args.out)[1] not in (".keras", ".h5"):
-        raise UserError(f"{args.out}: OUT must end in .keras or .h5")
+    check_output(args.out, (".keras", ".h5"), inputs=[args.model])
     steps = Steps(3)
     model = _load(args, steps)
     folded, plan = steps.run("fold" + ("" if args.no_verify else " and verify"),
@@ -86,7 +112,7 @@ def _fold(args):
                              return_plan=True)
 
     def save():
-        with atomic_path(args.out) as tmp:
+        with atomic_path(args.out, (".keras", ".h5"), inputs=[args.model]) as tmp:
             folded.save(tmp)
 
     steps.run(f"save {args.out}", save)
@@ -94,10 +120,23 @@ def _fold(args):
     print(f"{len(model.layers)} layers -> {len(folded.layers)} layers; written to {args.out}")
 
 
-def _export(args):
+def _calibration(path):
+    """The arrays in a .npy (one array) or .npz (a dict by input name) file."""
     import numpy as np
 
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path}: cannot read a .npy or .npz numpy file: {error}") from error
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded:
+        return {name: loaded[name] for name in loaded.files}
+
+
+def _export(args):
     from keras_bn import export
+    from keras_bn.files import check_output
 
     if not (args.onnx or args.tflite):
         raise UserError("nothing to export: give --onnx PATH and/or --tflite PATH")
@@ -105,17 +144,15 @@ def _export(args):
         raise UserError("--int8 quantizes the TFLite file: give --tflite PATH too")
     if args.int8 and args.float16:
         raise UserError("choose one of --int8 and --float16")
-    data = None
-    if args.int8:
-        try:
-            data = np.load(args.int8, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise UserError(f"{args.int8}: cannot read a numpy array: {error}") from error
+    inputs = [args.model] + ([args.int8] if args.int8 else [])
+    for path, suffix in ((args.onnx, ".onnx"), (args.tflite, ".tflite")):
+        if path:
+            check_output(path, (suffix,), inputs)
+    data = _calibration(args.int8) if args.int8 else None
     steps = Steps(1 + bool(args.onnx) + bool(args.tflite))
     model = _load(args, steps)
-    if data is not None and tuple(data.shape[1:]) != tuple(model.inputs[0].shape[1:]):
-        raise UserError(f"{args.int8}: rows of shape {tuple(data.shape[1:])}, but the model "
-                        f"takes {tuple(model.inputs[0].shape[1:])}")
+    if data is not None:
+        data = export.calibration_data(model, data)  # checked before any conversion
     results = []
     fold = not args.no_fold
     if args.onnx:
@@ -161,24 +198,69 @@ def _demo(args):
 
 
 def main(argv=None):
-    """Runs `keras-bn`; returns the exit status (0 ok, 1 failed check, 2 bad input)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Runs `keras-bn`; returns the exit status (0 done, 1 a verification failed, 2 bad
+    input, 3 an internal error)."""
     args = _parser().parse_args(argv)
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")  # TensorFlow's Python warnings would bury the results
+    debug = args.debug or os.environ.get("KERAS_BN_DEBUG", "") not in ("", "0")
     handlers = {"fold": _fold, "export": _export, "inspect": _inspect, "demo": _demo}
-    from keras_bn.folding import VerificationError
+    with contextlib.ExitStack() as quiet:
+        if not args.verbose:
+            quiet.enter_context(_quiet_native_logs())
+        return _run(handlers[args.command], args, debug)
 
+
+def _run(handler, args, debug):
+    from keras_bn.errors import InputError, VerificationError
+
+    name = f"keras-bn {args.command}"
     try:
-        handlers[args.command](args)
+        handler(args)
     except VerificationError as error:  # the check did its job: a result, not bad input
-        print(f"keras-bn {args.command}: verification failed: {error}", file=sys.stderr)
-        return 1
-    except (UserError, ValueError, OSError) as error:  # bad input: one line, no traceback
-        print(f"keras-bn {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        print(f"{name}: verification failed: {error}", file=sys.stderr)
+        return EXIT_FAILED_CHECK
+    except (UserError, InputError, OSError) as error:  # bad input: one line
+        print(f"{name}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # anything else is keras-bn's fault, not the user's
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        print(f"{name}: internal error (a bug in keras-bn; please report it with the "
+              f"command line): {type(error).__name__}: {error}"
+              + ("" if debug else " (run with --debug for the traceback)"), file=sys.stderr)
+        return EXIT_BUG
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _quiet_native_logs():
+    """Silences what TensorFlow, tf2onnx and the TFLite converter print on their own
+    (C++ start-up lines, converter and XNNPACK chatter, Python warnings): the process's
+    file descriptor 2 goes to /dev/null, while Python's `sys.stderr` (progress lines and
+    errors) keeps writing to the real stderr through a duplicate of it."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved_fd, saved_stream = os.dup(2), sys.stderr
+    sys.stderr = os.fdopen(os.dup(saved_fd), "w", buffering=1)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for logger in ("tensorflow", "tf2onnx", "absl", "h5py"):
+                logging.getLogger(logger).setLevel(logging.ERROR)
+            yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr.close()
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+        sys.stderr = saved_stream
 
 
 if __name__ == "__main__":

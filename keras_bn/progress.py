@@ -7,8 +7,9 @@ import time
 class Steps:
     """Progress of multi-step work on stderr: `[2/4] fold ... 0.8 s`."""
 
-    def __init__(self, total, stream=sys.stderr):
-        self.total, self.done, self.stream = total, 0, stream
+    def __init__(self, total, stream=None):
+        self.total, self.done = total, 0
+        self.stream = stream or sys.stderr  # looked up now: the CLI may have replaced it
 
     def run(self, label, fn, *args, **kwargs):
         self.done += 1
