@@ -94,9 +94,15 @@ def bench_export(quick, rows, log, workdir, extra):
     extra["fold_model"] = name
 
 
+QUICK_NOTE = ("--quick: small shapes and models, 1-7 repeats. It checks that every case "
+              "runs; its ratios are noise-level and are not judged against the targets "
+              "(`make bench` is the measurement).")
+
+
 def write_markdown(rows, info, extra, path):
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
-    text = [f"Measured {info['date']} on {info['cores']} cores ({info['cpu']}), Python "
+    text = ([QUICK_NOTE, ""] if info.get("quick") else []) + [
+            f"Measured {info['date']} on {info['cores']} cores ({info['cpu']}), Python "
             f"{info['python']}; {versions}.", "",
             "Ratios are subject / baseline medians of interleaved runs; targets are judged on "
             "CPU time (all threads of the process).", "", harness.markdown_table(rows), ""]
@@ -115,7 +121,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="small shapes and models, few repeats (about a minute)")
+                        help="check that every case runs: small shapes and models, few "
+                        "repeats, ratios not judged (about a minute)")
     parser.add_argument("--out", default="benchmarks/results",
                         help="folder for results.json and results.md")
     parser.add_argument("--only", choices=["training", "inference", "export"],
@@ -135,7 +142,11 @@ def main(argv=None):
         if "export" in groups:
             bench_export(args.quick, rows, log, workdir, extra)
     info = meta()
-    info.update(extra)
+    info.update(extra, quick=args.quick)
+    if args.quick:
+        for row in rows:
+            row.judged = False
+        print(QUICK_NOTE)
     print(harness.text_table(rows))
     if extra:
         print(f"\nverification after export: {extra['verification_seconds']:.2f} s; fold peak "

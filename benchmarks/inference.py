@@ -58,6 +58,7 @@ def tflite_runner(model, x, path):
 
 
 RUNTIMES = {"keras": keras_runner, "onnxruntime": onnx_runner, "litert": tflite_runner}
+SUFFIX = {"onnxruntime": ".onnx", "litert": ".tflite"}
 
 
 def contenders(models, runtime, batch, workdir):
@@ -68,6 +69,7 @@ def contenders(models, runtime, batch, workdir):
     for name in VARIANTS:
         make = RUNTIMES[runtime]
         args = (models[name], x) if runtime == "keras" else (
-            models[name], x, os.path.join(workdir, f"{name.replace(', ', '_')}.{runtime}"))
+            models[name], x,
+            os.path.join(workdir, name.replace(", ", "_") + SUFFIX[runtime]))
         made[f"{runtime} {name}"] = make(*args)
     return made

@@ -4,6 +4,7 @@ No test here asserts a time."""
 import json
 
 import numpy as np
+import pytest
 import tf_keras
 
 import keras_bn
@@ -67,6 +68,15 @@ def test_tables_show_every_row_with_ratio_and_verdict():
     assert "ours / theirs" in text and "2.00 / 3.00" in text
 
 
+def test_quick_rows_show_their_target_without_a_verdict():
+    rows = _rows()
+    for row in rows:
+        row.judged = False
+    table = harness.markdown_table(rows) + harness.text_table(rows)
+    assert "MISSED" not in table and " met" not in table
+    assert table.count("not judged (--quick)") == 4 and rows[1].met is None
+
+
 def test_results_json_round_trip(tmp_path):
     path = tmp_path / "results.json"
     harness.write_results(_rows(), str(path), {"cores": 2})
@@ -98,3 +108,25 @@ def test_inference_variants_share_the_architecture():
     variants = inference.variants(model)
     assert list(variants) == list(inference.VARIANTS)
     assert [len(v.layers) for v in variants.values()] == [3, 2, 2, 2]
+
+
+@pytest.mark.heavy
+def test_quick_run_covers_every_case_and_judges_nothing(tmp_path):
+    """`python -m benchmarks --quick` end to end (about a minute): every case group runs,
+    the output says what a quick run is, and no row claims met or MISSED."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out",
+                             str(tmp_path)], cwd=root, env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MISSED" not in result.stdout and " met" not in result.stdout
+    assert result.stdout.startswith("--quick: small shapes")
+    data = json.loads((tmp_path / "results-quick.json").read_text())
+    assert data["meta"]["quick"] is True
+    cases = {row["case"].split()[0] for row in data["rows"]}
+    assert {"train", "MobileNetV2"} <= cases and all(r["met"] is None for r in data["rows"])

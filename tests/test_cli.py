@@ -77,7 +77,7 @@ def test_inspect_prints_the_bn_table(model_file):
 
 @pytest.mark.parametrize("args,message", [
     (("fold", "missing.keras", "out.keras"), "missing.keras: no such file"),
-    (("fold", "{model}", "out.onnx"), "OUT must end in .keras or .h5"),
+    (("fold", "{model}", "out.onnx"), "out.onnx: the output must end in .keras or .h5"),
     (("export", "{model}"), "nothing to export"),
     (("export", "{model}", "--onnx", "m.onnx", "--int8", "d.npy"), "--int8 quantizes the TFLite"),
     (("export", "{model}", "--tflite", "m.tflite", "--int8", "missing.npy"),
@@ -128,3 +128,158 @@ def test_demo_runs_and_prints_the_table(tmp_path):
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 10_000
     assert sorted(os.listdir(tmp_path / "demo")) == [
         "demo.png", "digits.onnx", "digits.tflite", "digits_int8.tflite"]
+
+
+def _digest(path):
+    import hashlib
+
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.mark.parametrize("make_out,args", [
+    (lambda model, d: model, ("fold", "{model}", "{out}")),
+    (lambda model, d: os.symlink(model, d / "link.keras") or d / "link.keras",
+     ("fold", "{model}", "{out}")),
+    (lambda model, d: os.link(model, d / "hard.keras") or d / "hard.keras",
+     ("fold", "{model}", "{out}")),
+    (lambda model, d: model, ("export", "{model}", "--onnx", "{out}")),
+    (lambda model, d: d / "m.tflite", ("export", "{model}", "--onnx", "{out}")),
+    (lambda model, d: d / "m.onnx", ("export", "{model}", "--tflite", "{out}")),
+])
+def test_the_input_and_other_formats_are_never_overwritten(model_file, tmp_path, make_out,
+                                                              args):
+    model = tmp_path / "model.keras"
+    model.write_bytes(model_file.read_bytes())
+    out = make_out(model, tmp_path)
+    before = {p.name: _digest(p) for p in tmp_path.iterdir()}
+    result = keras_bn_cli(*[a.format(model=model, out=out) for a in args], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert ("this is the input file" in result.stderr
+            or "the output must end in" in result.stderr), result.stderr
+    assert {p.name: _digest(p) for p in tmp_path.iterdir()} == before
+
+
+def test_written_files_get_umask_permissions_and_keep_their_own(model_file, tmp_path):
+    def run(umask, *args):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        return subprocess.run([sys.executable, "-m", "keras_bn.cli", *map(str, args)],
+                              env=env, capture_output=True, text=True, timeout=600,
+                              preexec_fn=lambda: os.umask(umask))
+
+    out = tmp_path / "new" / "folder" / "f.keras"  # missing folders are created
+    assert run(0o022, "fold", model_file, out).returncode == 0
+    assert oct(out.stat().st_mode & 0o777) == oct(0o644)
+    assert run(0o077, "export", model_file, "--onnx", tmp_path / "m.onnx").returncode == 0
+    assert oct((tmp_path / "m.onnx").stat().st_mode & 0o777) == oct(0o600)
+    os.chmod(out, 0o640)  # an overwritten file keeps its mode
+    assert run(0o022, "fold", model_file, out).returncode == 0
+    assert oct(out.stat().st_mode & 0o777) == oct(0o640)
+
+
+@pytest.fixture(scope="module")
+def odd_models(tmp_path_factory):
+    """Two inputs; dynamic spatial dimensions; integer input (Embedding first)."""
+    folder = tmp_path_factory.mktemp("odd")
+    a, b = tf_keras.Input((8,), name="wide"), tf_keras.Input((4,), name="narrow")
+    x = keras_bn.BatchNormalization()(L.Concatenate()([L.Dense(4)(a), b]))
+    tf_keras.Model([a, b], L.Dense(2)(x)).save(folder / "two.keras")
+    image = tf_keras.Input((None, None, 3))
+    x = keras_bn.BatchNormalization()(L.Conv2D(4, 3)(image))
+    tf_keras.Model(image, L.GlobalAveragePooling2D()(x)).save(folder / "dynamic.keras")
+    tokens = tf_keras.Input((5,), dtype="int32")
+    x = keras_bn.BatchNormalization()(L.Dense(3)(L.Embedding(10, 4)(tokens)))
+    tf_keras.Model(tokens, x).save(folder / "tokens.keras")
+    return folder
+
+
+def _int8_tensors(path):
+    from keras_bn.export.tflite import tensor_types
+
+    return "INT8" in tensor_types(open(path, "rb").read())
+
+
+def test_int8_calibration_by_input_name_and_on_dynamic_shapes(odd_models, tmp_path):
+    rs = np.random.RandomState(0)
+    np.savez(tmp_path / "two.npz", wide=rs.rand(16, 8), narrow=rs.rand(16, 4))
+    result = keras_bn_cli("export", odd_models / "two.keras", "--tflite", tmp_path / "two.tflite",
+                          "--int8", tmp_path / "two.npz")
+    assert result.returncode == 0, result.stderr
+    assert _int8_tensors(tmp_path / "two.tflite")
+    np.save(tmp_path / "images.npy", rs.rand(16, 12, 12, 3).astype("float32"))
+    result = keras_bn_cli("export", odd_models / "dynamic.keras", "--tflite",
+                          tmp_path / "dyn.tflite", "--int8", tmp_path / "images.npy")
+    assert result.returncode == 0, result.stderr
+    assert _int8_tensors(tmp_path / "dyn.tflite")
+
+
+@pytest.mark.parametrize("model,arrays,message", [
+    ("dynamic.keras", {"": np.zeros((0, 12, 12, 3))}, "has no rows"),
+    ("dynamic.keras", {"": np.zeros((4, 12, 12))}, "takes (rows, any, any, 3)"),
+    ("two.keras", {"": np.zeros((4, 8))}, "has 2 inputs"),
+    ("two.keras", {"wide": np.zeros((4, 8)), "other": np.zeros((4, 4))},
+     "the model's inputs are ['wide', 'narrow']"),
+    ("two.keras", {"wide": np.zeros((4, 8)), "narrow": np.zeros((3, 4))},
+     "different numbers of rows"),
+])
+def test_bad_calibration_data_is_a_clear_error(odd_models, tmp_path, model, arrays, message):
+    data = tmp_path / ("d.npy" if "" in arrays else "d.npz")
+    np.save(data, arrays[""]) if "" in arrays else np.savez(data, **arrays)
+    result = keras_bn_cli("export", odd_models / model, "--tflite", tmp_path / "q.tflite",
+                          "--int8", data)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "q.tflite").exists()
+
+
+def test_tflite_verification_feeds_integer_inputs(odd_models, tmp_path):
+    result = keras_bn_cli("export", odd_models / "tokens.keras", "--tflite",
+                          tmp_path / "t.tflite", "--onnx", tmp_path / "t.onnx")
+    assert result.returncode == 0, result.stderr
+
+
+def _cli_with_fold_replaced(fold_source, *args):
+    """Runs the CLI in a process whose keras_bn.fold is `fold_source` (a bug stand-in)."""
+    script = ("import sys, keras_bn.folding as f\n" + fold_source +
+              "\nf.fold = fold\nfrom keras_bn.cli import main\nsys.exit(main(sys.argv[1:]))")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("KERAS_BN_DEBUG", None)
+    return subprocess.run([sys.executable, "-c", script, *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_internal_error_has_its_own_exit_status_and_one_line(model_file, tmp_path):
+    bug = "def fold(*a, **k):\n    raise ValueError('index 7 out of range')"
+    result = _cli_with_fold_replaced(bug, "fold", model_file, tmp_path / "f.keras")
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert "internal error (a bug in keras-bn" in lines[-1] and "index 7" in lines[-1]
+    assert "Traceback" not in result.stderr and "--debug" in lines[-1]
+    debug = _cli_with_fold_replaced(bug, "fold", model_file, tmp_path / "f.keras", "--debug")
+    assert debug.returncode == 3 and "Traceback" in debug.stderr
+    assert not (tmp_path / "f.keras").exists()
+
+
+def test_no_native_log_lines_unless_verbose(model_file, tmp_path):
+    np.save(tmp_path / "d.npy", np.random.RandomState(0).rand(16, 8, 8, 3).astype("f4"))
+    args = ("export", model_file, "--onnx", tmp_path / "m.onnx", "--tflite",
+            tmp_path / "m.tflite", "--int8", tmp_path / "d.npy")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet = subprocess.run([sys.executable, "-m", "keras_bn.cli", *map(str, args)], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert quiet.returncode == 0, quiet.stderr
+    assert all(line.startswith("[") for line in quiet.stderr.splitlines()), quiet.stderr
+    loud = subprocess.run([sys.executable, "-m", "keras_bn.cli", *map(str, args), "--verbose"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert loud.returncode == 0 and not all(
+        line.startswith("[") for line in loud.stderr.splitlines())
+
+
+def test_help_does_not_import_tensorflow():
+    """`keras-bn --help` answers without TensorFlow (3 s to import): the console script
+    and `python -m keras_bn.cli` both, measured by Python's own import log."""
+    script = os.path.join(os.path.dirname(sys.executable), "keras-bn")
+    for command in ([script, "--help"], [sys.executable, "-m", "keras_bn.cli", "fold", "--help"]):
+        result = subprocess.run(command, env=dict(os.environ, PYTHONPROFILEIMPORTTIME="1"),
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and "usage: keras-bn" in result.stdout
+        imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
+        assert "keras_bn" in imported and "tensorflow" not in imported, sorted(imported)
