@@ -31,11 +31,18 @@ _API = {
 __all__ = sorted(_API)
 
 
+def _bind_all():
+    """Binds every public name. All at once: `keras_bn.freeze`, `.summary` and
+    `.recalibrate` are also module names, and importing such a module sets the package
+    attribute to the module, which a name bound one at a time would not override."""
+    for name, module in _API.items():
+        globals()[name] = getattr(importlib.import_module(module), name)
+
+
 def __getattr__(name):
     if name in _API:
-        value = getattr(importlib.import_module(_API[name]), name)
-        globals()[name] = value
-        return value
+        _bind_all()
+        return globals()[name]
     raise AttributeError(f"module 'keras_bn' has no attribute {name!r}")
 
 
@@ -43,10 +50,10 @@ def __dir__():
     return sorted(set(globals()) | set(_API))
 
 
-# `import keras_bn` registers the layers with tf-keras at once (so `.h5` and SavedModel
-# files holding them load with tf-keras's own `load_model`), which imports TensorFlow
-# (~3 s). Only the `keras-bn` command line (the console script, or `python -m` on a
-# keras_bn module) defers that to the first use of a name above: `keras-bn --help` and
-# argument errors then answer without TensorFlow.
+# `import keras_bn` binds the API and registers the layers with tf-keras at once (so
+# `.h5` and SavedModel files holding them load with tf-keras's own `load_model`), which
+# imports TensorFlow (~3 s). Only the `keras-bn` command line (the console script, or
+# `python -m` on a keras_bn module) defers that to the first use of a name above:
+# `keras-bn --help` and argument errors then answer without TensorFlow.
 if os.path.basename(sys.argv[0] if sys.argv else "") not in ("keras-bn", "-m"):
-    from keras_bn.layers import BatchNormalization, BatchRenormalization  # noqa: E402,F401
+    _bind_all()

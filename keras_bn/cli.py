@@ -101,14 +101,14 @@ def _load(args, steps):
 
 
 def _fold(args):
-    import keras_bn
     from keras_bn.files import atomic_path, check_output
+    from keras_bn.folding import fold
 
     check_output(args.out, (".keras", ".h5"), inputs=[args.model])
     steps = Steps(3)
     model = _load(args, steps)
     folded, plan = steps.run("fold" + ("" if args.no_verify else " and verify"),
-                             keras_bn.fold, model, verify=not args.no_verify,
+                             fold, model, verify=not args.no_verify,
                              return_plan=True)
 
     def save():
@@ -181,10 +181,10 @@ def results_table(results):
 
 
 def _inspect(args):
-    import keras_bn
+    from keras_bn.summary import summary
 
     model = _load(args, Steps(1))
-    rows = keras_bn.summary(model)
+    rows = summary(model)
     if not rows:
         print(f"'{model.name}' has no BatchNormalization layers.")
 

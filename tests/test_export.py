@@ -153,13 +153,17 @@ def test_int8_without_representative_data_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("exporter", [export.to_onnx, export.to_tflite])
 def test_failed_verification_leaves_no_file_and_keeps_the_old_one(tmp_path, exporter):
     model = _small()
-    path = tmp_path / "out.bin"
+    name = "out.onnx" if exporter is export.to_onnx else "out.tflite"
+    path = tmp_path / name
     path.write_bytes(b"previous file")
     samples = np.full((2, 10, 10, 3), np.nan, "float32")  # outputs that cannot be verified
     with pytest.raises(keras_bn.VerificationError, match="NaN/Inf"):
         exporter(model, path, samples=samples)
     assert path.read_bytes() == b"previous file"
-    assert os.listdir(tmp_path) == ["out.bin"]  # no temporary file left behind
+    assert os.listdir(tmp_path) == [name]  # no temporary file left behind
+    with pytest.raises(keras_bn.InputError, match="must end in"):  # checked before work
+        exporter(model, tmp_path / "out.bin")
+    assert os.listdir(tmp_path) == [name]
 
 
 def test_input_model_is_not_changed(tmp_path):

@@ -171,3 +171,18 @@ def test_errors_name_the_file(tmp_path):
     with pytest.raises(UnsafeModelError, match=r"l\.keras: refusing .*'payload'"):
         load_model(tmp_path / "l.keras")
     shutil.rmtree(tmp_path)
+
+
+def test_import_keras_bn_registers_the_layers_for_tf_keras_loaders(tmp_path):
+    """`import keras_bn` alone lets tf-keras's own load_model read .h5 and SavedModel
+    files holding keras_bn layers (the package defers imports only under the CLI)."""
+    harmless_model().save(tmp_path / "m.h5")
+    harmless_model().save(tmp_path / "saved", save_format="tf")
+    script = ("import keras_bn, tf_keras\n"
+              "for path in ('m.h5', 'saved'):\n"
+              "    layer = tf_keras.models.load_model(path).layers[-1]\n"
+              "    assert type(layer).__module__.startswith('keras_bn'), type(layer)\n"
+              "assert callable(keras_bn.freeze) and callable(keras_bn.summary)\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr[-2000:]
