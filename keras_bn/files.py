@@ -43,7 +43,7 @@ def check_output(path, suffixes, inputs=()):
     """Raises InputError when `path` does not end in one of `suffixes` or is one of
     `inputs` (the same path, a link to it, or a hard link: the same inode)."""
     path = os.fspath(path)
-    if suffixes and not path.lower().endswith(tuple(suffixes)):
+    if suffixes and not path.endswith(tuple(suffixes)):  # as tf-keras: case matters
         raise InputError(f"{path}: the output must end in {' or '.join(suffixes)} for this "
                          "format (refusing to write one format under another's name)")
     for source in inputs:

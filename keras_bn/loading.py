@@ -70,7 +70,7 @@ def stored_configs(path, fmt, shown=None):
                 raise InputError(f"{shown}: an HDF5 file without a model (weights only?)")
             return [json.loads(config)]
         return [json.loads(text) for text in _saved_model_metadata(path, shown)]
-    except (KeyError, ValueError, OSError) as error:
+    except (KeyError, ValueError, OSError, RecursionError) as error:
         if isinstance(error, InputError):
             raise
         raise InputError(f"{shown}: unreadable model configuration ({error})") from error
@@ -138,8 +138,8 @@ def _code_in(node):
     if module == "builtins" and isinstance(node.get("config"), str) \
             and hasattr(builtins, node["config"]):
         return f"Python's built-in {node['config']!r}"
-    if class_name == "TFOpLambda":
-        function = str(node.get("config", {}).get("function", ""))
+    if class_name == "TFOpLambda" and isinstance(node.get("config"), dict):
+        function = str(node["config"].get("function", ""))
         parts = function.removeprefix("compat.v1.").removeprefix("compat.v2.").split(".")
         if parts[0] in UNSAFE_TF_OPS:
             return f"TensorFlow op tf.{function} (files, Python or state outside the model)"
@@ -150,8 +150,12 @@ def check_safe(path, shown=None):
     """Raises `UnsafeModelError` when the file at `path` (named `shown` in errors)
     references code (see `code_references`); returns its format otherwise."""
     fmt = model_format(path)
-    found = [ref for config in stored_configs(path, fmt, shown)
-             for ref in code_references(config)]
+    try:
+        found = [ref for config in stored_configs(path, fmt, shown)
+                 for ref in code_references(config)]
+    except RecursionError as error:  # no real model nests a thousand levels deep
+        raise InputError(f"{shown or path}: the model configuration is nested too deeply "
+                         "to check") from error
     if found:
         listed = "; ".join(f"layer {layer!r}: {what}" for layer, what in dict.fromkeys(found))
         raise UnsafeModelError(

@@ -186,3 +186,18 @@ def test_import_keras_bn_registers_the_layers_for_tf_keras_loaders(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
                             text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_hostile_configurations_are_input_errors(tmp_path):
+    """Deeply nested JSON and odd values in the places the walk looks at."""
+    harmless_model().save(tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    depth = 2 * sys.getrecursionlimit()
+    files["config.json"] = ("[" * depth + "]" * depth).encode()
+    with zipfile.ZipFile(tmp_path / "deep.keras", "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    with pytest.raises(InputError, match="deep.keras"):
+        load_model(tmp_path / "deep.keras")
+    assert code_references({"class_name": "TFOpLambda", "config": "math.add"}) == []
