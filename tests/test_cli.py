@@ -126,6 +126,8 @@ def test_demo_runs_and_prints_the_table(tmp_path):
     for fmt in ("keras (folded)", "onnx", "tflite ", "tflite-int8"):
         assert fmt in result.stdout
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 10_000
+    # progress lines only: no TensorFlow start-up lines, converter or HDF5 chatter
+    assert all(line.startswith("[") for line in result.stderr.splitlines()), result.stderr
     assert sorted(os.listdir(tmp_path / "demo")) == [
         "demo.png", "digits.onnx", "digits.tflite", "digits_int8.tflite"]
 
