@@ -1,99 +1,281 @@
-"""`keras_bn.recalibrate`: recompute BN moving statistics as a true average (precise BN)."""
+"""`keras_bn.recalibrate`: set BN statistics to the exact statistics of their inputs over
+a data set (precise BN; on new, unlabelled data, AdaBN)."""
+
+import contextlib
 
 import numpy as np
+import tensorflow as tf
 
 from keras_bn import _keras
 from keras_bn.errors import InputError
-from keras_bn.walk import batch_norm_layers
+from keras_bn.walk import batch_norm_layers, bn_axes
 
 
-def _batches(data, batch_size):
-    """Input batches from an array, a tf.data.Dataset or any iterable; `(x, y)` pairs give x."""
-    if isinstance(data, np.ndarray):
-        for start in range(0, len(data), batch_size):
-            yield data[start:start + batch_size]
-        return
-    for item in data:
-        yield item[0] if isinstance(item, (tuple, list)) and len(item) == 2 else item
+#: Automatic passes stop once no channel's mean moved by more than this many standard
+#: deviations and no variance by more than this fraction in the last pass.
+CONVERGED = 0.01
+MAX_PASSES = 6
 
 
-def _statistics(layers):
-    return {name: (np.reshape(l.moving_mean.numpy(), -1).copy(),
-                   np.reshape(l.moving_variance.numpy(), -1).copy()) for name, l in layers}
+def recalibrate(model, data, *, steps=None, batch_size=32, passes=None, verbose=1):
+    """Sets every BN layer's moving statistics to the exact statistics of its inputs.
 
+    The moving averages a BN layer keeps during training are a poor estimate of what it
+    meets at inference: they weight the last few hundred batches, computed while the
+    weights were still changing, and are biased by small batches or a shifted input
+    distribution. This replaces them by the mean and variance of each layer's inputs over
+    the whole of `data` ("precise BN", Wu & Johnson 2021; on new, unlabelled data it is
+    AdaBN, Li et al. 2016), so the evaluated model uses true statistics.
 
-def recalibrate(model, data, *, steps=None, batch_size=32, verbose=1):
-    """Recomputes every BN layer's moving statistics as the true average over `data`.
+    Exact whatever the batching: each batch gives every channel its count, mean and sum
+    of squared deviations, merged across batches (and replicas) in float64 with Chan et
+    al.'s parallel update, so the result equals numpy's `mean` and `var(ddof=1)` over the
+    concatenated inputs, for any batch size, any order (data sorted by class, domain or
+    file included) and a ragged last batch. Averaging per-batch variances instead (as
+    fvcore's precise BN and torch's `update_bn` do) leaves out the spread of the batch
+    means: on class-sorted data it underestimates the variance several times over.
 
-    The moving averages a BN layer keeps during training are a poor estimate of the
-    statistics it meets at inference: they weight the last few hundred batches, computed
-    while the weights were still changing, and are biased by tiny batches or by a shift of
-    the input distribution. This resets them and runs the model on `data` in training
-    mode, setting each layer's statistics to the plain (cumulative) average of its batch
-    statistics: batch k enters with weight 1/k, so the result is the mean over all
-    batches ("precise BN", Wu & Johnson 2021; on new data it is AdaBN, Li et al. 2016).
-    Each layer keeps its own variance convention. Only `moving_mean` and
-    `moving_variance` change: every other weight (gamma, beta, BRN's renorm statistics
-    and step, counters) is restored, and each layer's momentum and `trainable` flag too.
+Which inputs: the model runs in inference mode, so while the layers are measured
+    every BN normalizes with the statistics it had when the pass began (not the batch's:
+    those would make the result depend on batch size and order). One pass measures
+    every layer at once, so a later layer's inputs come from earlier layers that still
+    use their old statistics; the next pass measures behind the new ones. By default
+    passes repeat until no statistic moves any more (every channel's mean by less than
+    1 % of its standard deviation, its variance by less than 1 %; at most 6 passes):
+    then every layer's statistics are those of the inputs it meets in the final model.
+    Measured on digits shifted by `x * 3 + 1`: one pass left the accuracy at 27 %, a
+    second gave 98 % (clean: 97 %). `passes=1` is the cheapest (one inference pass) and
+    enough where the statistics barely move (precise BN right after training).
 
-    Cost: one forward pass of the model per batch (eager, training mode).
+    All or nothing: nothing changes until every pass is done; a failure (bad data, an
+    interrupt) leaves every variable as it was. Works on frozen layers (`trainable=False`,
+    `keras_bn.freeze`) and on BatchRenormalization (keras_bn's and tf-keras's
+    `renorm=True`), whose renorm statistics (and tf-keras's `moving_stddev`) are set
+    consistently. Every other weight is left alone. The variance stored is the unbiased
+    one (`ddof=1`, keras_bn's convention) for every layer.
+
+    Cost: one forward pass in inference mode per pass, compiled with `tf.function`
+    (usually 2 passes after training, 2-4 on a new domain). Under a
+    `tf.distribute` strategy (call it inside `strategy.scope()`), each replica measures
+    its share of every batch and the shares are merged exactly.
 
     Args:
-      model: A tf-keras model with tf-keras or keras_bn BatchNormalization layers.
-      data: A numpy array of inputs (batched by `batch_size`), a `tf.data.Dataset` or any
-        iterable of input batches (or of `(inputs, labels)` pairs).
-      steps: Use at most this many batches (None: all of `data`).
-      batch_size: Batch size for numpy arrays. Statistics of tiny batches are noisy: use
-        the batch size of training, or larger.
+      model: A tf-keras model (any structure: nested models, shared layers) with
+        tf-keras or keras_bn BatchNormalization layers.
+      data: A numpy array of inputs (batched by `batch_size`), a `tf.data.Dataset` of
+        batches, or any iterable of batches. A tuple element `(inputs, labels)` or
+        `(inputs, labels, weights)` gives its inputs (labels are not needed); a
+        multi-input batch is a list of arrays.
+      steps: Use at most this many batches per pass (None: all of `data`).
+      batch_size: Batch size for numpy arrays (any: the result does not depend on it).
+      passes: Number of passes; None repeats them until the statistics converge
+        (see above).
       verbose: 1 shows a progress bar.
 
     Returns:
-      A list of dicts, one per BN layer: `name`, `mean_shift` (largest change of a
-      channel's mean, in units of its old standard deviation), `variance_ratio` ((min, max)
-      of new / old variance over channels).
+      A list of dicts, one per BN layer: `name`, `count` (elements per channel measured),
+      `mean_shift` (largest change of a channel's mean, in units of its old standard
+      deviation), `variance_ratio` ((min, max) over channels of new / old variance).
 
     Raises:
-      ValueError: no BN layer in the model, or no batch in `data`.
+      keras_bn.errors.InputError: no BN layer in the model, no batch in `data`, or
+        `passes < 1`.
     """
-    layers = list(batch_norm_layers(model))
+    layers = list({id(layer): (name, layer)  # a layer shared by nested models: once
+                   for name, layer in reversed(list(batch_norm_layers(model)))}.values())[::-1]
     if not layers:
         raise InputError(f"recalibrate: model '{model.name}' has no BatchNormalization layer.")
-    before = _statistics(layers)
-    saved = {name: ([w.numpy() for w in layer.weights], layer.momentum, layer.trainable)
-             for name, layer in layers}
-    total = steps if steps is not None else (
-        -(-len(data) // batch_size) if isinstance(data, np.ndarray) else None)
-    progress = _keras.keras.utils.Progbar(total, unit_name="batch") if verbose else None
-    count = 0
+    if passes is not None and passes < 1:
+        raise InputError(f"recalibrate got passes={passes}; it must be >= 1 (or None: "
+                         "until the statistics converge).")
+    saved = [(v, v.numpy()) for _, layer in layers for v in _statistic_variables(layer)]
+    before = {name: _moments(layer) for name, layer in layers}
     try:
-        for _, layer in layers:
-            layer.trainable = True
-        for batch in _batches(data, batch_size):
-            if steps is not None and count >= steps:
+        for number in range(passes or MAX_PASSES):
+            label = f"pass {number + 1}" + (f"/{passes}" if passes else "")
+            last = {name: _moments(layer) for name, layer in layers}
+            measured = _measure(model, layers, data, steps, batch_size, verbose, label)
+            _keras.keras.backend.batch_set_value(
+                [pair for name, layer in layers for pair in _assignments(layer, *measured[name])])
+            if passes is None and _converged(last, layers):
                 break
-            count += 1
-            for _, layer in layers:  # batch k enters with weight 1/k
-                layer.momentum = (count - 1) / count
-            model(batch, training=True)
-            if progress:
-                progress.update(count)
-        if count == 0:
-            raise InputError("recalibrate: `data` gave no batch.")
+    except BaseException:
+        _keras.keras.backend.batch_set_value(saved)
+        raise
+    return [_moved(name, before[name], _moments(layer), measured[name][0])
+            for name, layer in layers]
+
+
+# -- the statistics -------------------------------------------------------------------
+
+
+def merge(a, b):
+    """Chan et al.'s parallel update of `(count, mean, m2)` triples (per channel, float64):
+    the statistics of the union of two sets from those of each."""
+    (na, ma, sa), (nb, mb, sb) = a, b
+    n = na + nb
+    safe = np.maximum(n, 1)
+    delta = mb - ma
+    return n, ma + delta * nb / safe, sa + sb + delta ** 2 * na * nb / safe
+
+
+def _batch_moments(x, axes, mask=None):
+    """`(count, mean, m2)` per channel of one batch, reduced over all but `axes`."""
+    # float64: a float32 sum of squares over a few thousand elements of a small variance
+    # was measured 2e-5 off (ReLU outputs); the reductions are a small part of the pass.
+    x = tf.cast(x, tf.float64)
+    reduce = [i for i in range(x.shape.rank) if i not in axes]
+    if mask is None:
+        weights = tf.ones_like(x)
+    else:
+        weights = tf.cast(mask, x.dtype)
+        while weights.shape.rank < x.shape.rank:
+            weights = tf.expand_dims(weights, -1)
+        weights = tf.broadcast_to(weights, tf.shape(x))
+    count = tf.reduce_sum(weights, reduce)
+    mean = tf.reduce_sum(x * weights, reduce) / tf.maximum(count, 1)
+    shape = [1 if i in reduce else -1 for i in range(x.shape.rank)]
+    m2 = tf.reduce_sum(tf.square(x - tf.reshape(mean, shape)) * weights, reduce)
+    return count, mean, m2
+
+
+@contextlib.contextmanager
+def _recording(layers):
+    """Makes each BN layer record `(count, mean, m2)` of its inputs on every call (a
+    shared layer once per call) into the yielded dict, name -> list."""
+    records = {name: [] for name, _ in layers}
+    for name, layer in layers:
+
+        @tf.autograph.experimental.do_not_convert
+        def call(inputs, *args, _layer=layer, _name=name, **kwargs):
+            records[_name].append(_batch_moments(inputs, bn_axes(_layer), kwargs.get("mask")))
+            return type(_layer).call(_layer, inputs, *args, **kwargs)
+
+        layer.call = call  # an instance attribute: Keras's __call__ looks `call` up
+    try:
+        yield records
     finally:
-        pairs = []
-        for name, layer in layers:
-            weights, layer.momentum, layer.trainable = saved[name]
-            keep = {id(layer.moving_mean), id(layer.moving_variance)} if count else set()
-            pairs += [(w, v) for w, v in zip(layer.weights, weights) if id(w) not in keep]
-        _keras.keras.backend.batch_set_value(pairs)
-    after = _statistics(layers)
-    summary = []
-    for name, _ in layers:
-        (mean0, var0), (mean1, var1) = before[name], after[name]
-        summary.append({
-            "name": name,
+        for _, layer in layers:
+            del layer.call
+
+
+def _measure(model, layers, data, steps, batch_size, verbose, label):
+    """name -> (count, mean, m2) as float64 numpy arrays, over all of `data`."""
+    totals = {name: None for name, _ in layers}
+    strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
+    with _recording(layers) as records:
+
+        def step(x):
+            for calls in records.values():
+                calls.clear()  # runs while tracing: this trace's tensors only
+            model(x, training=False)
+            return {name: list(calls) for name, calls in records.items()}
+
+        compiled = tf.function(step, reduce_retracing=True)
+        run = (lambda x: _per_replica(strategy, strategy.run(compiled, (x,)))) \
+            if strategy else (lambda x: [compiled(x)])
+        batches = _batches(data, batch_size, strategy)
+        total = steps or _length(data, batch_size)
+        progress = _keras.keras.utils.Progbar(total, unit_name="batch") if verbose else None
+        if progress:
+            print(f"recalibrate, {label}")
+        seen = 0
+        for batch in batches:
+            if steps is not None and seen >= steps:
+                break
+            for replica in run(batch):
+                for name, calls in replica.items():
+                    for call in calls:
+                        triple = tuple(np.asarray(t, np.float64) for t in call)
+                        totals[name] = triple if totals[name] is None else merge(
+                            totals[name], triple)
+            seen += 1
+            if progress:
+                progress.update(seen)
+    if seen == 0:
+        raise InputError("recalibrate: `data` gave no batch.")
+    unused = [name for name, total in totals.items() if total is None]
+    if unused:
+        raise InputError(f"recalibrate: BN layer(s) {unused} were not called by the model "
+                         "on `data`; their statistics cannot be measured.")
+    return totals
+
+
+def _per_replica(strategy, structure):
+    """A structure of per-replica values as one structure per local replica."""
+    flat = [strategy.experimental_local_results(v) for v in tf.nest.flatten(structure)]
+    replicas = len(flat[0]) if flat else 0
+    return [tf.nest.pack_sequence_as(structure, [v[i] for v in flat]) for i in range(replicas)]
+
+
+def _batches(data, batch_size, strategy):
+    """Input batches; under a strategy, distributed ones."""
+    if strategy is not None:
+        if isinstance(data, np.ndarray):
+            data = tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
+        if not isinstance(data, tf.data.Dataset):
+            raise InputError("recalibrate under a tf.distribute strategy needs a numpy array "
+                             "or a tf.data.Dataset of batches.")
+        data = data.map(_inputs_of)
+        return strategy.experimental_distribute_dataset(data)
+    if isinstance(data, np.ndarray):
+        return (data[i:i + batch_size] for i in range(0, len(data), batch_size))
+    return (_inputs_of(*item) if isinstance(item, tuple) else item for item in data)
+
+
+def _inputs_of(*element):
+    """The inputs of an element `x`, `(x, y)` or `(x, y, sample_weight)`."""
+    return element[0] if len(element) <= 3 else element
+
+
+def _length(data, batch_size):
+    if isinstance(data, np.ndarray):
+        return -(-len(data) // batch_size)
+    if isinstance(data, tf.data.Dataset):
+        n = int(data.cardinality())
+        return n if n >= 0 else None
+    return len(data) if hasattr(data, "__len__") else None
+
+
+# -- writing them ---------------------------------------------------------------------
+
+
+def _statistic_variables(layer):
+    names = ("moving_mean", "moving_variance", "moving_stddev", "renorm_mean", "renorm_stddev")
+    return [getattr(layer, n) for n in names if getattr(layer, n, None) is not None]
+
+
+def _assignments(layer, count, mean, m2):
+    """(variable, value) pairs: the layer's statistics from `(count, mean, m2)`."""
+    variance = m2 / np.maximum(count - 1, 1)
+    stddev = np.sqrt(variance + layer.epsilon)
+    values = {"moving_mean": mean, "moving_variance": variance, "moving_stddev": stddev,
+              "renorm_mean": mean, "renorm_stddev": stddev}
+    pairs = []
+    for variable in _statistic_variables(layer):
+        name = next(n for n in values if getattr(layer, n, None) is variable)
+        pairs.append((variable, np.reshape(values[name], variable.shape).astype(
+            variable.dtype.as_numpy_dtype)))
+    return pairs
+
+
+def _converged(last, layers):
+    for name, layer in layers:
+        moved = _moved(name, last[name], _moments(layer), np.zeros(1))
+        low, high = moved["variance_ratio"]
+        if moved["mean_shift"] > CONVERGED or high > 1 + CONVERGED or low < 1 - CONVERGED:
+            return False
+    return True
+
+
+def _moments(layer):
+    return (np.reshape(layer.moving_mean.numpy(), -1).astype(np.float64),
+            np.reshape(layer.moving_variance.numpy(), -1).astype(np.float64))
+
+
+def _moved(name, before, after, count):
+    (mean0, var0), (mean1, var1) = before, after
+    return {"name": name, "count": int(np.min(count)),
             "mean_shift": float(np.max(np.abs(mean1 - mean0) / np.sqrt(var0 + 1e-12))),
             "variance_ratio": (float(np.min(var1 / np.maximum(var0, 1e-12))),
-                               float(np.max(var1 / np.maximum(var0, 1e-12)))),
-        })
-    return summary
+                               float(np.max(var1 / np.maximum(var0, 1e-12))))}

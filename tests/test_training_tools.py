@@ -66,24 +66,6 @@ def test_recalibration_adapts_to_shifted_inputs(digits):
     assert shifted < clean - 0.2 and adapted > clean - 0.03
 
 
-def test_recalibrate_is_the_cumulative_average_and_restores_everything_else():
-    rs = np.random.RandomState(0)
-    batches = [rs.randn(16, 3).astype("float32") * (i + 1) + i for i in range(4)]
-    layer = keras_bn.BatchRenormalization(momentum=0.9)
-    model = tf_keras.Sequential([tf_keras.Input((3,)), layer])
-    layer.renorm_mean.assign([5.0, 5.0, 5.0])
-    keras_bn.recalibrate(model, batches, verbose=0)
-    np.testing.assert_allclose(layer.moving_mean.numpy(),
-                               np.mean([b.mean(0) for b in batches], 0), rtol=1e-5)
-    np.testing.assert_allclose(layer.moving_variance.numpy(),
-                               np.mean([b.var(0, ddof=1) for b in batches], 0), rtol=1e-5)
-    assert layer.momentum == 0.9 and int(layer.renorm_step.numpy()) == 0
-    np.testing.assert_array_equal(layer.renorm_mean.numpy(), [5.0, 5.0, 5.0])
-    keras_bn.recalibrate(model, np.concatenate(batches), batch_size=16, steps=2, verbose=0)
-    np.testing.assert_allclose(layer.moving_mean.numpy(),
-                               np.mean([b.mean(0) for b in batches[:2]], 0), rtol=1e-5)
-
-
 def test_recalibrate_without_bn_or_data_is_a_clear_error():
     with pytest.raises(ValueError, match="no BatchNormalization"):
         keras_bn.recalibrate(tf_keras.Sequential([tf_keras.Input((2,)), L.Dense(1)]),

@@ -70,19 +70,20 @@ class BatchNormalization(_keras.Layer):
       **kwargs: Base layer arguments (`name`, `dtype`, `trainable`, ...).
 
     Call arguments:
-      inputs: Float tensor of rank >= 2.
+      inputs: Tensor of rank >= 2; integer inputs are cast to the compute dtype (as
+        tf-keras does).
       training: Python boolean or boolean tensor. `None` follows the Keras learning phase.
       mask: Optional binary tensor broadcastable to `inputs` once trailing dimensions are
         added (e.g. `(batch, time)` for `(batch, time, channels)`); masked-out positions do
         not count in the batch statistics.
 
     Returns:
-      A tensor of the shape and dtype of `inputs`.
+      A tensor of the shape of `inputs`, in its dtype (the compute dtype for integers).
 
     Raises:
       ValueError: bad configuration (momentum outside `[0, 1)`, epsilon <= 0, a bad axis or
         virtual batch size), or an input the layer cannot normalize (rank < 2, unknown
-        channel dimension, non-float dtype). Each message names the layer and the fix.
+        channel dimension). Each message names the layer and the fix.
 
     Reference:
       - [Ioffe & Szegedy, 2015](https://arxiv.org/abs/1502.03167).
@@ -195,15 +196,15 @@ class BatchNormalization(_keras.Layer):
     # -- the two branches ---------------------------------------------------------------
 
     def call(self, inputs, training=None, mask=None):
-        if not inputs.dtype.is_floating:
-            raise ValueError(
-                f"{self._who} got inputs of dtype {inputs.dtype.name}; batch normalization "
-                "needs floating-point inputs: cast them first, e.g. tf.cast(x, 'float32').")
+        if not inputs.dtype.is_floating:  # as tf-keras: integers become the compute dtype
+            inputs = tf.cast(inputs, self.compute_dtype)
         training = False if self.frozen else _keras.training_flag(self, training)
         if training is False:
             return self._inference(inputs)
         if training is True:
             return self._training(inputs, mask)
+        if not tf.compat.v1.executing_eagerly_outside_functions():
+            return self._graph_mode_training(inputs, mask, training)
         return tf.__internal__.smart_cond.smart_cond(
             training, lambda: self._training(inputs, mask), lambda: self._inference(inputs))
 
@@ -216,13 +217,23 @@ class BatchNormalization(_keras.Layer):
              + self._broadcast(offset, rank))
         return tf.cast(y, x.dtype)
 
-    def _training(self, x, mask):
-        self._warn_if_single_element(x)
+    def _training(self, x, mask, training=True):
+        if training is True:
+            self._warn_if_single_element(x)
         gamma, beta = self._gamma_beta()
         step = self._fused_step if self._can_fuse(x, mask) else self._generic_step
         y, mean, variance, count = step(x, mask, gamma, beta)
-        self._update_statistics(mean, variance, count)
+        self._update_statistics(mean, variance, count, training)
         return y
+
+    def _graph_mode_training(self, x, mask, training):
+        """TF1 graph mode with the learning phase as a tensor (v1 `fit`, sessions,
+        estimators). The updates must be ops of the outer graph, not of a `tf.cond`
+        branch, for `layer.updates` to hold them (as tf-keras builds them): both branches
+        are built and the updates apply only where `training` is true."""
+        y = self._training(x, mask, training)
+        return tf.__internal__.smart_cond.smart_cond(
+            training, lambda: y, lambda: self._inference(x))
 
     def _fused_step(self, x, mask, gamma, beta):
         """Training output and batch statistics on TensorFlow's fused kernel."""
@@ -276,19 +287,52 @@ class BatchNormalization(_keras.Layer):
         del mean, variance
         return gamma, beta
 
-    def _update_statistics(self, mean, variance, count):
-        """Moving averages of the batch statistics, skipped when they are not finite."""
-        finite = stats.all_finite(mean, variance)
-        self._assign_if(finite, self.moving_mean,
+    def _update_statistics(self, mean, variance, count, training=True):
+        """Moving averages of the batch statistics, skipped (and counted) when they are
+        not finite or the batch had no element (fully masked); nothing changes where
+        `training` (a bool or a boolean tensor) is false. Returns whether they apply."""
+        valid = tf.logical_and(stats.all_finite(mean, variance), stats.has_elements(count))
+        apply = tf.logical_and(valid, training)
+        self._assign_if(apply, self.moving_mean,
                         stats.moving_average(self.moving_mean, mean, self.momentum))
-        self._assign_if(finite, self.moving_variance, stats.moving_average(
+        self._assign_if(apply, self.moving_variance, stats.moving_average(
             self.moving_variance, stats.unbiased_variance(variance, count), self.momentum))
-        self.skipped_updates.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
-        return finite
+        skipped = tf.logical_and(tf.logical_not(valid), training)
+        self.add_update(self.skipped_updates.assign_add(tf.cast(skipped, tf.int64)))
+        return apply
 
-    @staticmethod
-    def _assign_if(condition, variable, value):
-        variable.assign(tf.where(condition, tf.cast(value, variable.dtype), variable))
+    def _assign_if(self, condition, variable, value):
+        """Assigns `value` where `condition`; registered as an update so that TF1 graph
+        mode (`layer.updates`, run by v1 `fit` and sessions) applies it too. In eager
+        execution and in `tf.function` the assignment itself runs, as in tf-keras."""
+        self.add_update(variable.assign(
+            tf.where(condition, tf.cast(value, variable.dtype), variable)))
+
+    # -- weights as tf-keras's layer has them ---------------------------------------------
+
+    def _without_counter(self, variables):
+        return [v for v in variables if v is not getattr(self, "skipped_updates", None)]
+
+    @property
+    def non_trainable_weights(self):
+        """The moving statistics, as tf-keras's BatchNormalization lists them.
+
+        `skipped_updates` is a variable of the layer (saved in `.keras` files and TF
+        checkpoints) but not one of its Keras weights, so `get_weights`/`set_weights`
+        lists, `model.set_weights`, and `.h5` weight files are interchangeable with
+        tf-keras's layer in both directions.
+        """
+        return self._without_counter(super().non_trainable_weights)
+
+    def load_own_variables(self, store):
+        """As tf-keras's; also reads the variables a tf-keras BatchNormalization saved
+        (`.keras` files and `.weights.h5`): all but `skipped_updates`, in order."""
+        variables = self._without_counter(self._trainable_weights + self._non_trainable_weights)
+        if len(store.keys()) == len(variables):
+            for i, variable in enumerate(variables):
+                variable.assign(store[f"{i}"])
+            return
+        super().load_own_variables(store)
 
     # -- helpers ------------------------------------------------------------------------
 

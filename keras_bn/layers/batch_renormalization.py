@@ -112,14 +112,14 @@ class BatchRenormalization(BatchNormalization):
                                        tf.cast(dmax, mean.dtype))
         return stats.compose_transforms(gamma, beta, r, d)
 
-    def _update_statistics(self, mean, variance, count):
-        finite = super()._update_statistics(mean, variance, count)
-        self._assign_if(finite, self.renorm_mean, stats.moving_average(
+    def _update_statistics(self, mean, variance, count, training=True):
+        apply = super()._update_statistics(mean, variance, count, training)
+        self._assign_if(apply, self.renorm_mean, stats.moving_average(
             self.renorm_mean, mean, self.renorm_momentum))
-        self._assign_if(finite, self.renorm_stddev, stats.moving_average(
+        self._assign_if(apply, self.renorm_stddev, stats.moving_average(
             self.renorm_stddev, tf.sqrt(variance + self.epsilon), self.renorm_momentum))
-        self.renorm_step.assign_add(1)
-        return finite
+        self.add_update(self.renorm_step.assign_add(tf.cast(training, tf.int64)))
+        return apply
 
     def get_config(self):
         config = {

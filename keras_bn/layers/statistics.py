@@ -213,12 +213,27 @@ def renorm_limits(step, rmax, dmax, warmup_steps, rmax_ramp_steps, dmax_ramp_ste
             return tf.clip_by_value(tf.cast(fraction, tf.float32), 0.0, 1.0)
         return min(max(fraction, 0.0), 1.0)
 
-    return 1.0 + (rmax - 1.0) * progress(rmax_ramp_steps), dmax * progress(dmax_ramp_steps)
+    def ramp(start, end, fraction):
+        # `start` itself at fraction 0, so an infinite `end` (no clipping) never meets
+        # `inf * 0`; past 0 it is `inf` at once.
+        value = start + (end - start) * fraction
+        if tf.is_tensor(fraction):
+            return tf.where(fraction > 0, value if end != float("inf") else end, start)
+        return value if fraction > 0 else start
+
+    return (ramp(1.0, rmax, progress(rmax_ramp_steps)),
+            ramp(0.0, dmax, progress(dmax_ramp_steps)))
 
 
 def moving_average(moving, value, momentum):
     """`moving * momentum + value * (1 - momentum)`."""
     return moving * momentum + value * (1.0 - momentum)
+
+
+def has_elements(count):
+    """A scalar boolean: every channel's statistics came from at least one element (a
+    fully masked batch has none)."""
+    return tf.reduce_all(tf.convert_to_tensor(count) > 0)
 
 
 def all_finite(*tensors):
