@@ -8,6 +8,7 @@ Public API:
 * `recalibrate`: recompute BN statistics as the true average over data (precise BN).
 * `freeze`, `unfreeze`: BN layers in inference mode for fine-tuning.
 * `InputError`, `UnsafeModelError`, `VerificationError`: what keras_bn raises on purpose.
+* `keras_bn.callbacks`: `PreciseBN` and `BatchNormMonitor` for `fit`.
 
 The exporters' source lives in the top-level `export/` folder of the repository and is
 installed as `keras_bn.export`.

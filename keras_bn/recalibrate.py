@@ -1,14 +1,13 @@
 """`keras_bn.recalibrate`: set BN statistics to the exact statistics of their inputs over
 a data set (precise BN; on new, unlabelled data, AdaBN)."""
 
-import contextlib
-
 import numpy as np
 import tensorflow as tf
 
 from keras_bn import _keras
 from keras_bn.errors import InputError
-from keras_bn.walk import batch_norm_layers, bn_axes
+from keras_bn.measure import merge, recording
+from keras_bn.walk import batch_norm_layers
 
 
 #: Automatic passes stop once no channel's mean moved by more than this many standard
@@ -106,64 +105,14 @@ Which inputs: the model runs in inference mode, so while the layers are measured
             for name, layer in layers]
 
 
-# -- the statistics -------------------------------------------------------------------
-
-
-def merge(a, b):
-    """Chan et al.'s parallel update of `(count, mean, m2)` triples (per channel, float64):
-    the statistics of the union of two sets from those of each."""
-    (na, ma, sa), (nb, mb, sb) = a, b
-    n = na + nb
-    safe = np.maximum(n, 1)
-    delta = mb - ma
-    return n, ma + delta * nb / safe, sa + sb + delta ** 2 * na * nb / safe
-
-
-def _batch_moments(x, axes, mask=None):
-    """`(count, mean, m2)` per channel of one batch, reduced over all but `axes`."""
-    # float64: a float32 sum of squares over a few thousand elements of a small variance
-    # was measured 2e-5 off (ReLU outputs); the reductions are a small part of the pass.
-    x = tf.cast(x, tf.float64)
-    reduce = [i for i in range(x.shape.rank) if i not in axes]
-    if mask is None:
-        weights = tf.ones_like(x)
-    else:
-        weights = tf.cast(mask, x.dtype)
-        while weights.shape.rank < x.shape.rank:
-            weights = tf.expand_dims(weights, -1)
-        weights = tf.broadcast_to(weights, tf.shape(x))
-    count = tf.reduce_sum(weights, reduce)
-    mean = tf.reduce_sum(x * weights, reduce) / tf.maximum(count, 1)
-    shape = [1 if i in reduce else -1 for i in range(x.shape.rank)]
-    m2 = tf.reduce_sum(tf.square(x - tf.reshape(mean, shape)) * weights, reduce)
-    return count, mean, m2
-
-
-@contextlib.contextmanager
-def _recording(layers):
-    """Makes each BN layer record `(count, mean, m2)` of its inputs on every call (a
-    shared layer once per call) into the yielded dict, name -> list."""
-    records = {name: [] for name, _ in layers}
-    for name, layer in layers:
-
-        @tf.autograph.experimental.do_not_convert
-        def call(inputs, *args, _layer=layer, _name=name, **kwargs):
-            records[_name].append(_batch_moments(inputs, bn_axes(_layer), kwargs.get("mask")))
-            return type(_layer).call(_layer, inputs, *args, **kwargs)
-
-        layer.call = call  # an instance attribute: Keras's __call__ looks `call` up
-    try:
-        yield records
-    finally:
-        for _, layer in layers:
-            del layer.call
+# -- measuring ------------------------------------------------------------------------
 
 
 def _measure(model, layers, data, steps, batch_size, verbose, label):
     """name -> (count, mean, m2) as float64 numpy arrays, over all of `data`."""
     totals = {name: None for name, _ in layers}
     strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
-    with _recording(layers) as records:
+    with recording(layers) as records:
 
         def step(x):
             for calls in records.values():

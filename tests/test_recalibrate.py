@@ -16,7 +16,7 @@ import tensorflow as tf
 import tf_keras
 
 import keras_bn
-from keras_bn.recalibrate import merge
+from keras_bn.measure import merge
 
 L = tf_keras.layers
 RTOL = 1e-5
