@@ -99,6 +99,33 @@ QUICK_NOTE = ("--quick: small shapes and models, 1-7 repeats. It checks that eve
               "(`make bench` is the measurement).")
 
 
+def bench_recalibration(quick, rows, log):
+    """`keras_bn.recalibrate` / `model.predict` on the same images: one pass (the target),
+    and passes until converged (the default)."""
+    import numpy as np
+
+    import keras_bn
+
+    name = "MobileNetV2" if quick else "ResNet50"
+    model = models.application(name, quick)
+    images = 64 if quick else 256
+    x = np.random.RandomState(0).rand(images, *model.inputs[0].shape[1:]).astype("float32")
+    log(f"recalibrate vs predict, {name}, {images} images")
+    contenders = {
+        "model.predict": lambda: model.predict(x, batch_size=32, verbose=0),
+        "recalibrate, 1 pass": lambda: keras_bn.recalibrate(model, x, batch_size=32,
+                                                            passes=1, verbose=0),
+        "recalibrate, until converged": lambda: keras_bn.recalibrate(model, x, batch_size=32,
+                                                                     verbose=0),
+    }
+    timings = harness.interleave(contenders, repeats=2 if quick else 3, warmup=1)
+    case = f"{name} recalibration, {images} images"
+    rows.append(harness.Row(case, "recalibrate, 1 pass", "model.predict",
+                            timings["recalibrate, 1 pass"], timings["model.predict"], 1.5))
+    rows.append(harness.Row(case, "recalibrate, until converged", "model.predict",
+                            timings["recalibrate, until converged"], timings["model.predict"]))
+
+
 def write_markdown(rows, info, extra, path):
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     text = ([QUICK_NOTE, ""] if info.get("quick") else []) + [
@@ -125,14 +152,14 @@ def main(argv=None):
                         "repeats, ratios not judged (about a minute)")
     parser.add_argument("--out", default="benchmarks/results",
                         help="folder for results.json and results.md")
-    parser.add_argument("--only", choices=["training", "inference", "export"],
+    parser.add_argument("--only", choices=["training", "inference", "export", "recalibration"],
                         action="append", help="run only these case groups")
     args = parser.parse_args(argv)
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
     log = lambda text: print(f"... {text}", file=sys.stderr, flush=True)
-    groups = args.only or ["training", "inference", "export"]
+    groups = args.only or ["training", "inference", "export", "recalibration"]
     rows, extra = [], {}
     with tempfile.TemporaryDirectory() as workdir:
         if "training" in groups:
@@ -141,6 +168,8 @@ def main(argv=None):
             bench_inference(args.quick, rows, log, workdir)
         if "export" in groups:
             bench_export(args.quick, rows, log, workdir, extra)
+        if "recalibration" in groups:
+            bench_recalibration(args.quick, rows, log)
     info = meta()
     info.update(extra, quick=args.quick)
     if args.quick:

@@ -46,3 +46,10 @@ def test_small_batch_study(tmp_path):
     assert {"small_batch_study_quick.md", "small_batch_study_quick.json",
             "small_batch_study_quick_accuracy.png",
             "small_batch_study_quick_curves.png"} <= set(os.listdir(tmp_path))
+
+
+def test_adabn_study(tmp_path):
+    out = run_example("adabn_study.py", "--quick", "--out", str(tmp_path))
+    assert "| contrast | 3 |" in out and "recalibrated" in out
+    assert {"adabn_study_quick.md", "adabn_study_quick.json",
+            "adabn_study_quick.png"} <= set(os.listdir(tmp_path))
