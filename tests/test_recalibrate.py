@@ -203,3 +203,38 @@ def test_bad_arguments_are_input_errors():
     model, _, _ = two_bn_model()
     with pytest.raises(keras_bn.InputError, match="passes=0"):
         keras_bn.recalibrate(model, sorted_by_class(), passes=0)
+
+
+def test_compiled_once_per_model_and_shape():
+    """The measuring step is a tf.function traced once per model and batch shape, not
+    again for each pass or call."""
+    from keras_bn.recalibrate import _STEPS
+
+    x = sorted_by_class()
+    model, _, _ = two_bn_model()
+    keras_bn.recalibrate(model, x, batch_size=60, passes=2, verbose=0)
+    traces = _STEPS[model][1].experimental_get_tracing_count()
+    keras_bn.recalibrate(model, x, batch_size=60, passes=3, verbose=0)
+    assert traces == 1 and _STEPS[model][1].experimental_get_tracing_count() == 1
+
+
+def test_several_channel_axes():
+    x = sorted_by_class()
+    bn = keras_bn.BatchNormalization(axis=[1, 3])
+    model = tf_keras.Sequential([tf_keras.Input(x.shape[1:]), bn])
+    keras_bn.recalibrate(model, x, batch_size=50, verbose=0)
+    per_channel = np.moveaxis(x.astype(np.float64), [1, 3], [0, 1]).reshape(6, 2, -1)
+    np.testing.assert_allclose(np.reshape(bn.moving_mean.numpy(), (6, 2)),
+                               per_channel.mean(-1), rtol=RTOL, atol=1e-5)
+    np.testing.assert_allclose(np.reshape(bn.moving_variance.numpy(), (6, 2)),
+                               per_channel.var(-1, ddof=1), rtol=RTOL)
+
+
+def test_layers_frozen_with_trainable_gamma_beta():
+    x = sorted_by_class()
+    model, b1, b2 = two_bn_model(second=keras_bn.BatchRenormalization)
+    keras_bn.freeze(model, train_gamma_beta=True)  # inference mode, gamma/beta trainable
+    expected = bn_inputs(model, [b1, b2], x)
+    keras_bn.recalibrate(model, x, passes=1, verbose=0)
+    assert_exact(b1, expected[0])
+    assert_exact(b2, expected[1])
