@@ -41,7 +41,6 @@ def realistic_bn(model, seed=0, batch=16):
     add more than a unit of variance. The verification inputs are another draw than the
     calibration ones, as in real use.
     """
-    import keras_bn
     from keras_bn.folding import random_inputs
     from keras_bn.walk import batch_norm_layers
 
@@ -53,9 +52,17 @@ def realistic_bn(model, seed=0, batch=16):
             layer.gamma.assign(rs.uniform(0.2, 0.8, shape) * rs.choice([-1, 1], shape))
         if layer.beta is not None:
             layer.beta.assign(rs.randn(*shape) * 0.1)
-    if layers:
+    if layers:  # one training-mode step with momentum 0: each BN keeps its batch's
+        # statistics, measured behind earlier BNs that normalize with the same batch's,
+        # as in training. (keras_bn.recalibrate measures in inference mode behind the
+        # statistics the layers already have: random ones here, which overflow.)
         inputs = random_inputs(model, batch=batch, seed=seed + 1)
-        keras_bn.recalibrate(model, [inputs if len(inputs) > 1 else inputs[0]], verbose=0)
+        momenta = [layer.momentum for layer in layers]
+        for layer in layers:
+            layer.momentum = 0.0
+        model(inputs if len(inputs) > 1 else inputs[0], training=True)
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
     return model
 
 

@@ -79,8 +79,8 @@ Which inputs: the model runs in inference mode, so while the layers are measured
       deviation), `variance_ratio` ((min, max) over channels of new / old variance).
 
     Raises:
-      keras_bn.errors.InputError: no BN layer in the model, no batch in `data`, or
-        `passes < 1`.
+      keras_bn.errors.InputError: no BN layer in the model, no batch in `data`,
+        `passes < 1`, or statistics that overflow (nothing is changed then).
     """
     layers = list({id(layer): (name, layer)  # a layer shared by nested models: once
                    for name, layer in reversed(list(batch_norm_layers(model)))}.values())[::-1]
@@ -100,6 +100,14 @@ Which inputs: the model runs in inference mode, so while the layers are measured
                 [pair for name, layer in layers for pair in _assignments(layer, *measured[name])])
             if passes is None and _converged(last, layers):
                 break
+        overflow = [name for name, layer in layers
+                    if not all(np.all(np.isfinite(v.numpy()))
+                               for v in _statistic_variables(layer))]
+        if overflow:
+            raise InputError(
+                f"recalibrate: the statistics of BN layer(s) {overflow[:5]} are not finite: "
+                "the model's activations overflow on `data` (inputs on another scale than "
+                "the model expects, or weights that diverged); nothing was changed.")
     except BaseException:
         _keras.keras.backend.batch_set_value(saved)
         raise
@@ -223,8 +231,10 @@ def _assignments(layer, count, mean, m2):
     pairs = []
     for variable in _statistic_variables(layer):
         name = next(n for n in values if getattr(layer, n, None) is variable)
-        pairs.append((variable, np.reshape(values[name], variable.shape).astype(
-            variable.dtype.as_numpy_dtype)))
+        with np.errstate(over="ignore"):  # an overflow is reported once all passes ran
+            value = np.reshape(values[name], variable.shape).astype(
+                variable.dtype.as_numpy_dtype)
+        pairs.append((variable, value))
     return pairs
 
 
@@ -232,7 +242,8 @@ def _converged(last, layers):
     for name, layer in layers:
         moved = _moved(name, last[name], _moments(layer), np.zeros(1))
         low, high = moved["variance_ratio"]
-        if moved["mean_shift"] > CONVERGED or high > 1 + CONVERGED or low < 1 - CONVERGED:
+        if not (moved["mean_shift"] <= CONVERGED and 1 - CONVERGED <= low
+                and high <= 1 + CONVERGED):  # NaN (an overflow) is not converged
             return False
     return True
 

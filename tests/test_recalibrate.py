@@ -238,3 +238,13 @@ def test_layers_frozen_with_trainable_gamma_beta():
     keras_bn.recalibrate(model, x, passes=1, verbose=0)
     assert_exact(b1, expected[0])
     assert_exact(b2, expected[1])
+
+
+def test_overflowing_statistics_change_nothing():
+    model, b1, _ = two_bn_model()
+    before = [v.numpy().copy() for v in model.variables]
+    huge = np.full((8, 6, 6, 2), 3e38, np.float32)  # squares overflow float32
+    with pytest.raises(keras_bn.InputError, match="not finite"):
+        keras_bn.recalibrate(model, huge, verbose=0)
+    for value, variable in zip(before, model.variables):
+        np.testing.assert_array_equal(variable.numpy(), value)
