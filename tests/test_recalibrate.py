@@ -248,3 +248,14 @@ def test_overflowing_statistics_change_nothing():
         keras_bn.recalibrate(model, huge, verbose=0)
     for value, variable in zip(before, model.variables):
         np.testing.assert_array_equal(variable.numpy(), value)
+
+
+@pytest.mark.parametrize("offset,scale", [(0.0, 1.0), (100.0, 0.1)])
+def test_exact_on_large_feature_maps(offset, scale):
+    """112x112 positions per example (ResNet's first stage), a mean far from 0 and a small
+    spread: the float32 part of the sums stays within the bound."""
+    x = (np.random.RandomState(5).randn(6, 112, 112, 3) * scale + offset).astype("float32")
+    bn = keras_bn.BatchNormalization()
+    keras_bn.recalibrate(tf_keras.Sequential([tf_keras.Input(x.shape[1:]), bn]), x,
+                         batch_size=4, verbose=0)
+    assert_exact(bn, x.astype(np.float64))
