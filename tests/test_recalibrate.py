@@ -259,3 +259,11 @@ def test_exact_on_large_feature_maps(offset, scale):
     keras_bn.recalibrate(tf_keras.Sequential([tf_keras.Input(x.shape[1:]), bn]), x,
                          batch_size=4, verbose=0)
     assert_exact(bn, x.astype(np.float64))
+
+
+def test_progress_bar_per_pass(capsys):
+    model, _, _ = two_bn_model()
+    keras_bn.recalibrate(model, sorted_by_class(), batch_size=60, passes=2, verbose=1)
+    out = capsys.readouterr().out
+    assert "recalibrate, pass 1/2" in out and "recalibrate, pass 2/2" in out
+    assert "3/3" in out  # Keras's Progbar: 3 batches of 60
