@@ -66,7 +66,8 @@ Which inputs: the model runs in inference mode, so while the layers are measured
       model: A tf-keras model (any structure: nested models, shared layers) with
         tf-keras or keras_bn BatchNormalization layers.
       data: A numpy array of inputs (batched by `batch_size`), a `tf.data.Dataset` of
-        batches, or any iterable of batches. A tuple element `(inputs, labels)` or
+        batches, or any iterable of batches (read once per pass: a generator allows
+        `passes=1` only). A tuple element `(inputs, labels)` or
         `(inputs, labels, weights)` gives its inputs (labels are not needed); a
         multi-input batch is a list of arrays.
       steps: Use at most this many batches per pass (None: all of `data`).
@@ -148,7 +149,10 @@ def _measure(model, layers, data, steps, batch_size, verbose, label):
             if progress:
                 progress.update(seen)
     if seen == 0:
-        raise InputError("recalibrate: `data` gave no batch.")
+        again = "" if label.startswith("pass 1") else (
+            " on a later pass: an iterator or generator can be read only once; give a "
+            "numpy array, a tf.data.Dataset or a list, or passes=1")
+        raise InputError(f"recalibrate: `data` gave no batch{again}.")
     unused = [name for name, total in totals.items() if total is None]
     if unused:
         raise InputError(f"recalibrate: BN layer(s) {unused} were not called by the model "

@@ -267,3 +267,15 @@ def test_progress_bar_per_pass(capsys):
     out = capsys.readouterr().out
     assert "recalibrate, pass 1/2" in out and "recalibrate, pass 2/2" in out
     assert "3/3" in out  # Keras's Progbar: 3 batches of 60
+
+
+def test_a_generator_on_a_second_pass_is_a_clear_error():
+    model, b1, _ = two_bn_model()
+    before = b1.moving_mean.numpy().copy()
+    x = sorted_by_class()
+    with pytest.raises(keras_bn.InputError, match="read only once"):
+        keras_bn.recalibrate(model, (x[i:i + 60] for i in range(0, len(x), 60)), passes=2,
+                             verbose=0)
+    np.testing.assert_array_equal(b1.moving_mean.numpy(), before)
+    keras_bn.recalibrate(model, (x[i:i + 60] for i in range(0, len(x), 60)), passes=1,
+                         verbose=0)
