@@ -57,6 +57,7 @@ class PreciseBN(_keras.keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._epochs = self.params.get("epochs") if self.params else None
+        self._done = set()  # epochs count from 0 again in each `fit`
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
