@@ -28,5 +28,15 @@ def _seed_and_clear():
 
 
 
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits as flat 64-feature rows: `(x_train, y_train, x_test, y_test)`."""
+    from keras_bn.demo import load_digits
+
+    x_train, y_train, x_test, y_test = load_digits()
+    flat = lambda x: x.reshape(len(x), -1)
+    return flat(x_train), y_train, flat(x_test), y_test
+
+
 # Shared with the benchmarks, which measure the same kind of models.
 from benchmarks.models import randomize_biases, randomize_bn  # noqa: E402,F401

@@ -10,16 +10,8 @@ import tf_keras
 
 import keras_bn
 from keras_bn.callbacks import BatchNormMonitor, PreciseBN
-from keras_bn.demo import load_digits
 
 L = tf_keras.layers
-
-
-@pytest.fixture(scope="module")
-def digits():
-    x_train, y_train, x_test, y_test = load_digits()
-    flat = lambda x: x.reshape(len(x), -1)
-    return flat(x_train), y_train, flat(x_test), y_test
 
 
 def _model(second=keras_bn.BatchRenormalization):

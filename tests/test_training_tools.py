@@ -5,17 +5,9 @@ import pytest
 import tf_keras
 
 import keras_bn
-from keras_bn.demo import load_digits
 from conftest import randomize_bn
 
 L = tf_keras.layers
-
-
-@pytest.fixture(scope="module")
-def digits():
-    x_train, y_train, x_test, y_test = load_digits()
-    flat = lambda x: x.reshape(len(x), -1)
-    return flat(x_train), y_train, flat(x_test), y_test
 
 
 def _mlp(momentum=0.99, bn=keras_bn.BatchNormalization):
