@@ -20,9 +20,9 @@ import tensorflow as tf
 
 from keras_bn import _keras
 from keras_bn.errors import InputError
-from keras_bn.measure import merge, recording
+from keras_bn.measure import measure_inputs
 from keras_bn.recalibrate import recalibrate
-from keras_bn.walk import batch_norm_layers, is_ours
+from keras_bn.walk import distinct_batch_norm_layers, is_ours
 
 
 class PreciseBN(_keras.keras.callbacks.Callback):
@@ -145,9 +145,11 @@ class BatchNormMonitor(_keras.keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every_n_epochs:
             return
-        rows = [dict(epoch=epoch + 1, layer=name, **_layer_report(layer, stats,
-                                                                  self.gamma_threshold))
-                for (name, layer), stats in zip(self._layers(), self._measure())]
+        layers = list(distinct_batch_norm_layers(self.model))
+        measured = measure_inputs(self.model, layers, self.probe, batch_size=self.batch_size)
+        rows = [dict(epoch=epoch + 1, layer=name,
+                     **_layer_report(layer, measured[name], self.gamma_threshold))
+                for name, layer in layers]
         self.rows += rows
         with open(self.log_path + ".csv", "a", newline="") as f:
             writer = csv.DictWriter(f, self.COLUMNS)
@@ -165,29 +167,6 @@ class BatchNormMonitor(_keras.keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._writer is not None:
             self._writer.close()
-
-    def _layers(self):
-        return list({id(layer): (name, layer)
-                     for name, layer in reversed(list(batch_norm_layers(self.model)))
-                     }.values())[::-1]
-
-    def _measure(self):
-        """(count, mean, m2) of each layer's inputs over the probe, in inference mode."""
-        layers = self._layers()
-        totals = [None] * len(layers)
-        batches = ([self.probe[i:i + self.batch_size]
-                    for i in range(0, len(self.probe), self.batch_size)]
-                   if isinstance(self.probe, np.ndarray) else self.probe)
-        with recording(layers) as records:
-            for batch in batches:
-                for calls in records.values():
-                    calls.clear()
-                self.model(batch, training=False)
-                for i, (name, _) in enumerate(layers):
-                    for call in records[name]:
-                        triple = tuple(np.asarray(t, np.float64) for t in call)
-                        totals[i] = triple if totals[i] is None else merge(totals[i], triple)
-        return totals
 
 
 def _layer_report(layer, stats, gamma_threshold):

@@ -1,15 +1,12 @@
 """`keras_bn.recalibrate`: set BN statistics to the exact statistics of their inputs over
 a data set (precise BN; on new, unlabelled data, AdaBN)."""
 
-import weakref
-
 import numpy as np
-import tensorflow as tf
 
 from keras_bn import _keras
 from keras_bn.errors import InputError
-from keras_bn.measure import merge, recording
-from keras_bn.walk import batch_norm_layers
+from keras_bn.measure import measure_inputs
+from keras_bn.walk import distinct_batch_norm_layers
 
 
 #: Automatic passes stop once no channel's mean moved by more than this many standard
@@ -85,8 +82,7 @@ Which inputs: the model runs in inference mode, so while the layers are measured
       keras_bn.errors.InputError: no BN layer in the model, no batch in `data`,
         `passes < 1`, or statistics that overflow (nothing is changed then).
     """
-    layers = list({id(layer): (name, layer)  # a layer shared by nested models: once
-                   for name, layer in reversed(list(batch_norm_layers(model)))}.values())[::-1]
+    layers = list(distinct_batch_norm_layers(model))
     if not layers:
         raise InputError(f"recalibrate: model '{model.name}' has no BatchNormalization layer.")
     if passes is not None and passes < 1:
@@ -98,7 +94,8 @@ Which inputs: the model runs in inference mode, so while the layers are measured
         for number in range(passes or MAX_PASSES):
             label = f"pass {number + 1}" + (f"/{passes}" if passes else "")
             last = {name: _moments(layer) for name, layer in layers}
-            measured = _measure(model, layers, data, steps, batch_size, verbose, label)
+            measured = measure_inputs(model, layers, data, steps, batch_size, verbose,
+                                      label)
             _keras.keras.backend.batch_set_value(
                 [pair for name, layer in layers for pair in _assignments(layer, *measured[name])])
             if passes is None and _converged(last, layers):
@@ -116,108 +113,6 @@ Which inputs: the model runs in inference mode, so while the layers are measured
         raise
     return [_moved(name, before[name], _moments(layer), measured[name][0])
             for name, layer in layers]
-
-
-# -- measuring ------------------------------------------------------------------------
-
-
-def _measure(model, layers, data, steps, batch_size, verbose, label):
-    """name -> (count, mean, m2) as float64 numpy arrays, over all of `data`."""
-    totals = {name: None for name, _ in layers}
-    strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
-    compiled, holder = _compiled_step(model, layers)
-    with recording(layers) as records:
-        holder["records"] = records  # what a (re)trace records into
-        run = (lambda x: _per_replica(strategy, strategy.run(compiled, (x,)))) \
-            if strategy else (lambda x: [compiled(x)])
-        batches = _batches(data, batch_size, strategy)
-        total = steps or _length(data, batch_size)
-        progress = _keras.keras.utils.Progbar(total, unit_name="batch") if verbose else None
-        if progress:
-            print(f"recalibrate, {label}")
-        seen = 0
-        for batch in batches:
-            if steps is not None and seen >= steps:
-                break
-            for replica in run(batch):
-                for name, calls in replica.items():
-                    for call in calls:
-                        triple = tuple(np.asarray(t, np.float64) for t in call)
-                        totals[name] = triple if totals[name] is None else merge(
-                            totals[name], triple)
-            seen += 1
-            if progress:
-                progress.update(seen)
-    if seen == 0:
-        again = "" if label.startswith("pass 1") else (
-            " on a later pass: an iterator or generator can be read only once; give a "
-            "numpy array, a tf.data.Dataset or a list, or passes=1")
-        raise InputError(f"recalibrate: `data` gave no batch{again}.")
-    unused = [name for name, total in totals.items() if total is None]
-    if unused:
-        raise InputError(f"recalibrate: BN layer(s) {unused} were not called by the model "
-                         "on `data`; their statistics cannot be measured.")
-    return totals
-
-
-#: model -> (BN layers, compiled step, holder): the measuring function is traced once
-#: per model and input shape, not at every pass or call (tracing MobileNetV2 took ~0.7 s,
-#: 9x the `predict` of 64 images). Weak keys, and the step holds the model weakly.
-_STEPS = weakref.WeakKeyDictionary()
-
-
-def _compiled_step(model, layers):
-    key = tuple(id(layer) for _, layer in layers)
-    cached = _STEPS.get(model)
-    if cached is None or cached[0] != key:
-        holder, owner = {}, weakref.ref(model)
-
-        def step(x):  # Python runs only while tracing: it wires this trace's tensors
-            records = holder["records"]
-            for calls in records.values():
-                calls.clear()
-            owner()(x, training=False)
-            return {name: list(calls) for name, calls in records.items()}
-
-        cached = (key, tf.function(step, reduce_retracing=True), holder)
-        _STEPS[model] = cached
-    return cached[1], cached[2]
-
-
-def _per_replica(strategy, structure):
-    """A structure of per-replica values as one structure per local replica."""
-    flat = [strategy.experimental_local_results(v) for v in tf.nest.flatten(structure)]
-    replicas = len(flat[0]) if flat else 0
-    return [tf.nest.pack_sequence_as(structure, [v[i] for v in flat]) for i in range(replicas)]
-
-
-def _batches(data, batch_size, strategy):
-    """Input batches; under a strategy, distributed ones."""
-    if strategy is not None:
-        if isinstance(data, np.ndarray):
-            data = tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
-        if not isinstance(data, tf.data.Dataset):
-            raise InputError("recalibrate under a tf.distribute strategy needs a numpy array "
-                             "or a tf.data.Dataset of batches.")
-        data = data.map(_inputs_of)
-        return strategy.experimental_distribute_dataset(data)
-    if isinstance(data, np.ndarray):
-        return (data[i:i + batch_size] for i in range(0, len(data), batch_size))
-    return (_inputs_of(*item) if isinstance(item, tuple) else item for item in data)
-
-
-def _inputs_of(*element):
-    """The inputs of an element `x`, `(x, y)` or `(x, y, sample_weight)`."""
-    return element[0] if len(element) <= 3 else element
-
-
-def _length(data, batch_size):
-    if isinstance(data, np.ndarray):
-        return -(-len(data) // batch_size)
-    if isinstance(data, tf.data.Dataset):
-        n = int(data.cardinality())
-        return n if n >= 0 else None
-    return len(data) if hasattr(data, "__len__") else None
 
 
 # -- writing them ---------------------------------------------------------------------

@@ -60,3 +60,13 @@ def batch_norm_layers(model):
     (`outer/inner` names), in layer order."""
     for path, layer in batch_norm_paths(model):
         yield "/".join(path), layer
+
+
+def distinct_batch_norm_layers(model):
+    """`batch_norm_layers`, each layer object once: a layer shared by several nested
+    models keeps its first name."""
+    seen = set()
+    for name, layer in batch_norm_layers(model):
+        if id(layer) not in seen:
+            seen.add(id(layer))
+            yield name, layer

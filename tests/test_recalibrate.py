@@ -208,7 +208,7 @@ def test_bad_arguments_are_input_errors():
 def test_compiled_once_per_model_and_shape():
     """The measuring step is a tf.function traced once per model and batch shape, not
     again for each pass or call."""
-    from keras_bn.recalibrate import _STEPS
+    from keras_bn.measure import _STEPS
 
     x = sorted_by_class()
     model, _, _ = two_bn_model()
@@ -279,3 +279,17 @@ def test_a_generator_on_a_second_pass_is_a_clear_error():
     np.testing.assert_array_equal(b1.moving_mean.numpy(), before)
     keras_bn.recalibrate(model, (x[i:i + 60] for i in range(0, len(x), 60)), passes=1,
                          verbose=0)
+
+
+def test_batch_moments_with_and_without_a_mask():
+    from keras_bn.measure import batch_moments
+
+    rs = np.random.RandomState(2)
+    x = (rs.randn(5, 7, 3) * 2 + 30).astype("float32")
+    mask = rs.rand(5, 7) > 0.4
+    for m, kept in ((None, x.reshape(-1, 3)), (mask, x[mask])):
+        count, mean, m2 = (t.numpy() for t in batch_moments(x, [2], m))
+        kept = kept.astype(np.float64)
+        np.testing.assert_array_equal(count, [len(kept)] * 3)
+        np.testing.assert_allclose(mean, kept.mean(0), rtol=RTOL)
+        np.testing.assert_allclose(m2 / (count - 1), kept.var(0, ddof=1), rtol=RTOL)
