@@ -1,11 +1,15 @@
 """The Keras flavour keras_bn is built on, and every Keras-specific call it makes.
 
-All layer and model code imports Keras through this module only, so supporting Keras 3
-(`import keras`) is a second version of this file, not a rewrite of the layers.
+All tf-keras code of the package goes through this module; `_keras3.py` is its Keras 3
+twin with the same names, and `flavour.of(obj)` picks the one an object belongs to.
 """
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+
+#: How this flavour's classes are labelled in plans and tables ("tf_keras.Dense").
+LABEL = "tf_keras"
 
 Layer = keras.layers.Layer
 InputSpec = keras.layers.InputSpec
@@ -19,6 +23,24 @@ deserialize = keras.saving.deserialize_keras_object
 BuiltinBatchNormalization = keras.layers.BatchNormalization
 
 
+def backend():
+    """tf-keras always runs on TensorFlow."""
+    return "tensorflow"
+
+
+def batch_norm_classes():
+    """Every BN class of this flavour: tf-keras's and keras_bn's (BRN is a subclass)."""
+    from keras_bn.layers.batch_normalization import BatchNormalization
+
+    return (BuiltinBatchNormalization, BatchNormalization)
+
+
+def our_batch_norm_class():
+    from keras_bn.layers.batch_normalization import BatchNormalization
+
+    return BatchNormalization
+
+
 def register_serializable(cls):
     """Registers `cls` so saved models load it without `custom_objects`."""
     return keras.saving.register_keras_serializable(package="keras_bn")(cls)
@@ -28,6 +50,54 @@ def is_graph_model(model):
     """A Sequential or functional model (whose graph its config describes), not a
     subclassed one. tf-keras marks these with `_is_graph_network`; no public API says it."""
     return isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)
+
+
+def operations(model):
+    """Name -> every node of the model's graph (in tf-keras, TF ops are layers too)."""
+    return {layer.name: layer for layer in model.layers}
+
+
+def is_input_layer(layer):
+    return isinstance(layer, keras.layers.InputLayer)
+
+
+def is_linear(activation):
+    return activation is None or activation is keras.activations.linear
+
+
+def output_rank(layer):
+    return len(layer.output_shape)
+
+
+def input_rank(layer):
+    return len(layer.input_shape)
+
+
+def numpy_dtype(variable):
+    return variable.dtype.as_numpy_dtype
+
+
+def get_values(tensors):
+    """Numpy values of variables or tensors, in one call."""
+    return keras.backend.batch_get_value(tensors)
+
+
+def set_values(pairs):
+    """Assigns `(variable, value)` pairs in one call."""
+    keras.backend.batch_set_value(list(pairs))
+
+
+def flatten(structure):
+    return tf.nest.flatten(structure)
+
+
+def is_builtin_layer_class(cls):
+    """Whether `cls` is one of `tf_keras.layers` (known to `from_config` by itself)."""
+    return getattr(keras.layers, cls.__name__, None) is cls
+
+
+def registered_name(cls):
+    return keras.saving.get_registered_name(cls)
 
 
 def training_flag(layer, training):

@@ -5,7 +5,7 @@ import warnings
 import tensorflow as tf
 
 from keras_bn import _keras
-from keras_bn.layers import statistics as stats
+from keras_bn.layers import arguments, statistics as stats
 
 
 @_keras.register_serializable
@@ -97,21 +97,8 @@ class BatchNormalization(_keras.Layer):
                  **kwargs):
         super().__init__(**kwargs)
         self.supports_masking = True
-        if isinstance(axis, (list, tuple)):
-            axis = list(axis)
-        if not (isinstance(axis, int) or (axis and all(isinstance(a, int) for a in axis))):
-            raise ValueError(f"{self._who} got axis={axis!r}; pass an integer or a "
-                             "non-empty list of integers, e.g. axis=-1 for channels-last.")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"{self._who} got momentum={momentum!r}; it must be in [0, 1) "
-                             "(0.99 is the usual value).")
-        if not epsilon > 0:
-            raise ValueError(f"{self._who} got epsilon={epsilon!r}; it must be > 0 "
-                             "(1e-3 is the default).")
-        if virtual_batch_size is not None and (
-                not isinstance(virtual_batch_size, int) or virtual_batch_size < 1):
-            raise ValueError(f"{self._who} got virtual_batch_size={virtual_batch_size!r}; "
-                             "pass a positive integer that divides the batch size, or None.")
+        axis = arguments.check_batch_norm(self._who, axis, momentum, epsilon,
+                                          virtual_batch_size)
         self.axis = axis
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
@@ -150,29 +137,9 @@ class BatchNormalization(_keras.Layer):
 
     def build(self, input_shape):
         input_shape = tf.TensorShape(input_shape)
+        self._axes, dims = arguments.channel_axes(
+            self._who, self.axis, None if input_shape.rank is None else tuple(input_shape))
         rank = input_shape.rank
-        if rank is None or rank < 2:
-            raise ValueError(
-                f"{self._who} needs inputs of known rank >= 2 (batch, ..., channels); got "
-                f"shape {input_shape}. Add a batch dimension, or reshape with "
-                "keras.layers.Reshape before this layer.")
-        axes = [self.axis] if isinstance(self.axis, int) else self.axis
-        if any(not -rank <= a < rank for a in axes):
-            raise ValueError(
-                f"{self._who} got axis={self.axis!r} for inputs of rank {rank} (shape "
-                f"{input_shape}); valid axes are {-rank}..{rank - 1}: use -1 for "
-                "channels-last or 1 for channels-first.")
-        self._axes = sorted({a % rank for a in axes})
-        if self._axes == [0] or len(self._axes) != len(axes):
-            raise ValueError(
-                f"{self._who} got axis={self.axis!r}: the axes must be distinct and not the "
-                "batch axis 0; use -1 for channels-last or 1 for channels-first.")
-        dims = [input_shape[a] for a in self._axes]
-        if any(d is None for d in dims):
-            raise ValueError(
-                f"{self._who}: the channel dimension(s) {self._axes} of input shape "
-                f"{input_shape} must be known when the layer is built; give the Input a "
-                "full shape (e.g. keras.Input((32, 32, 3))).")
         self._param_shape = tuple(dims)
         self.input_spec = _keras.InputSpec(ndim=rank, axes=dict(zip(self._axes, dims)))
         dtype = self._param_dtype
@@ -365,11 +332,7 @@ class BatchNormalization(_keras.Layer):
         """`(B, ...)` -> `(virtual_batch_size, B / virtual_batch_size, ...)`, as tf-keras."""
         vbs = self.virtual_batch_size
         batch = x.shape[0]
-        if batch is not None and batch % vbs:
-            raise ValueError(
-                f"{self._who} got a batch of {batch} with virtual_batch_size={vbs}; the "
-                "virtual batch size must divide the batch size: pick a batch size that is a "
-                f"multiple of {vbs} (or drop_remainder=True in tf.data), or change it.")
+        arguments.check_batch_divides(self._who, batch, vbs)
         if batch is None:
             tf.debugging.assert_equal(
                 tf.shape(x)[0] % vbs, 0,

@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from keras_bn import _keras
-from keras_bn.layers import statistics as stats
+from keras_bn.layers import arguments, statistics as stats
 from keras_bn.layers.batch_normalization import BatchNormalization
 
 
@@ -68,21 +68,8 @@ class BatchRenormalization(BatchNormalization):
                  warmup_steps=5000, rmax_ramp_steps=40000, dmax_ramp_steps=25000,
                  renorm_momentum=0.99, **kwargs):
         super().__init__(axis=axis, momentum=momentum, epsilon=epsilon, **kwargs)
-        if not rmax >= 1.0:
-            raise ValueError(f"{self._who} got rmax={rmax!r}; it must be >= 1 (r is clipped "
-                             "to [1/rmax, rmax]; the paper uses 3).")
-        if not dmax >= 0.0:
-            raise ValueError(f"{self._who} got dmax={dmax!r}; it must be >= 0 (d is clipped "
-                             "to [-dmax, dmax]; the paper uses 5).")
-        for name, steps in (("warmup_steps", warmup_steps),
-                            ("rmax_ramp_steps", rmax_ramp_steps),
-                            ("dmax_ramp_steps", dmax_ramp_steps)):
-            if not isinstance(steps, int) or steps < 0:
-                raise ValueError(f"{self._who} got {name}={steps!r}; pass a non-negative "
-                                 "integer number of training steps (0 for none).")
-        if not 0.0 <= renorm_momentum < 1.0:
-            raise ValueError(f"{self._who} got renorm_momentum={renorm_momentum!r}; it must "
-                             "be in [0, 1) (0.99 is the usual value).")
+        arguments.check_renorm(self._who, rmax, dmax, warmup_steps, rmax_ramp_steps,
+                               dmax_ramp_steps, renorm_momentum)
         self.rmax = float(rmax)
         self.dmax = float(dmax)
         self.warmup_steps = warmup_steps

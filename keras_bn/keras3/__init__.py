@@ -1,0 +1,19 @@
+"""keras_bn for Keras 3 (`import keras`), on the TensorFlow and JAX backends.
+
+`from keras_bn import keras3 as kbn` gives the Keras 3 layers; the tools are the same
+functions as for tf-keras (`keras_bn.fold`, `keras_bn.export`, ...), which take a model of
+either flavour and handle it with that flavour's plumbing. Importing this module
+registers the layers with Keras 3, so `keras.saving.load_model` reads `.keras` files
+holding them without `custom_objects`.
+
+Public API:
+
+* `BatchNormalization`, `BatchRenormalization`: the layers, Keras 3 subclasses.
+* `fold`, `fold_plan`: as `keras_bn.fold` (re-exported for convenience).
+"""
+
+from keras_bn.folding import fold, fold_plan
+from keras_bn.keras3.batch_normalization import BatchNormalization
+from keras_bn.keras3.batch_renormalization import BatchRenormalization
+
+__all__ = ["BatchNormalization", "BatchRenormalization", "fold", "fold_plan"]
