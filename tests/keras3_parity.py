@@ -1,0 +1,175 @@
+"""Keras 3 layers against Keras 3's own BatchNormalization, on the backend this process
+runs (`KERAS_BACKEND` is read when `keras` is first imported, so each backend gets its
+own process): `python tests/keras3_parity.py OUT_DIR`.
+
+For 2-D, 4-D and 5-D inputs and 20 training steps on shifting data, it compares our
+BatchNormalization with `keras.layers.BatchNormalization`, and our BatchRenormalization
+(constant clipping) with Keras 3's `renorm=True`: outputs, gradients (inputs, gamma,
+beta), moving mean, renorm statistics; our moving variance against the Bessel-corrected
+recursion computed in float64 numpy (Keras 3 keeps the biased one, also checked against
+its own recursion). Writes OUT_DIR/<backend>.json (max relative errors per quantity) and
+OUT_DIR/<backend>.npz (our outputs, for the cross-backend comparison).
+"""
+
+import json
+import os
+import sys
+
+import keras
+import numpy as np
+
+from keras_bn import keras3 as kbn
+
+BACKEND = keras.backend.backend()
+SHAPES = {"2d": (16, 5), "4d": (8, 6, 6, 5), "5d": (4, 3, 4, 4, 5)}
+STEPS = 20
+MOMENTUM, RENORM_MOMENTUM, EPSILON = 0.9, 0.9, 1e-3
+RMAX, DMAX = 1.5, 0.5
+
+
+def pair(kind):
+    """(ours, Keras 3's) with the same configuration."""
+    common = dict(momentum=MOMENTUM, epsilon=EPSILON)
+    if kind == "bn":
+        return kbn.BatchNormalization(**common), keras.layers.BatchNormalization(**common)
+    ours = kbn.BatchRenormalization(rmax=RMAX, dmax=DMAX, warmup_steps=0, rmax_ramp_steps=0,
+                                    dmax_ramp_steps=0, renorm_momentum=RENORM_MOMENTUM,
+                                    **common)
+    theirs = keras.layers.BatchNormalization(
+        renorm=True, renorm_clipping={"rmax": RMAX, "rmin": 1 / RMAX, "dmax": DMAX},
+        renorm_momentum=RENORM_MOMENTUM, **common)
+    return ours, theirs
+
+
+def train_step(layer, x, dy):
+    """`[y, dx, dgamma, dbeta]` of one training call; the layer's statistics update."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * dy)
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        return [np.asarray(v, np.float64) for v in [y] + grads]
+    import jax
+    import jax.numpy as jnp
+
+    trainable = [v.value for v in layer.trainable_variables]
+    fixed = [v.value for v in layer.non_trainable_variables]
+
+    def loss(trainable, x):
+        y, updated = layer.stateless_call(trainable, fixed, x, training=True)
+        return jnp.sum(y * dy), (y, updated)
+
+    (_, (y, updated)), (dtrainable, dx) = jax.value_and_grad(
+        loss, argnums=(0, 1), has_aux=True)(trainable, jnp.asarray(x))
+    for variable, value in zip(layer.non_trainable_variables, updated):
+        variable.assign(value)
+    return [np.asarray(v, np.float64) for v in (y, dx, dtrainable[0], dtrainable[1])]
+
+
+def relative(a, b):
+    return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
+
+
+def run(kind, name, shape, rs):
+    ours, theirs = pair(kind)
+    ours.build(shape), theirs.build(shape)
+    gamma, beta = rs.uniform(0.5, 1.5, shape[-1]), rs.randn(shape[-1]) * 0.1
+    for layer in (ours, theirs):
+        layer.gamma.assign(gamma.astype("float32")), layer.beta.assign(beta.astype("float32"))
+    errors, outputs, clipped = {}, [], 0
+    n = int(np.prod(shape[:-1]))
+    reference_variance = np.ones(shape[-1])
+    keras_variance = np.ones(shape[-1])
+    for step in range(STEPS):
+        # A drifting mean and scale, so renorm's r and d move and hit their clips.
+        x = (rs.randn(*shape) * (1 + 0.5 * np.sin(step)) + 0.3 * step).astype("float32")
+        dy = rs.randn(*shape).astype("float32")
+        if kind == "brn":
+            clipped += _clipped(x, ours)
+        mine, reference = train_step(ours, x, dy), train_step(theirs, x, dy)
+        outputs.extend(mine)
+        for label, a, b in zip(("output", "grad_x", "grad_gamma", "grad_beta"),
+                               mine, reference):
+            errors[label] = max(errors.get(label, 0.0), relative(a, b))
+        variance = np.var(x.astype(np.float64).reshape(-1, shape[-1]), axis=0)
+        reference_variance = (MOMENTUM * reference_variance
+                              + (1 - MOMENTUM) * variance * n / (n - 1))
+        keras_variance = MOMENTUM * keras_variance + (1 - MOMENTUM) * variance
+        checks = {"moving_mean": (ours.moving_mean, theirs.moving_mean),
+                  "moving_variance_vs_numpy": (ours.moving_variance, reference_variance)}
+        if kind == "bn":
+            checks["keras_moving_variance_vs_numpy"] = (theirs.moving_variance,
+                                                        keras_variance)
+        else:
+            checks["renorm_mean"] = (ours.renorm_mean, theirs.renorm_mean)
+            checks["renorm_stddev"] = (ours.renorm_stddev, theirs.renorm_stddev)
+        for label, (a, b) in checks.items():
+            errors[label] = max(errors.get(label, 0.0),
+                                relative(np.asarray(a, np.float64), np.asarray(b, np.float64)))
+        outputs.extend([np.asarray(ours.moving_mean), np.asarray(ours.moving_variance)])
+    if kind == "brn":
+        errors["steps_with_r_or_d_clipped"] = clipped
+    return errors, outputs
+
+
+def _clipped(x, layer):
+    """1 if this batch's r or d hits the clip limits (numpy, from the layer's renorm
+    statistics before the step), else 0: the renorm comparison must exercise clipping."""
+    flat = x.astype(np.float64).reshape(-1, x.shape[-1])
+    sigma = np.maximum(np.asarray(layer.renorm_stddev, np.float64), EPSILON ** 0.5)
+    r = np.sqrt(flat.var(0) + EPSILON) / sigma
+    d = (flat.mean(0) - np.asarray(layer.renorm_mean, np.float64)) / sigma
+    return int(np.any((r > RMAX) | (r < 1 / RMAX) | (np.abs(d) > DMAX)))
+
+
+def fit_and_reload(out_dir):
+    """A compiled `fit` (jit on JAX) of a model with both layers, then a `.keras` round
+    trip without custom_objects: the moving statistics moved, the reload predicts the
+    same."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 3), kbn.BatchNormalization(),
+        keras.layers.ReLU(), keras.layers.Conv2D(4, 1),
+        kbn.BatchRenormalization(warmup_steps=2, rmax_ramp_steps=3, dmax_ramp_steps=3),
+        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    rs = np.random.RandomState(0)
+    x, y = (rs.randn(64, 6, 6, 3) + 2).astype("float32"), rs.randn(64, 2).astype("float32")
+    history = model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    path = os.path.join(out_dir, f"{BACKEND}.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    return {"loss": [float(v) for v in history.history["loss"]],
+            "moving_mean_moved": float(np.max(np.abs(np.asarray(model.layers[1].moving_mean)))),
+            "renorm_step": int(np.asarray(model.layers[4].renorm_step)),
+            "reload_classes": [type(layer).__name__ for layer in loaded.layers],
+            "reload_error": float(np.max(np.abs(loaded.predict(x, verbose=0)
+                                                - model.predict(x, verbose=0))))}
+
+
+def main(out_dir):
+    results, arrays = {}, {}
+    for kind in ("bn", "brn"):
+        for name, shape in SHAPES.items():
+            rs = np.random.RandomState(0)
+            errors, outputs = run(kind, name, shape, rs)
+            results[f"{kind}_{name}"] = errors
+            for i, value in enumerate(outputs):
+                arrays[f"{kind}_{name}_{i}"] = value
+    results["fit"] = fit_and_reload(out_dir)
+    try:  # a clear error, not a silent single-device statistic
+        kbn.BatchNormalization(synchronized=True)
+        results["synchronized"] = "accepted"
+    except ValueError as error:
+        results["synchronized"] = str(error)
+    with open(os.path.join(out_dir, f"{BACKEND}.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    np.savez(os.path.join(out_dir, f"{BACKEND}.npz"), **arrays)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

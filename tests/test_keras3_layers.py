@@ -1,0 +1,150 @@
+"""keras_bn.keras3 layers: parity with Keras 3's BatchNormalization on TensorFlow and JAX
+(each backend in its own process, as Keras 3 picks the backend at import), and the
+guarantees of the tf-keras layers on Keras 3 (in this process: the TensorFlow backend)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+import tf_keras  # noqa: E402
+
+import keras_bn  # noqa: E402
+from keras_bn import keras3 as kbn  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BACKENDS = ("tensorflow", "jax")
+#: Max error relative to each quantity's scale (max(1, max |reference|)) over 20 steps;
+#: float32 reductions in another order give 1e-7..9e-6 (gamma's gradient, a sum over
+#: every element, is the largest).
+RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory):
+    out = tmp_path_factory.mktemp("keras3_parity")
+    results = {}
+    for backend in BACKENDS:
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        run = subprocess.run([sys.executable, os.path.join(HERE, "keras3_parity.py"), str(out)],
+                             env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        with open(out / f"{backend}.json") as f:
+            results[backend] = json.load(f)
+        results[backend + "_arrays"] = np.load(out / f"{backend}.npz")
+    return results
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", ["bn_2d", "bn_4d", "bn_5d", "brn_2d", "brn_4d", "brn_5d"])
+def test_matches_keras3_batch_normalization(parity, backend, case):
+    errors = dict(parity[backend][case])
+    clipped = errors.pop("steps_with_r_or_d_clipped", None)
+    assert errors and all(e <= RTOL for e in errors.values()), errors
+    if clipped is not None:  # the renorm comparison exercised the clipping
+        assert clipped >= 10
+
+
+def test_same_numbers_on_tensorflow_and_jax(parity):
+    tf_arrays, jax_arrays = parity["tensorflow_arrays"], parity["jax_arrays"]
+    assert sorted(tf_arrays.files) == sorted(jax_arrays.files) and tf_arrays.files
+    worst = max(float(np.max(np.abs(tf_arrays[k] - jax_arrays[k])))
+                / max(1.0, float(np.max(np.abs(tf_arrays[k])))) for k in tf_arrays.files)
+    assert worst <= RTOL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_and_keras_round_trip(parity, backend):
+    fit = parity[backend]["fit"]
+    assert all(np.isfinite(fit["loss"])) and fit["moving_mean_moved"] > 0.1
+    assert fit["renorm_step"] == 8  # 2 epochs x 4 batches
+    assert "BatchRenormalization" in fit["reload_classes"]
+    assert fit["reload_error"] <= 1e-6
+
+
+def test_synchronized_is_a_clear_error_on_jax_only(parity):
+    assert parity["tensorflow"]["synchronized"] == "accepted"
+    message = parity["jax"]["synchronized"]
+    assert "synchronized=True" in message and "KERAS_BACKEND=tensorflow" in message
+
+
+# -- in this process: Keras 3 on the TensorFlow backend -----------------------------------
+
+def _trained(layer, batches, **call):
+    for x in batches:
+        layer(x, training=True, **call)
+    return layer
+
+
+def test_non_finite_and_fully_masked_batches_are_skipped():
+    layer = kbn.BatchNormalization(momentum=0.5)
+    x = np.random.RandomState(0).randn(8, 4, 3).astype("float32")
+    _trained(layer, [x])
+    before = [layer.moving_mean.numpy(), layer.moving_variance.numpy()]
+    bad = x.copy()
+    bad[0, 0, 0] = np.nan
+    layer(bad, training=True)
+    layer(x, training=True, mask=np.zeros((8, 4), bool))
+    np.testing.assert_array_equal(layer.moving_mean, before[0])
+    np.testing.assert_array_equal(layer.moving_variance, before[1])
+    assert int(layer.skipped_updates) == 2
+
+
+def test_trainable_false_and_frozen_mean_inference():
+    x = (np.random.RandomState(1).randn(16, 3) * 3 + 2).astype("float32")
+    for setup in ("trainable", "frozen"):
+        layer = kbn.BatchNormalization()
+        layer.build(x.shape)
+        if setup == "trainable":
+            layer.trainable = False
+        else:
+            layer.frozen = True
+        np.testing.assert_allclose(layer(x, training=True), x / np.sqrt(1 + 1e-3), rtol=1e-6)
+        np.testing.assert_array_equal(layer.moving_mean, np.zeros(3))
+
+
+def test_mixed_precision_and_integer_inputs():
+    layer = kbn.BatchRenormalization(dtype="mixed_float16")
+    y = layer(np.arange(24, dtype="int32").reshape(8, 3), training=True)
+    assert keras.backend.standardize_dtype(y.dtype) == "float16"
+    assert all(keras.backend.standardize_dtype(w.dtype) in ("float32", "int32")
+               for w in layer.weights)
+
+
+@pytest.mark.parametrize("options", [
+    dict(),
+    dict(virtual_batch_size=4),
+    dict(axis=[1, 2]),
+])
+def test_same_numbers_as_the_tf_keras_layer(options):
+    """Keras 3 and tf-keras layers share the math: 6 steps through BRN's warm-up and
+    ramps (rmax = inf, the no-clipping limit, included) agree to float32 rounding."""
+    schedule = dict(warmup_steps=2, rmax_ramp_steps=3, dmax_ramp_steps=2, rmax=float("inf"),
+                    dmax=0.5, momentum=0.8, renorm_momentum=0.8)
+    ours3 = kbn.BatchRenormalization(**schedule, **options)
+    ours2 = keras_bn.BatchRenormalization(**schedule, **options)
+    rs = np.random.RandomState(2)
+    for step in range(6):
+        x = (rs.randn(8, 5, 3) * (1 + step) + step).astype("float32")
+        y3, y2 = ours3(x, training=True), ours2(x, training=True)
+        np.testing.assert_allclose(np.asarray(y3), np.asarray(y2), rtol=1e-5, atol=1e-5)
+    for name in ("moving_mean", "moving_variance", "renorm_mean", "renorm_stddev"):
+        np.testing.assert_allclose(getattr(ours3, name), getattr(ours2, name), rtol=1e-5)
+    assert int(ours3.renorm_step) == int(ours2.renorm_step) == 6
+
+
+def test_config_round_trip_and_errors_name_the_layer():
+    layer = kbn.BatchRenormalization(axis=1, rmax=2.0, warmup_steps=7, virtual_batch_size=4,
+                                     name="brn")
+    clone = kbn.BatchRenormalization.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    with pytest.raises(ValueError, match=r"'bad'.*momentum=1.5.*\[0, 1\)"):
+        kbn.BatchNormalization(momentum=1.5, name="bad")
+    with pytest.raises(ValueError, match=r"'bad'.*rmax=0.5"):
+        kbn.BatchRenormalization(rmax=0.5, name="bad")
+    with pytest.raises(ValueError, match=r"axis=3 for inputs of rank 2"):
+        kbn.BatchNormalization(axis=3)(np.zeros((2, 3), "float32"))
