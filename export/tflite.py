@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.lite.python.convert_phase import ConverterError
 
+from keras_bn import flavour
 from keras_bn.errors import InputError, VerificationError
 from keras_bn.files import atomic_path, check_output
 from keras_bn.export import verify as _verify
@@ -76,7 +77,8 @@ def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None
             f.write(content)
         if verify or labels is not None or latency_batch:
             runner = Interpreter(model_path=tmp).get_signature_runner()
-            names, outputs = model.input_names, model.output_names
+            names = flavour.of(model).input_names(model)
+            outputs = _output_keys(model, runner)
             dtypes = {n: d["dtype"] for n, d in runner.get_input_details().items()}
 
             def run(inputs):  # each input in the file's own dtype (float64, int32, ...)
@@ -91,9 +93,69 @@ def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None
     return result
 
 
+def _output_keys(model, runner):
+    """The runner's output names in the model's output order: the model's output names
+    (our tf-keras signature), or Keras 3's `output_0`, `output_1`, ..."""
+    names = flavour.of(model).output_names(model)
+    keys = set(runner.get_output_details())
+    if set(names) == keys:
+        return names
+    return sorted(keys, key=lambda k: int(k.rsplit("_", 1)[1]) if k[-1:].isdigit() else 0)
+
+
+def _converter_options(quantize, model, data, steps):
+    """The TFLite converter settings of a quantization mode, as attributes."""
+    if quantize is None:
+        return {}
+    if quantize == "float16":
+        return {"optimizations": [tf.lite.Optimize.DEFAULT],
+                "target_spec": {"supported_types": [tf.float16]}}
+    names = flavour.of(model).input_names(model)
+
+    def representative():
+        for i in range(min(steps, len(data[0]))):
+            yield {n: d[i:i + 1] for n, d in zip(names, data)}
+
+    return {"optimizations": [tf.lite.Optimize.DEFAULT],
+            "representative_dataset": representative,
+            "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}}
+
+
 def _convert(converted, model, quantize, representative_data, steps):
+    options = _converter_options(quantize, model, representative_data, steps)
+    try:
+        if flavour.is_keras3(converted):
+            return _convert_keras3(converted, model, options)
+        return _convert_tf_keras(converted, model, options)
+    except ConverterError as error:  # an op or dtype TFLite has no kernel for
+        lines = [line.split("error: ", 1)[1].strip() for line in str(error).splitlines()
+                 if "error: " in line]
+        raise InputError(f"TensorFlow's TFLite converter cannot convert '{model.name}': "
+                         f"{(lines or [str(error)])[0]}") from error
+
+
+def _convert_keras3(converted, model, options):
+    """Keras 3's own LiteRT export (its ExportArchive -> SavedModel -> converter: a
+    concrete function of a Keras 3 model converts to a file whose outputs are NaN,
+    measured), limited to LiteRT's built-in ops so the file runs without the Flex
+    delegate, with our quantization settings."""
+    import tempfile
+
+    target_spec = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS],
+                   **options.pop("target_spec", {})}
+    specs = input_signature(model)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.tflite")
+        converted.export(path, format="litert", verbose=False, target_spec=target_spec,
+                         input_signature=[specs if len(specs) > 1 else specs[0]],
+                         **options)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def _convert_tf_keras(converted, model, options):
     signature = input_signature(model)
-    names = list(model.output_names)
+    names = flavour.of(model).output_names(model)
 
     @tf.function(input_signature=signature)
     def serve(*inputs):
@@ -103,26 +165,13 @@ def _convert(converted, model, quantize, representative_data, steps):
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [serve.get_concrete_function()], converted)
-    if quantize == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "int8":
-        data = representative_data
-
-        def representative():
-            for i in range(min(steps, len(data[0]))):
-                yield {n: d[i:i + 1] for n, d in zip(model.input_names, data)}
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    try:
-        return converter.convert()
-    except ConverterError as error:  # an op or dtype TFLite has no kernel for
-        lines = [line.split("error: ", 1)[1].strip() for line in str(error).splitlines()
-                 if "error: " in line]
-        raise InputError(f"TensorFlow's TFLite converter cannot convert '{model.name}': "
-                         f"{(lines or [str(error)])[0]}") from error
+    for name, value in options.items():
+        if name == "target_spec":
+            for key, item in value.items():
+                setattr(converter.target_spec, key, item)
+        else:
+            setattr(converter, name, value)
+    return converter.convert()
 
 
 def calibration_data(model, data):
@@ -136,7 +185,7 @@ def calibration_data(model, data):
       InputError: no data, no rows, a missing or unknown input, a shape that does not
         fit, or inputs with different numbers of rows.
     """
-    names = list(model.input_names)
+    names = flavour.of(model).input_names(model)
     if data is None:
         raise InputError(
             "to_tflite(quantize='int8') needs representative_data: typical inputs (a few "
@@ -152,7 +201,8 @@ def calibration_data(model, data):
     if len(data) != len(names):
         raise InputError(f"int8 calibration data has {len(data)} array(s); '{model.name}' "
                          f"has {len(names)} inputs {names}: give one array per input.")
-    arrays = [_fitting(np.asarray(d), spec, name)
+    numpy_dtype = flavour.of(model).numpy_dtype
+    arrays = [_fitting(np.asarray(d), spec, name, numpy_dtype)
               for d, spec, name in zip(data, model.inputs, names)]
     rows = {len(a) for a in arrays}
     if len(rows) > 1:
@@ -161,7 +211,7 @@ def calibration_data(model, data):
     return arrays
 
 
-def _fitting(array, spec, name):
+def _fitting(array, spec, name, numpy_dtype):
     """`array` as calibration rows for the input `spec`, or an InputError saying why not."""
     want = tuple(spec.shape[1:])
     shown = "(rows, " + ", ".join("any" if d is None else str(d) for d in want) + ")"
@@ -172,7 +222,7 @@ def _fitting(array, spec, name):
     if len(array) == 0:
         raise InputError(f"int8 calibration data for input '{name}' has no rows; give a "
                          "few hundred typical inputs.")
-    return array.astype(spec.dtype.as_numpy_dtype)
+    return array.astype(numpy_dtype(spec))
 
 
 def tensor_types(content):

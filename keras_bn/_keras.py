@@ -73,8 +73,17 @@ def input_rank(layer):
     return len(layer.input_shape)
 
 
+def input_names(model):
+    return list(model.input_names)
+
+
+def output_names(model):
+    return list(model.output_names)
+
+
 def numpy_dtype(variable):
-    return variable.dtype.as_numpy_dtype
+    """The numpy dtype of a variable or tensor spec."""
+    return tf.as_dtype(variable.dtype).as_numpy_dtype
 
 
 def get_values(tensors):

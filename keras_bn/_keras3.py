@@ -73,7 +73,22 @@ def input_rank(layer):
     return len(layer.input.shape)
 
 
+def input_names(model):
+    """The names of the model's Input layers, in input order (Keras 3 has no
+    `model.input_names`; an unnamed Input is called `input_layer`, `input_layer_1`...)."""
+    return [getattr(getattr(t, "_keras_history", None), "operation", None).name
+            if hasattr(t, "_keras_history") else f"input_{i}"
+            for i, t in enumerate(model.inputs)]
+
+
+def output_names(model):
+    """The names of the layers whose outputs are the model outputs, in output order."""
+    return [t._keras_history.operation.name if hasattr(t, "_keras_history") else f"output_{i}"
+            for i, t in enumerate(model.outputs)]
+
+
 def numpy_dtype(variable):
+    """The numpy dtype of a variable or tensor spec."""
     return np.dtype(keras.backend.standardize_dtype(variable.dtype))
 
 

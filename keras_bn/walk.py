@@ -2,38 +2,47 @@
 
 Folding, freezing, recalibration, the summary and the benchmarks all need "which layers
 are BN, where are they, over which axes"; they import it from here, not from each other.
+
+Every helper takes a layer or model of either Keras flavour (tf-keras or Keras 3).
 """
 
-from keras_bn import _keras
-from keras_bn.layers import BatchNormalization as _OurBatchNormalization
+from keras_bn import flavour
 
 
 def is_batch_norm(layer) -> bool:
-    """A tf-keras BatchNormalization or a keras_bn one (BatchRenormalization included)."""
-    return isinstance(layer, (_keras.BuiltinBatchNormalization, _OurBatchNormalization))
+    """A BatchNormalization of tf-keras or Keras 3 (`renorm=True` included), or a keras_bn
+    one of either flavour (BatchRenormalization included)."""
+    return isinstance(layer, flavour.of(layer).batch_norm_classes())
 
 
 def is_ours(layer) -> bool:
-    """A keras_bn layer (BatchNormalization or BatchRenormalization)."""
-    return isinstance(layer, _OurBatchNormalization)
+    """A keras_bn layer (BatchNormalization or BatchRenormalization), either flavour."""
+    return isinstance(layer, flavour.of(layer).our_batch_norm_class())
 
 
 def is_model(layer) -> bool:
     """Whether a layer of a model is itself a (nested) model."""
-    return isinstance(layer, _keras.keras.Model)
+    return isinstance(layer, flavour.of(layer).keras.Model)
 
 
 def bn_kind(layer) -> str:
-    """`"tf_keras.BatchNormalization"`, `"keras_bn.BatchRenormalization"`, ..."""
-    return f"{'keras_bn' if is_ours(layer) else 'tf_keras'}.{type(layer).__name__}"
+    """`"tf_keras.BatchNormalization"`, `"keras.BatchNormalization"` (Keras 3),
+    `"keras_bn.BatchRenormalization"`, `"keras_bn.keras3.BatchNormalization"`, ..."""
+    keras3 = flavour.is_keras3(layer)
+    if is_ours(layer):
+        return f"keras_bn.{'keras3.' if keras3 else ''}{type(layer).__name__}"
+    return f"{flavour.of(layer).LABEL}.{type(layer).__name__}"
 
 
 def bn_axes(layer) -> list:
     """The BN layer's channel axes as non-negative integers (it must be built)."""
     if is_ours(layer):
         return list(layer.channel_axes)
-    # tf-keras's `build` turns `axis` into a list of non-negative axes.
-    return sorted(layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis])
+    # tf-keras's `build` turns `axis` into a list of non-negative axes; Keras 3 keeps the
+    # integer it was given (-1), resolved here against the rank its input spec holds.
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    rank = getattr(layer.input_spec, "ndim", None)
+    return sorted(a % rank if rank else a for a in axes)
 
 
 def all_layers(model):

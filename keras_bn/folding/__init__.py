@@ -18,8 +18,10 @@ def fold(model, *, verify: bool = True, rtol: float = None, atol: float = 1e-6,
          return_plan: bool = False):
     """A new inference model with every foldable BatchNormalization merged into weights.
 
-    Handles `tf_keras.layers.BatchNormalization`, `keras_bn.BatchNormalization` and
-    `keras_bn.BatchRenormalization` (whose inference is plain BN). A BN right after a
+    Works on tf-keras and Keras 3 models (any backend) alike. Handles the built-in
+    BatchNormalization of either (Keras 3's `renorm=True` included),
+    `keras_bn.BatchNormalization`, `keras_bn.BatchRenormalization` and their
+    `keras_bn.keras3` twins (whose inference is plain BN). A BN right after a
     Conv1D/2D/3D (any `groups`), DepthwiseConv1D/2D, SeparableConv1D/2D,
     Conv1D/2D/3DTranspose or Dense is merged into that layer's output channels; a BN right
     before a Dense, or before a Conv/DepthwiseConv/SeparableConv with 'valid' padding (or
@@ -36,7 +38,7 @@ def fold(model, *, verify: bool = True, rtol: float = None, atol: float = 1e-6,
     layers is rebuilt with their (already loaded) code.
 
     Args:
-      model: A built Sequential or functional tf-keras model.
+      model: A built Sequential or functional model (tf-keras or Keras 3).
       verify: Run both models in inference mode on random inputs of the model's input
         shapes (batch 2, unknown dimensions 32) and raise if they differ.
       rtol: Tolerance relative to the output scale (max |output|). None: 1e-5 for a
@@ -46,7 +48,7 @@ def fold(model, *, verify: bool = True, rtol: float = None, atol: float = 1e-6,
       return_plan: Also return the FoldPlan that was executed (with the measured error).
 
     Returns:
-      The folded `tf_keras.Model`, or `(model, FoldPlan)` with `return_plan=True`.
+      The folded model, of the input's flavour and class, or `(model, FoldPlan)` with `return_plan=True`.
 
     Raises:
       ValueError: a subclassed or unbuilt model.

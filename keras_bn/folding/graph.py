@@ -1,5 +1,5 @@
 """The model's layer graph, read from (and edited in) its public config: the one place
-that knows tf-keras's config schema.
+that knows the config schemas of tf-keras and Keras 3.
 
 A functional model's config lists each layer with its `inbound_nodes`, one entry per call.
 tf-keras writes a call as a nested structure (a tensor, a list or dict of tensors) whose
@@ -10,15 +10,22 @@ arguments may hold tensor references too (`x + y` stores `y` there). A list coun
 reference exactly when tf-keras's own loader treats it as one: 3 or 4 items, a string
 first. Layer names may contain `/`; they are never split here.
 
+Keras 3 writes each call as `{"args": [...], "kwargs": {...}}` (every positional
+argument, constants as plain values), a tensor as `{"class_name": "__keras_tensor__",
+"config": {"keras_history": [layer_name, node_index, tensor_index], ...}}`, and its ops
+(`x * 2.0`, `keras.ops.*`) as nodes of their own that are not layers. Both schemas list
+the model outputs as `[layer_name, node_index, tensor_index]`.
+
 A Sequential model's config is a list of layers, each reading the previous one's output.
 """
 
 from dataclasses import dataclass, field
 
-from keras_bn import _keras
+from keras_bn import flavour
 from keras_bn.errors import InputError
 
 CONSTANT = "_CONSTANT_VALUE"  # tf-keras's marker for a constant first argument
+KERAS_TENSOR = "__keras_tensor__"  # Keras 3's class name of a tensor reference
 
 
 @dataclass(frozen=True)
@@ -89,8 +96,38 @@ def _to_refs(value):
     return value
 
 
+def _walk_keras3(value, on_ref):
+    """Calls `on_ref(keras_history)` (a mutable `[layer, node, tensor]` list) on every
+    tensor reference of a Keras 3 call config."""
+    if isinstance(value, dict) and value.get("class_name") == KERAS_TENSOR:
+        on_ref(value["config"]["keras_history"])
+    elif isinstance(value, (list, dict)):
+        for item in (value.values() if isinstance(value, dict) else value):
+            _walk_keras3(item, on_ref)
+
+
+def _to_refs_keras3(value):
+    if isinstance(value, dict) and value.get("class_name") == KERAS_TENSOR:
+        return _as_ref(value["config"]["keras_history"])
+    if isinstance(value, list):
+        return [_to_refs_keras3(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _to_refs_keras3(item) for key, item in value.items()}
+    return value
+
+
+def _read_call_keras3(name, index, data):
+    """A `Call` from one entry of a Keras 3 layer's `inbound_nodes`."""
+    args, reads = [], []
+    positional = data.get("args", [])
+    _walk_keras3(positional[:1], lambda ref: args.append(_as_ref(ref)))
+    _walk_keras3(data, lambda ref: reads.append(_as_ref(ref)))
+    kwargs = _to_refs_keras3(data.get("kwargs", {}))
+    return Call(name, index, args, kwargs, list(dict.fromkeys(reads)))
+
+
 def _read_call(name, index, data):
-    """A `Call` from one entry of a layer's `inbound_nodes`."""
+    """A `Call` from one entry of a tf-keras layer's `inbound_nodes`."""
     args, kwargs, reads = [], {}, []
 
     def first_argument(ref):
@@ -123,15 +160,19 @@ class Graph:
     """
 
     def __init__(self, model):
-        if not _keras.is_graph_model(model):
+        self.flavour = flavour.of(model)
+        if not self.flavour.is_graph_model(model):
             raise InputError(
                 f"Model '{model.name}' is a subclassed model ({type(model).__name__}): its "
                 "layers are connected by Python code in `call`, which cannot be read or "
                 "rebuilt. Build it as a Sequential or functional model to fold it.")
         self.model = model
         self.config = model.get_config()
-        self.sequential = isinstance(model, _keras.keras.Sequential)
-        layers = {layer.name: layer for layer in model.layers}
+        if flavour.is_keras3(model):  # tuples, as a saved-and-loaded config has lists
+            self.config = _as_lists(self.config)
+        self.sequential = isinstance(model, self.flavour.keras.Sequential)
+        self.keras3 = flavour.is_keras3(model)
+        layers = self.flavour.operations(model)
         self.nodes = {name: Node(name, layers.get(name), calls)
                       for name, calls in self._read_calls()}
         self.outputs = ([Ref(name) for name in list(self.nodes)[-1:]] if self.sequential else
@@ -151,8 +192,9 @@ class Graph:
                 yield name, [Call(name, 0, args, {}, list(args))]
                 previous = name
             return
+        read = _read_call_keras3 if self.keras3 else _read_call
         for entry in self.config["layers"]:
-            yield entry["name"], [_read_call(entry["name"], i, data)
+            yield entry["name"], [read(entry["name"], i, data)
                                   for i, data in enumerate(entry["inbound_nodes"])]
 
     def entries(self):
@@ -193,9 +235,22 @@ class Graph:
             return config
         config["layers"] = [e for e in config["layers"] if e["name"] not in removed]
         for entry in config["layers"]:
-            _walk(entry["inbound_nodes"], rewire)
+            if self.keras3:
+                _walk_keras3(entry["inbound_nodes"], rewire)
+            else:
+                _walk(entry["inbound_nodes"], rewire)
         _walk(config["output_layers"], rewire)
         return config
+
+
+def _as_lists(value):
+    """A config with every tuple turned into a list (Keras 3's `get_config` holds tuples;
+    the same config read back from a `.keras` file holds lists, and loads the same)."""
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _as_lists(item) for key, item in value.items()}
+    return value
 
 
 def _flat_refs(value):

@@ -10,10 +10,8 @@ layer kind is one entry.
 
 from dataclasses import dataclass
 
-from keras_bn import _keras
+from keras_bn import flavour
 from keras_bn.folding import math
-
-_L = _keras.keras.layers
 
 
 @dataclass(frozen=True)
@@ -36,10 +34,12 @@ class LayerKind:
     padded: bool = True
 
 
-def _kernel_and_bias(fold, kernel="kernel", **options):
-    """An `after`/`before` function for a layer whose BN touches `kernel` and `bias`."""
+def _kernel_and_bias(fold, kernels=("kernel",), **options):
+    """An `after`/`before` function for a layer whose BN touches its kernel (the first
+    of the weight names `kernels` it has) and `bias`."""
     def apply(weights, a, b, layer):
         new = dict(weights)
+        kernel = next(name for name in kernels if name in weights)
         new[kernel], new["bias"] = fold(weights[kernel], weights.get("bias"), a, b,
                                         **{k: getattr(layer, v) for k, v in options.items()})
         return new
@@ -60,9 +60,11 @@ _CONV = LayerKind("conv", after=_kernel_and_bias(math.fold_bn_after_conv),
                   before=_kernel_and_bias(math.fold_bn_before_conv, groups="groups"))
 _DENSE = LayerKind("dense", after=_kernel_and_bias(math.fold_bn_after_dense),
                    before=_kernel_and_bias(math.fold_bn_before_dense), padded=False)
+# tf-keras names the depthwise kernel `depthwise_kernel`, Keras 3 `kernel`.
+_DEPTHWISE_KERNEL = ("depthwise_kernel", "kernel")
 _DEPTHWISE = LayerKind(
-    "depthwise", after=_kernel_and_bias(math.fold_bn_after_depthwise, "depthwise_kernel"),
-    before=_kernel_and_bias(math.fold_bn_before_depthwise, "depthwise_kernel"))
+    "depthwise", after=_kernel_and_bias(math.fold_bn_after_depthwise, _DEPTHWISE_KERNEL),
+    before=_kernel_and_bias(math.fold_bn_before_depthwise, _DEPTHWISE_KERNEL))
 _SEPARABLE = LayerKind("separable", after=_separable(math.fold_bn_after_separable),
                        before=_separable(math.fold_bn_before_separable))
 _TRANSPOSE = LayerKind(
@@ -70,19 +72,25 @@ _TRANSPOSE = LayerKind(
     no_before="a transposed convolution adds up a different number of inputs at each "
               "output position (borders, strides), so the BN's offset cannot become a bias")
 
+#: Class name in the flavour's `layers` module (tf_keras.layers or keras.layers) -> kind.
 KINDS = {
-    _L.Conv1D: _CONV, _L.Conv2D: _CONV, _L.Conv3D: _CONV,
-    _L.Dense: _DENSE,
-    _L.DepthwiseConv1D: _DEPTHWISE, _L.DepthwiseConv2D: _DEPTHWISE,
-    _L.SeparableConv1D: _SEPARABLE, _L.SeparableConv2D: _SEPARABLE,
-    _L.Conv1DTranspose: _TRANSPOSE, _L.Conv2DTranspose: _TRANSPOSE,
-    _L.Conv3DTranspose: _TRANSPOSE,
+    "Conv1D": _CONV, "Conv2D": _CONV, "Conv3D": _CONV,
+    "Dense": _DENSE,
+    "DepthwiseConv1D": _DEPTHWISE, "DepthwiseConv2D": _DEPTHWISE,
+    "SeparableConv1D": _SEPARABLE, "SeparableConv2D": _SEPARABLE,
+    "Conv1DTranspose": _TRANSPOSE, "Conv2DTranspose": _TRANSPOSE,
+    "Conv3DTranspose": _TRANSPOSE,
 }
 
 
 def kind_of(layer):
-    """The `LayerKind` of `layer`'s exact class, or None (not supported)."""
-    return KINDS.get(type(layer))
+    """The `LayerKind` of `layer`'s exact class, or None (not supported): the class must
+    be the very one its flavour's `layers` module exports under that name (a user class
+    called Conv2D, or a subclass, is not)."""
+    name = type(layer).__name__
+    if name in KINDS and flavour.of(layer).is_builtin_layer_class(type(layer)):
+        return KINDS[name]
+    return None
 
 
 def channel_axis(layer, rank):

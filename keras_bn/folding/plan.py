@@ -8,7 +8,7 @@ their affine maps compose into one, which folds like a single BN.
 
 from dataclasses import dataclass, field
 
-from keras_bn import _keras
+from keras_bn import flavour
 from keras_bn._table import aligned
 from keras_bn.folding.graph import Graph, Ref
 from keras_bn.folding.kinds import channel_axis, kind_of, zero_padded
@@ -21,7 +21,7 @@ class Decision:
 
     Attributes:
       bn: the BN layer's name (`outer/inner` inside a nested model).
-      kind: its class, e.g. `tf_keras.BatchNormalization`.
+      kind: its class, e.g. `tf_keras.BatchNormalization`, `keras.BatchNormalization`.
       folded: whether it is folded away.
       into: the layer that absorbs it (None when kept).
       position: "after" (layer -> BN) or "before" (BN -> layer); None when kept.
@@ -106,7 +106,7 @@ def _plan(graph, path):
 
 
 def _plan_nested(model, path):
-    if _keras.is_graph_model(model):
+    if flavour.of(model).is_graph_model(model):
         return _plan(Graph(model), path)
     return [_kept(inner, layer, "subclassed",
                   f"inside subclassed model '{model.name}', whose graph cannot be rebuilt")
@@ -198,12 +198,12 @@ def _label(node):
 def _not_a_kind(node, what):
     """(category, reason) for a neighbour that is not in the kinds registry."""
     layer = node.layer
-    if layer is None or isinstance(layer, _keras.keras.layers.InputLayer):
+    if layer is None or flavour.of(layer).is_input_layer(layer):
         return "input", f"{what} the model input '{node.name}'"
     if is_model(layer):
         return "nested", (f"{what} nested model '{node.name}': fold does not reach across "
                           "a model's boundary")
-    if not layer.weights:
+    if not getattr(layer, "weights", None):  # Keras 3 ops have no weights at all
         return "no weights", f"{what} {_label(node)}, which has no weights to fold into"
     return "unsupported", (f"{what} {_label(node)}, a layer kind fold does not support "
                            "(the supported classes are listed in keras_bn.folding.kinds)")
@@ -225,11 +225,11 @@ def _after(graph, bn, axes):
         feeds = ", ".join(f"'{c}'" for c in others) or "the model output"
         return None, "fan-out", f"{label}'s output also feeds {feeds}"
     activation = getattr(layer, "activation", None)
-    if activation is not None and activation is not _keras.keras.activations.linear:
+    if not flavour.of(layer).is_linear(activation):
         return None, "activation", (f"{label} applies activation "
                                     f"'{getattr(activation, '__name__', activation)}' "
                                     "before the BN")
-    expected = channel_axis(layer, len(layer.output_shape))
+    expected = channel_axis(layer, flavour.of(layer).output_rank(layer))
     if axes != [expected]:
         return None, "axis", f"BN axis {axes} is not {label}'s channel axis {expected}"
     return producer.name, "folded", "BN follows the layer directly"
@@ -256,7 +256,7 @@ def _before(graph, bn, axes):
         return None, "shared", f"output goes to {label}, a shared layer"
     if call.reads != [ref]:
         return None, "inputs", f"output goes to {label} together with other tensors"
-    expected = channel_axis(layer, len(layer.input_shape))
+    expected = channel_axis(layer, flavour.of(layer).input_rank(layer))
     if axes != [expected]:
         return None, "axis", (f"BN axis {axes} is not {label}'s input channel axis "
                               f"{expected}")

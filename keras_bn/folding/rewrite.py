@@ -10,7 +10,7 @@ given. The input model is only read.
 
 import numpy as np
 
-from keras_bn import _keras
+from keras_bn import flavour
 from keras_bn.folding import math as fold_math
 from keras_bn.folding.graph import Graph
 from keras_bn.folding.kinds import kind_of
@@ -85,14 +85,15 @@ def _chain_affine(bns):
 
 
 def _custom_objects(model, found=None):
-    """Classes the config names that tf-keras does not know by itself: every layer class
-    that is not one of `tf_keras.layers` (user classes, and the private ones of
-    `tf_keras.applications` such as ConvNeXt's LayerScale), by registered and class name."""
+    """Classes the config names that Keras does not know by itself: every layer class
+    that is not one of the flavour's `layers` (user classes, and the private ones of
+    `applications` such as ConvNeXt's LayerScale), by registered and class name."""
     found = {} if found is None else found
+    plumbing = flavour.of(model)
     for layer in model.layers:
         cls = type(layer)
-        if getattr(_keras.keras.layers, cls.__name__, None) is not cls:
-            found.setdefault(_keras.keras.saving.get_registered_name(cls), cls)
+        if not plumbing.is_builtin_layer_class(cls):
+            found.setdefault(plumbing.registered_name(cls), cls)
             found.setdefault(cls.__name__, cls)
         if is_model(layer):
             _custom_objects(layer, found)
@@ -106,12 +107,12 @@ def _rebuild(model, config):
     user built it, or chose to load it unsafely); rebuilding it deserializes that same
     code, so safe mode is lifted for this one call and nowhere else.
     """
-    with _keras.unsafe_deserialization():
+    with flavour.of(model).unsafe_deserialization():
         return type(model).from_config(config, custom_objects=_custom_objects(model))
 
 
 def _set_weights(new_model, model, updates):
-    _keras.keras.backend.batch_set_value(list(_weight_pairs(new_model, model, updates)))
+    flavour.of(model).set_values(_weight_pairs(new_model, model, updates))
 
 
 def _weight_pairs(new_model, model, updates):
@@ -169,6 +170,7 @@ def _copy_or_fill(twin, model, rs):
         for weight in layer.weights:
             value = original.get(_short(weight))
             if value is None or value.shape != tuple(weight.shape):
-                value = (rs.randn(*weight.shape) * 0.01).astype(weight.dtype.as_numpy_dtype)
+                value = (rs.randn(*weight.shape) * 0.01).astype(
+                    flavour.of(model).numpy_dtype(weight))
             pairs.append((weight, value))
-    _keras.keras.backend.batch_set_value(pairs)
+    flavour.of(model).set_values(pairs)

@@ -1,9 +1,8 @@
 """Numerical check of a rewritten model against the original, in inference mode."""
 
 import numpy as np
-import tensorflow as tf
 
-from keras_bn import _keras
+from keras_bn import flavour
 from keras_bn.errors import VerificationError  # noqa: F401  (raised here, re-exported)
 from keras_bn.walk import all_layers
 
@@ -32,15 +31,15 @@ def predict(model, inputs):
     statistics, counters; trainable ones change only under an optimizer) is read before
     and written back after.
     """
+    plumbing = flavour.of(model)
     variables = model.non_trainable_variables
-    saved = _keras.keras.backend.batch_get_value(variables)
+    saved = plumbing.get_values(variables)
     try:
         outputs = model(inputs if len(inputs) > 1 else inputs[0], training=False)
-        outputs = tf.nest.flatten(outputs)
         return [np.asarray(o, np.float64)
-                for o in _keras.keras.backend.batch_get_value(outputs)]
+                for o in plumbing.get_values(plumbing.flatten(outputs))]
     finally:
-        _keras.keras.backend.batch_set_value(list(zip(variables, saved)))
+        plumbing.set_values(zip(variables, saved))
 
 
 #: Machine epsilon of the dtypes a model may compute in.
