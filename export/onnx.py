@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from keras_bn import flavour
 from keras_bn.errors import InputError
 from keras_bn.files import atomic_path, check_output
 from keras_bn.export import verify as _verify
@@ -113,11 +114,27 @@ def _convert(model, signature, opset):
     off (tf2onnx 1.17 tests only that the variable is set); should an optimizer then fail,
     the conversion is simply run again in tf2onnx's safe default mode.
     """
-    import tf2onnx
-
     try:
         with _environment("TF2ONNX_CATCH_ERRORS", "false"):
-            return tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)[0]
+            return _tf2onnx(model, signature, opset)
     except Exception:  # noqa: BLE001 - any optimizer failure: retry the safe way
         with _environment("TF2ONNX_CATCH_ERRORS", None):
-            return tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)[0]
+            return _tf2onnx(model, signature, opset)
+
+
+def _tf2onnx(model, signature, opset):
+    """The ONNX proto of `model`. A Keras 3 model goes in as a `tf.function` of its
+    inference call, the way Keras 3's own `model.export(format="onnx")` hands it to
+    tf2onnx (`from_keras` does not know Keras 3's output names); without a file round
+    trip, and for models never called (Keras's export refuses those)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    if not flavour.is_keras3(model):
+        return tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)[0]
+
+    @tf.function(input_signature=signature)
+    def serve(*inputs):
+        return model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+
+    return tf2onnx.convert.from_function(serve, input_signature=signature, opset=opset)[0]

@@ -7,6 +7,12 @@ configuration from that format's own place (`config.json` in the zip, the `model
 attribute of the HDF5 file, every node of the SavedModel's Keras metadata) is walked in
 full, nested models and wrappers included. The model is then loaded from a private copy of
 what was checked, so the file cannot change between the check and the load.
+
+Keras 3 (`import keras`) writes `.keras` zips and HDF5 files too; their metadata says
+which Keras wrote them (`metadata.json`'s `keras_version` in the zip, the
+`keras_version` attribute of the HDF5 file), and the file is loaded by that Keras:
+`writer` decides, `load_model` follows. A SavedModel folder is always tf-keras's (Keras 3
+cannot load one as a model).
 """
 
 import builtins
@@ -51,6 +57,27 @@ def model_format(path):
         return "h5"
     raise InputError(f"{path}: not a tf-keras model file (a .keras zip, an HDF5 file or "
                      "a SavedModel folder)")
+
+
+def writer(path, fmt):
+    """`("keras3" | "tf_keras", version)`: which Keras wrote the model file, from its
+    metadata. Files without a version (old tf-keras ones) are tf-keras's."""
+    version = None
+    try:
+        if fmt == "keras":
+            with zipfile.ZipFile(path) as archive:
+                if "metadata.json" in archive.namelist():
+                    version = json.loads(archive.read("metadata.json")).get("keras_version")
+        elif fmt == "h5":
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                version = f.attrs.get("keras_version")
+            version = version.decode() if isinstance(version, bytes) else version
+    except (ValueError, OSError, AttributeError) as error:
+        raise InputError(f"{path}: unreadable model metadata ({error})") from error
+    major = str(version or "").split(".")[0]
+    return ("keras3" if major.isdigit() and int(major) >= 3 else "tf_keras"), version
 
 
 def stored_configs(path, fmt, shown=None):
@@ -177,7 +204,8 @@ def load_model(path, unsafe=False):
       unsafe: Allow code stored in the file (Lambda layers, custom modules) to run.
 
     Returns:
-      The tf-keras model (not compiled).
+      The model (not compiled): a tf-keras model, or a Keras 3 one when Keras 3 wrote
+      the file (see `writer`).
 
     Raises:
       FileNotFoundError: no such file.
@@ -198,9 +226,18 @@ def load_model(path, unsafe=False):
 
 
 def _load(path, unsafe, shown=None):
-    import keras_bn.layers  # noqa: F401  (registers the keras_bn layers for deserialization)
-
+    fmt = model_format(path)
+    flavour, version = writer(path, fmt)
+    if flavour == "keras3":
+        import keras_bn.keras3  # noqa: F401  (registers the Keras 3 layers)
+        from keras_bn import _keras3 as plumbing
+    else:
+        import keras_bn.layers  # noqa: F401  (registers the keras_bn layers)
+        plumbing = _keras
+    label = "Keras 3" if flavour == "keras3" else "tf-keras"
     try:
-        return _keras.keras.models.load_model(path, compile=False, safe_mode=not unsafe)
-    except (OSError, ValueError, TypeError, KeyError) as error:
-        raise InputError(f"{shown or path}: could not load the model: {error}") from error
+        return plumbing.keras.models.load_model(path, compile=False, safe_mode=not unsafe)
+    except Exception as error:  # noqa: BLE001 - whatever the loader says, it is the file
+        written = f"written by Keras {version}" if version else f"a {label} file"
+        raise InputError(f"{shown or path}: {written}, but {label} could not load it: "
+                         f"{type(error).__name__}: {str(error)[:500]}") from error

@@ -30,7 +30,7 @@ def parity(tmp_path_factory):
     results = {}
     for backend in BACKENDS:
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        run = subprocess.run([sys.executable, os.path.join(HERE, "keras3_parity.py"), str(out)],
+        run = subprocess.run([sys.executable, os.path.join(HERE, "keras3_checks.py"), str(out)],
                              env=env, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
         with open(out / f"{backend}.json") as f:
@@ -64,6 +64,18 @@ def test_fit_and_keras_round_trip(parity, backend):
     assert fit["renorm_step"] == 8  # 2 epochs x 4 batches
     assert "BatchRenormalization" in fit["reload_classes"]
     assert fit["reload_error"] <= 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fold_on_each_backend(parity, backend):
+    fold = parity[backend]["fold"]
+    # conv->BN, depthwise->BRN and BN->Dense fold; the tolerance is 1e-5 of the scale.
+    assert fold["folded"] == 3 and fold["kept"] == 0 and fold["class"] == "Functional"
+    assert fold["max_error"] <= fold["tolerance"]
+    if backend == "tensorflow":
+        assert fold["export"] == "exported"
+    else:  # the converters read TensorFlow graphs: a clear error, not a traceback
+        assert "needs the TensorFlow backend" in fold["export"]
 
 
 def test_synchronized_is_a_clear_error_on_jax_only(parity):

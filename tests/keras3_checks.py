@@ -1,6 +1,6 @@
 """Keras 3 layers against Keras 3's own BatchNormalization, on the backend this process
 runs (`KERAS_BACKEND` is read when `keras` is first imported, so each backend gets its
-own process): `python tests/keras3_parity.py OUT_DIR`.
+own process): `python tests/keras3_checks.py OUT_DIR`.
 
 For 2-D, 4-D and 5-D inputs and 20 training steps on shifting data, it compares our
 BatchNormalization with `keras.layers.BatchNormalization`, and our BatchRenormalization
@@ -151,6 +151,36 @@ def fit_and_reload(out_dir):
                                                 - model.predict(x, verbose=0))))}
 
 
+def fold_and_export(out_dir):
+    """`keras_bn.fold` on this backend (functional model with Keras 3's and our BNs and an
+    op node), and what exporting it does here."""
+    import keras_bn
+    from keras_bn import export
+
+    L = keras.layers
+    inputs = keras.Input((10, 10, 3))
+    x = L.ReLU()(L.BatchNormalization()(L.Conv2D(4, 3)(inputs)))
+    x = kbn.BatchRenormalization()(L.DepthwiseConv2D(3)(x))
+    x = L.GlobalAveragePooling2D()(keras.ops.multiply(x, 0.5))
+    model = keras.Model(inputs, L.Dense(2)(kbn.BatchNormalization()(x)))
+    rs = np.random.RandomState(0)
+    for w in model.weights:
+        if w.path.endswith("moving_variance"):
+            w.assign(rs.uniform(0.5, 2.0, w.shape))
+        elif w.path.endswith("moving_mean"):
+            w.assign(rs.randn(*w.shape))
+    folded, plan = keras_bn.fold(model, return_plan=True)
+    result = {"folded": len(plan.folded), "kept": len(plan.kept),
+              "max_error": plan.max_error, "tolerance": plan.tolerance,
+              "class": type(folded).__name__}
+    try:
+        export.to_onnx(model, os.path.join(out_dir, f"{BACKEND}.onnx"))
+        result["export"] = "exported"
+    except ValueError as error:
+        result["export"] = str(error)
+    return result
+
+
 def main(out_dir):
     results, arrays = {}, {}
     for kind in ("bn", "brn"):
@@ -161,6 +191,7 @@ def main(out_dir):
             for i, value in enumerate(outputs):
                 arrays[f"{kind}_{name}_{i}"] = value
     results["fit"] = fit_and_reload(out_dir)
+    results["fold"] = fold_and_export(out_dir)
     try:  # a clear error, not a silent single-device statistic
         kbn.BatchNormalization(synchronized=True)
         results["synchronized"] = "accepted"
