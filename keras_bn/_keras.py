@@ -28,19 +28,6 @@ def backend():
     return "tensorflow"
 
 
-def batch_norm_classes():
-    """Every BN class of this flavour: tf-keras's and keras_bn's (BRN is a subclass)."""
-    from keras_bn.layers.batch_normalization import BatchNormalization
-
-    return (BuiltinBatchNormalization, BatchNormalization)
-
-
-def our_batch_norm_class():
-    from keras_bn.layers.batch_normalization import BatchNormalization
-
-    return BatchNormalization
-
-
 def register_serializable(cls):
     """Registers `cls` so saved models load it without `custom_objects`."""
     return keras.saving.register_keras_serializable(package="keras_bn")(cls)
@@ -148,6 +135,13 @@ def add_counter(layer, name):
         synchronization=tf.VariableSynchronization.ON_READ,
         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         experimental_autocast=False)
+
+
+def saved_metadata():
+    """An empty `SavedMetadata` protobuf (a SavedModel's `keras_metadata.pb`)."""
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    return saved_metadata_pb2.SavedMetadata()
 
 
 def unsafe_deserialization():

@@ -33,19 +33,6 @@ def register_serializable(cls):
     return keras.saving.register_keras_serializable(package="keras_bn")(cls)
 
 
-def batch_norm_classes():
-    """Every BN class of this flavour: Keras 3's and keras_bn's (BRN is a subclass)."""
-    from keras_bn.keras3.batch_normalization import BatchNormalization
-
-    return (BuiltinBatchNormalization, BatchNormalization)
-
-
-def our_batch_norm_class():
-    from keras_bn.keras3.batch_normalization import BatchNormalization
-
-    return BatchNormalization
-
-
 def is_graph_model(model):
     """A Sequential or functional model (whose graph its config describes)."""
     return isinstance(model, (keras.Sequential, keras.src.models.Functional))

@@ -106,11 +106,9 @@ def stored_configs(path, fmt, shown=None):
 def _saved_model_metadata(path, shown):
     """The Keras metadata strings of a SavedModel: `keras_metadata.pb`, or for files
     written before TF 2.5 the object graph's user objects (as tf-keras falls back to)."""
-    from tf_keras.protobuf import saved_metadata_pb2
-
     meta = os.path.join(path, "keras_metadata.pb")
     if os.path.exists(meta):
-        metadata = saved_metadata_pb2.SavedMetadata()
+        metadata = _keras.saved_metadata()
         with open(meta, "rb") as f:
             metadata.ParseFromString(f.read())
         texts = [node.metadata for node in metadata.nodes]

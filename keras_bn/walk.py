@@ -9,15 +9,24 @@ Every helper takes a layer or model of either Keras flavour (tf-keras or Keras 3
 from keras_bn import flavour
 
 
+def _our_class(layer):
+    """keras_bn's BatchNormalization of `layer`'s flavour (BRN subclasses it)."""
+    if flavour.is_keras3(layer):
+        from keras_bn.keras3.batch_normalization import BatchNormalization
+    else:
+        from keras_bn.layers.batch_normalization import BatchNormalization
+    return BatchNormalization
+
+
 def is_batch_norm(layer) -> bool:
     """A BatchNormalization of tf-keras or Keras 3 (`renorm=True` included), or a keras_bn
     one of either flavour (BatchRenormalization included)."""
-    return isinstance(layer, flavour.of(layer).batch_norm_classes())
+    return isinstance(layer, (flavour.of(layer).BuiltinBatchNormalization, _our_class(layer)))
 
 
 def is_ours(layer) -> bool:
     """A keras_bn layer (BatchNormalization or BatchRenormalization), either flavour."""
-    return isinstance(layer, flavour.of(layer).our_batch_norm_class())
+    return isinstance(layer, _our_class(layer))
 
 
 def is_model(layer) -> bool:

@@ -53,3 +53,20 @@ def test_no_import_cycles_between_modules():
 
     assert [m for m in edges if cycle_from(m, m, set())] == []
     assert "keras_bn.cli" not in edges["keras_bn.demo"]
+
+
+def test_keras_is_imported_in_one_place_per_flavour():
+    """tf-keras only in `_keras.py`, Keras 3 only in `_keras3.py`: the rest of the package
+    (math, plan, rewrite, exporters, CLI) reaches Keras through them."""
+    owners = {"tf_keras": "_keras.py", "keras": "_keras3.py"}
+    found = []
+    for path in list(ROOT.rglob("*.py")) + list((ROOT.parent / "export").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module
+                     and node.level == 0 else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top in owners and path.name != owners[top]:
+                    found.append(f"{path.name} imports {name}")
+    assert found == []

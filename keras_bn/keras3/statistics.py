@@ -6,9 +6,7 @@ holds the TensorFlow versions and the fused kernel that the Keras 3 layers also 
 the TensorFlow backend. The two pure-arithmetic formulas are imported from there.
 """
 
-import keras
-from keras import ops
-
+from keras_bn._keras3 import keras, ops
 from keras_bn.layers.statistics import compose_transforms, moving_average  # noqa: F401
 
 INF = float("inf")
