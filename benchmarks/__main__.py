@@ -55,6 +55,24 @@ def bench_training(quick, rows, log):
                                 timings["keras_bn BRN"], timings["tf-keras renorm"]))
 
 
+def bench_keras3_training(quick, rows, log):
+    """The Keras 3 layers' training step against Keras 3's BatchNormalization (TensorFlow
+    backend): ours on the fused kernel, Keras 3's on its generic ops."""
+    shapes = training.QUICK_SHAPES if quick else training.SHAPES
+    base = "Keras 3 BN"
+    for case, shape in shapes.items():
+        log(f"Keras 3 training step {case}")
+        timings = harness.interleave(training.keras3_contenders(shape),
+                                     repeats=5 if quick else 15, warmup=3, inner=3)
+        for subject, target in [("Keras 3 BN, control", None), ("keras_bn.keras3 BN", 1.05),
+                                ("keras_bn.keras3 BRN", 1.15), ("Keras 3 renorm", None)]:
+            rows.append(harness.Row(f"Keras 3 train step {case}", subject, base,
+                                    timings[subject], timings[base], target))
+        rows.append(harness.Row(f"Keras 3 train step {case}", "keras_bn.keras3 BRN",
+                                "Keras 3 renorm", timings["keras_bn.keras3 BRN"],
+                                timings["Keras 3 renorm"]))
+
+
 def bench_inference(quick, rows, log, workdir):
     names = ["MobileNetV2"] if quick else ["ResNet50", "MobileNetV2"]
     batches = [1] if quick else [1, 32]
@@ -156,6 +174,9 @@ def write_markdown(rows, info, extra, path):
     os.replace(tmp, path)
 
 
+GROUPS = ["training", "keras3", "inference", "export", "recalibration"]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,18 +185,20 @@ def main(argv=None):
                         "repeats, ratios not judged (about a minute)")
     parser.add_argument("--out", default="benchmarks/results",
                         help="folder for results.json and results.md")
-    parser.add_argument("--only", choices=["training", "inference", "export", "recalibration"],
-                        action="append", help="run only these case groups")
+    parser.add_argument("--only", choices=GROUPS, action="append",
+                        help="run only these case groups")
     args = parser.parse_args(argv)
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
     log = lambda text: print(f"... {text}", file=sys.stderr, flush=True)
-    groups = args.only or ["training", "inference", "export", "recalibration"]
+    groups = args.only or GROUPS
     rows, extra = [], {}
     with tempfile.TemporaryDirectory() as workdir:
         if "training" in groups:
             bench_training(args.quick, rows, log)
+        if "keras3" in groups:
+            bench_keras3_training(args.quick, rows, log)
         if "inference" in groups:
             bench_inference(args.quick, rows, log, workdir)
         if "export" in groups:

@@ -1,4 +1,5 @@
-"""Training-step cases: forward + backward through one normalization layer in tf.function."""
+"""Training-step cases: forward + backward through one normalization layer in tf.function
+(tf-keras layers, and Keras 3 layers on the TensorFlow backend)."""
 
 import tensorflow as tf
 import tf_keras
@@ -38,6 +39,24 @@ def contenders(shape):
         "keras_bn BN": lambda: keras_bn.BatchNormalization(),
         "keras_bn BRN": lambda: keras_bn.BatchRenormalization(**BRN_KWARGS),
         "tf-keras renorm": lambda: tf_keras.layers.BatchNormalization(
+            renorm=True, renorm_clipping={"rmin": 1 / 3, "rmax": 3.0, "dmax": 5.0}),
+    }
+    return {name: train_step(factory(), shape) for name, factory in make.items()}
+
+
+def keras3_contenders(shape):
+    """name -> step function for the Keras 3 layers (TensorFlow backend: the fused kernel
+    exists there only), against `keras.layers.BatchNormalization`."""
+    import keras
+
+    from keras_bn import keras3 as kbn
+
+    make = {
+        "Keras 3 BN": lambda: keras.layers.BatchNormalization(),
+        "Keras 3 BN, control": lambda: keras.layers.BatchNormalization(),
+        "keras_bn.keras3 BN": lambda: kbn.BatchNormalization(),
+        "keras_bn.keras3 BRN": lambda: kbn.BatchRenormalization(**BRN_KWARGS),
+        "Keras 3 renorm": lambda: keras.layers.BatchNormalization(
             renorm=True, renorm_clipping={"rmin": 1 / 3, "rmax": 3.0, "dmax": 5.0}),
     }
     return {name: train_step(factory(), shape) for name, factory in make.items()}

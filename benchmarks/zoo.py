@@ -1,8 +1,10 @@
-"""The tf-keras applications zoo: every constructor of `tf_keras.applications`, folded and
-checked; one model per family exported to ONNX and TFLite and run.
+"""The applications zoo: every constructor of `tf_keras.applications` (and, with
+`--flavour keras3`, of Keras 3's `keras.applications`), folded and checked; one model per
+family exported to ONNX and TFLite and run.
 
 `python -m benchmarks.zoo` (`make zoo`) writes `benchmarks/results/zoo.md` and
-`zoo.json`; `tests/test_zoo.py` runs the same checks in `make test`.
+`zoo.json` (`zoo_keras3.*` for Keras 3); `tests/test_zoo.py` runs the same checks in
+`make test` (for Keras 3, one model per family).
 
 Parity is checked in float64 for the fold: these networks have random weights
 (`weights=None`, nothing can be downloaded), and an untrained 200-BN network is so
@@ -36,9 +38,22 @@ FLOAT32_ONLY = {"channels_first CNN (hand-built)":
 DEFAULT_SIZE = 32
 
 
-def constructors():
-    """Every model constructor of `tf_keras.applications` (71 in tf-keras 2.21)."""
-    apps = tf_keras.applications
+FLAVOURS = ("tf_keras", "keras3")
+
+
+def keras_module(flavour="tf_keras"):
+    """`tf_keras`, or Keras 3's `keras`."""
+    if flavour == "keras3":
+        import keras
+
+        return keras
+    return tf_keras
+
+
+def constructors(flavour="tf_keras"):
+    """Every model constructor of the flavour's `applications` (71 in tf-keras 2.21, 40
+    in Keras 3.15)."""
+    apps = keras_module(flavour).applications
     return sorted(name for name in dir(apps)
                   if name[:1].isupper() and callable(getattr(apps, name)))
 
@@ -55,14 +70,14 @@ def family(name):
     return name
 
 
-def representatives():
+def representatives(flavour="tf_keras"):
     """The smallest model of each family: the first in name order, except where names
     do not sort by size (ResNet101 < ResNet50 as text)."""
     smallest = {"ResNet": "ResNet50", "ResNetV2": "ResNet50V2", "ResNetRS": "ResNetRS50",
                 "ConvNeXt": "ConvNeXtTiny", "EfficientNetV2": "EfficientNetV2B0",
                 "MobileNetV3": "MobileNetV3Small", "NASNet": "NASNetMobile"}
     chosen = {}
-    for name in constructors():
+    for name in constructors(flavour):
         chosen.setdefault(family(name), smallest.get(family(name), name))
     return sorted(chosen.values())
 
@@ -81,21 +96,22 @@ EXPORT_LIMITS = {
 EXPORT_RTOL = 1e-3
 
 
-def build(name, dtype="float32", size=None):
+def build(name, dtype="float32", size=None, flavour="tf_keras"):
     """The application with `weights=None`, `classes=10`, logits out, small inputs (or
-    a hand-built model of `HAND_BUILT`)."""
-    tf_keras.backend.clear_session()
+    a hand-built tf-keras model of `HAND_BUILT`)."""
+    keras = keras_module(flavour)
+    keras.backend.clear_session()
     gc.collect()  # the previous model's arrays go before the next one is built
-    tf_keras.backend.set_floatx(dtype)
+    keras.backend.set_floatx(dtype)
     try:
         if name in HAND_BUILT:
             return HAND_BUILT[name]()
         size = size or SIZES.get(name, DEFAULT_SIZE)
-        return getattr(tf_keras.applications, name)(
+        return getattr(keras.applications, name)(
             weights=None, input_shape=(size, size, 3), classes=10,
             classifier_activation=None)
     finally:
-        tf_keras.backend.set_floatx("float32")
+        keras.backend.set_floatx("float32")
 
 
 def _conv_bn(x, filters, kernel, data_format="channels_last", dims=2, **kwargs):
@@ -165,24 +181,40 @@ def foldable_left(model):
     """BN layers of `model` (nested included) that sit right after a linear Conv/Dense
     whose output feeds only them: counted from Keras's own runtime graph (the layers'
     inbound and outbound nodes), independently of keras_bn's plan."""
+    from keras_bn.flavour import is_keras3
     from keras_bn.walk import is_batch_norm, is_model
 
-    linear = (tf_keras.layers.Conv1D, tf_keras.layers.Conv2D, tf_keras.layers.Conv3D,
-              tf_keras.layers.Dense, tf_keras.layers.DepthwiseConv2D,
-              tf_keras.layers.SeparableConv2D)
+    keras = keras_module("keras3" if is_keras3(model) else "tf_keras")
+    linear = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
+              keras.layers.Dense, keras.layers.DepthwiseConv2D,
+              keras.layers.SeparableConv2D)
     count = 0
     for layer in model.layers:
         if is_model(layer):
             count += foldable_left(layer)
             continue
-        if not is_batch_norm(layer) or len(layer.inbound_nodes) != 1:
+        inbound, producer, outbound = _neighbours(layer)
+        if not is_batch_norm(layer) or inbound != 1:
             continue
-        producers = layer.inbound_nodes[0].inbound_layers
-        producer = producers[0] if isinstance(producers, list) else producers
-        if (isinstance(producer, linear) and len(producer.outbound_nodes) == 1
-                and producer.activation is tf_keras.activations.linear):
+        if (isinstance(producer, linear) and _neighbours(producer)[2] == 1
+                and producer.activation is keras.activations.linear):
             count += 1
     return count
+
+
+def _neighbours(layer):
+    """`(calls, first producer, consumers)` from Keras's runtime nodes: tf-keras's
+    public `inbound_nodes`, Keras 3's node objects (`_inbound_nodes`, `parent_nodes`)."""
+    from keras_bn.flavour import is_keras3
+
+    if not is_keras3(layer):
+        nodes = layer.inbound_nodes
+        producers = nodes[0].inbound_layers if nodes else None
+        producer = producers[0] if isinstance(producers, list) and producers else producers
+        return len(nodes), producer, len(layer.outbound_nodes)
+    nodes = layer._inbound_nodes
+    parents = nodes[0].parent_nodes if nodes else []
+    return len(nodes), parents[0].operation if parents else None, len(layer._outbound_nodes)
 
 
 def bn_count(model):
@@ -190,15 +222,15 @@ def bn_count(model):
     return len(list(batch_norm_layers(model)))
 
 
-def fold_case(name, float32=False):
+def fold_case(name, float32=False, flavour="tf_keras"):
     """Folds `name` in float64 (exactness) and, with `float32`, in float32 too (for
     information: the error float32 rounding gives on this random-weight network)."""
     import keras_bn
 
-    model = build(name)
+    model = build(name, flavour=flavour)
     # A BN-free model (ConvNeXt, VGG) is rebuilt bit for bit: float32 is enough there.
     if bn_count(model) and name not in FLOAT32_ONLY:
-        model = build(name, "float64")
+        model = build(name, "float64", flavour=flavour)
     model = realistic_bn(model)
     before = _digests(model)  # digests, not copies: RegNetY320 in float64 is 1.2 GB
     start = time.perf_counter()
@@ -207,13 +239,13 @@ def fold_case(name, float32=False):
     unchanged = before == _digests(model)
     scale = (plan.tolerance - 1e-6) / 1e-5  # fold checked at rtol 1e-5, atol 1e-6
     row = {"model": name, "family": family(name) if name not in HAND_BUILT else name,
-           "parity_dtype": model.dtype, "bn": bn_count(model),
+           "flavour": flavour, "parity_dtype": str(model.dtype), "bn": bn_count(model),
            "folded": len(plan.folded), "kept": len(plan.kept),
            "kept_reasons": _categories(plan), "fold_s": round(seconds, 2),
            "fold_error": plan.max_error / scale if scale else 0.0,
            "foldable_left": foldable_left(folded), "original_unchanged": unchanged}
     if float32:
-        model32 = realistic_bn(build(name, "float32"))
+        model32 = realistic_bn(build(name, "float32", flavour=flavour))
         # For information only: never raises (a chaotic network may differ by 100 %).
         _, plan32 = keras_bn.fold(model32, return_plan=True, rtol=np.inf)
         scale32 = _output_scale(model32)
@@ -223,7 +255,7 @@ def fold_case(name, float32=False):
 
 def _digests(model):
     import hashlib
-    return [hashlib.sha256(np.ascontiguousarray(v.numpy()).tobytes()).hexdigest()
+    return [hashlib.sha256(np.ascontiguousarray(np.asarray(v.numpy())).tobytes()).hexdigest()
             for v in model.variables]
 
 
@@ -243,7 +275,7 @@ def _categories(plan):
 #: Export inputs: 96x96, so the deepest layers still see 3x3 positions when the BN
 #: statistics are measured (see `export_case`).
 EXPORT_SIZE = 96
-def export_case(name, folder):
+def export_case(name, folder, flavour="tf_keras"):
     """ONNX and TFLite float32 export of `name`: folded, then converted and verified.
 
     The fold is not checked in float32 here: a folded conv computes
@@ -258,10 +290,10 @@ def export_case(name, folder):
     import keras_bn
     from keras_bn import export
 
-    model = build(name, size=EXPORT_SIZE)
+    model = build(name, size=EXPORT_SIZE, flavour=flavour)
     folded, plan = keras_bn.fold(realistic_bn(model), return_plan=True,
                                  verify=False)
-    row = {"model": name, "kept": len(plan.kept)}
+    row = {"model": name, "flavour": flavour, "kept": len(plan.kept)}
     for fmt, fn in (("onnx", export.to_onnx), ("tflite", export.to_tflite)):
         start = time.perf_counter()
         result = fn(folded, os.path.join(folder, f"{name}.{fmt}"), fold=False,
@@ -297,30 +329,34 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", help="model names (default: all)")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     parser.add_argument("--no-export", action="store_true", help="fold only")
+    parser.add_argument("--flavour", choices=FLAVOURS, default="tf_keras",
+                        help="tf_keras.applications (default) or Keras 3's keras.applications")
     args = parser.parse_args(argv)
     import tempfile
 
-    names = args.only or constructors() + list(HAND_BUILT)
+    hand_built = list(HAND_BUILT) if args.flavour == "tf_keras" else []
+    names = args.only or constructors(args.flavour) + hand_built
     start = time.perf_counter()
     fold_rows, export_rows = [], []
     for name in names:
-        fold_rows.append(fold_case(name, float32=True))
+        fold_rows.append(fold_case(name, float32=True, flavour=args.flavour))
         print(json.dumps(fold_rows[-1]), flush=True)
     with tempfile.TemporaryDirectory() as folder:
-        exported = [] if args.no_export else representatives() + list(HAND_BUILT)
+        exported = [] if args.no_export else representatives(args.flavour) + hand_built
         for name in [n for n in exported if n in names]:
             try:
-                export_rows.append(export_case(name, folder))
+                export_rows.append(export_case(name, folder, args.flavour))
             except Exception as error:  # a row that says so, and the table still written
                 export_rows.append({"model": name, "error": f"{type(error).__name__}: "
                                                             f"{error}"[:300]})
             print(json.dumps(export_rows[-1]), flush=True)
     wall = time.perf_counter() - start
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "zoo.json"), "w") as f:
+    stem = "zoo" if args.flavour == "tf_keras" else "zoo_keras3"
+    with open(os.path.join(args.out, f"{stem}.json"), "w") as f:
         json.dump({"wall_s": wall, "fold": fold_rows, "export": export_rows}, f, indent=1)
     text = table(fold_rows, export_rows) + f"\n\nWall time: {wall:.0f} s\n"
-    with open(os.path.join(args.out, "zoo.md"), "w") as f:
+    with open(os.path.join(args.out, f"{stem}.md"), "w") as f:
         f.write(text)
     print(text)
 

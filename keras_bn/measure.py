@@ -8,7 +8,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from keras_bn import _keras
+from keras_bn import _keras, flavour
 from keras_bn.errors import InputError
 from keras_bn.walk import bn_axes
 
@@ -100,9 +100,15 @@ def measure_inputs(model, layers, data, steps=None, batch_size=32, verbose=0,
     compiled step (per replica under a `tf.distribute` strategy, merged exactly).
 
     Raises:
-      InputError: no batch in `data` (`label`, e.g. "pass 2", says which pass), or a layer
-        the model never called.
+      InputError: no batch in `data` (`label`, e.g. "pass 2", says which pass), a layer
+        the model never called, or a Keras 3 model on a backend other than TensorFlow.
     """
+    backend = flavour.of(model).backend()
+    if backend != "tensorflow":
+        raise InputError(
+            f"Measuring BN inputs of Keras 3 model '{model.name}' runs it in a compiled "
+            f"TensorFlow step; this process runs the {backend} backend. Save the model and "
+            "recalibrate it with KERAS_BACKEND=tensorflow (the weights are the same).")
     totals = {name: None for name, _ in layers}
     strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
     compiled, holder = _compiled_step(model, layers)

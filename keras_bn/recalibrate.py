@@ -3,7 +3,7 @@ a data set (precise BN; on new, unlabelled data, AdaBN)."""
 
 import numpy as np
 
-from keras_bn import _keras
+from keras_bn import flavour
 from keras_bn.errors import InputError
 from keras_bn.measure import measure_inputs
 from keras_bn.walk import distinct_batch_norm_layers
@@ -88,6 +88,7 @@ Which inputs: the model runs in inference mode, so while the layers are measured
     if passes is not None and passes < 1:
         raise InputError(f"recalibrate got passes={passes}; it must be >= 1 (or None: "
                          "until the statistics converge).")
+    plumbing = flavour.of(model)
     saved = [(v, v.numpy()) for _, layer in layers for v in _statistic_variables(layer)]
     before = {name: _moments(layer) for name, layer in layers}
     try:
@@ -96,7 +97,7 @@ Which inputs: the model runs in inference mode, so while the layers are measured
             last = {name: _moments(layer) for name, layer in layers}
             measured = measure_inputs(model, layers, data, steps, batch_size, verbose,
                                       label)
-            _keras.keras.backend.batch_set_value(
+            plumbing.set_values(
                 [pair for name, layer in layers for pair in _assignments(layer, *measured[name])])
             if passes is None and _converged(last, layers):
                 break
@@ -109,7 +110,7 @@ Which inputs: the model runs in inference mode, so while the layers are measured
                 "the model's activations overflow on `data` (inputs on another scale than "
                 "the model expects, or weights that diverged); nothing was changed.")
     except BaseException:
-        _keras.keras.backend.batch_set_value(saved)
+        plumbing.set_values(saved)
         raise
     return [_moved(name, before[name], _moments(layer), measured[name][0])
             for name, layer in layers]
@@ -134,7 +135,7 @@ def _assignments(layer, count, mean, m2):
         name = next(n for n in values if getattr(layer, n, None) is variable)
         with np.errstate(over="ignore"):  # an overflow is reported once all passes ran
             value = np.reshape(values[name], variable.shape).astype(
-                variable.dtype.as_numpy_dtype)
+                flavour.of(layer).numpy_dtype(variable))
         pairs.append((variable, value))
     return pairs
 

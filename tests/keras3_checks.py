@@ -178,6 +178,12 @@ def fold_and_export(out_dir):
         result["export"] = "exported"
     except ValueError as error:
         result["export"] = str(error)
+    data = rs.randn(40, 10, 10, 3).astype("float32")
+    try:
+        keras_bn.recalibrate(model, data, batch_size=16, passes=1)
+        result["recalibrate"] = "recalibrated"
+    except ValueError as error:
+        result["recalibrate"] = str(error)
     return result
 
 

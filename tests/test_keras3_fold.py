@@ -113,3 +113,19 @@ def test_subclassed_keras3_model_is_a_clear_error():
     net(np.zeros((1, 3), "float32"))
     with pytest.raises(keras_bn.InputError, match="subclassed"):
         keras_bn.fold(net)
+
+
+def test_recalibrate_and_freeze_keras3_models():
+    """The training tools take Keras 3 models too (TensorFlow backend): recalibrate gives
+    each BN the exact statistics of its inputs (numpy, 1e-5 relative), freeze puts them
+    in inference mode."""
+    model = keras.Sequential([keras.Input((4,)), L.Dense(3), kbn.BatchNormalization(),
+                              L.BatchNormalization(renorm=True)])
+    x = (np.random.RandomState(0).randn(64, 4) * 3 + 1).astype("float32")
+    order = np.argsort(x[:, 0])  # sorted data: the exact merge must not care
+    keras_bn.recalibrate(model, x[order], batch_size=16)
+    h = np.asarray(model.layers[0](x), np.float64)
+    np.testing.assert_allclose(model.layers[1].moving_mean, h.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.layers[1].moving_variance, h.var(0, ddof=1), rtol=1e-5)
+    keras_bn.freeze(model)
+    assert not model.layers[1].trainable and not model.layers[2].trainable

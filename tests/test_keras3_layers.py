@@ -73,9 +73,10 @@ def test_fold_on_each_backend(parity, backend):
     assert fold["folded"] == 3 and fold["kept"] == 0 and fold["class"] == "Functional"
     assert fold["max_error"] <= fold["tolerance"]
     if backend == "tensorflow":
-        assert fold["export"] == "exported"
+        assert fold["export"] == "exported" and fold["recalibrate"] == "recalibrated"
     else:  # the converters read TensorFlow graphs: a clear error, not a traceback
         assert "needs the TensorFlow backend" in fold["export"]
+        assert "KERAS_BACKEND=tensorflow" in fold["recalibrate"]
 
 
 def test_synchronized_is_a_clear_error_on_jax_only(parity):

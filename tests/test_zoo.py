@@ -1,5 +1,7 @@
 """Every `tf_keras.applications` constructor folded, and one model per family (plus the
 hand-built ones) exported to ONNX and TFLite and run (`heavy`: runs in `make test`).
+Keras 3's `keras.applications`: one model per family folded, three exported (the whole
+Keras 3 zoo is `python -m benchmarks.zoo --flavour keras3`).
 
 Fold parity is 1e-5 of the output scale in float64 (see `benchmarks/zoo.py`: random
 weights make deep float32 networks too ill-conditioned for a float32 check to test the
@@ -59,3 +61,28 @@ def test_foldable_left_counts_an_unfolded_bn():
         and type(layer.inbound_nodes[0].inbound_layers).__name__ == "Conv2D")
     assert zoo.foldable_left(model) > 0
     np.testing.assert_equal(zoo.family("EfficientNetV2B3"), "EfficientNetV2")
+
+
+#: Keras 3 exports in `make test`: a plain CNN, a depthwise one, one with SiLU/SE blocks.
+KERAS3_EXPORTS = ("ResNet50", "MobileNetV2", "EfficientNetB0")
+
+
+@pytest.mark.parametrize("name", zoo.representatives("keras3"))
+def test_fold_keras3(name):
+    row = zoo.fold_case(name, flavour="keras3")
+    assert row["fold_error"] <= 1e-5, row
+    assert row["foldable_left"] == 0, row
+    assert row["original_unchanged"], row
+    assert row["folded"] + row["kept"] == row["bn"], row
+
+
+@pytest.mark.parametrize("name", KERAS3_EXPORTS)
+def test_export_keras3(name, tmp_path):
+    row = zoo.export_case(name, str(tmp_path), flavour="keras3")
+    assert row["onnx_error"] <= zoo.EXPORT_RTOL and row["tflite_error"] <= zoo.EXPORT_RTOL, row
+    assert row["onnx_bn_ops"] <= row["kept"] and row["tflite_bn_ops"] == 0, row
+
+
+def test_foldable_left_counts_keras3_bns():
+    model = zoo.build("ResNet50", flavour="keras3")
+    assert zoo.foldable_left(model) == 53  # every conv -> BN pair of an unfolded ResNet50
