@@ -33,7 +33,7 @@ def _cpu_name():
 def meta():
     from importlib.metadata import version
 
-    packages = ["tensorflow", "tf-keras", "onnxruntime", "tf2onnx", "onnx", "ai-edge-litert",
+    packages = ["tensorflow", "tf-keras", "keras", "onnxruntime", "tf2onnx", "onnx", "ai-edge-litert",
                 "numpy"]
     return {"date": datetime.date.today().isoformat(), "cores": os.cpu_count(),
             "cpu": _cpu_name(), "python": platform.python_version(),
@@ -56,11 +56,16 @@ def bench_training(quick, rows, log):
 
 
 def bench_keras3_training(quick, rows, log):
-    """The Keras 3 layers' training step against Keras 3's BatchNormalization (TensorFlow
-    backend): ours on the fused kernel, Keras 3's on its generic ops."""
+    """The Keras 3 layers' training step against Keras 3's BatchNormalization on the
+    active backend (`KERAS_BACKEND`): on TensorFlow ours run on the fused kernel, Keras
+    3's on its generic ops; on JAX both on `keras.ops`, jitted."""
+    import keras
+
     shapes = training.QUICK_SHAPES if quick else training.SHAPES
     base = "Keras 3 BN"
+    backend = keras.backend.backend()
     for case, shape in shapes.items():
+        case = f"{case} ({backend})"
         log(f"Keras 3 training step {case}")
         timings = harness.interleave(training.keras3_contenders(shape),
                                      repeats=5 if quick else 15, warmup=3, inner=3)

@@ -44,9 +44,30 @@ def contenders(shape):
     return {name: train_step(factory(), shape) for name, factory in make.items()}
 
 
+def jax_train_step(layer, shape):
+    """A jitted forward + backward step of a Keras 3 layer on the JAX backend (the
+    layer's variables passed in and out, as Keras 3's JAX trainer does)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    x = jnp.asarray(np.random.RandomState(0).randn(*shape).astype("float32"))
+    layer.build(shape)
+    trainable = [v.value for v in layer.trainable_variables]
+    fixed = [v.value for v in layer.non_trainable_variables]
+
+    def loss(trainable, x):
+        y, updated = layer.stateless_call(trainable, fixed, x, training=True)
+        return jnp.sum(y * y), updated
+
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    return lambda: jax.block_until_ready(step(trainable, x)[1][1])
+
+
 def keras3_contenders(shape):
-    """name -> step function for the Keras 3 layers (TensorFlow backend: the fused kernel
-    exists there only), against `keras.layers.BatchNormalization`."""
+    """name -> step function for the Keras 3 layers against
+    `keras.layers.BatchNormalization`, on the active backend (TensorFlow: our fused kernel
+    path; JAX: `keras.ops` on both sides, jitted)."""
     import keras
 
     from keras_bn import keras3 as kbn
@@ -59,4 +80,5 @@ def keras3_contenders(shape):
         "Keras 3 renorm": lambda: keras.layers.BatchNormalization(
             renorm=True, renorm_clipping={"rmin": 1 / 3, "rmax": 3.0, "dmax": 5.0}),
     }
-    return {name: train_step(factory(), shape) for name, factory in make.items()}
+    step = train_step if keras.backend.backend() == "tensorflow" else jax_train_step
+    return {name: step(factory(), shape) for name, factory in make.items()}

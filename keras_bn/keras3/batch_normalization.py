@@ -217,8 +217,12 @@ class BatchNormalization(K.Layer):
         if len(count.shape):
             count = ops.reshape(count, self._param_shape)
         scale, offset = self._training_transform(gamma, beta, mean, variance)
-        y = ((xc - mean_b) * ops.rsqrt(variance_b + self.epsilon)
-             * self._broadcast(scale, rank, ghost) + self._broadcast(offset, rank, ghost))
+        # `x * inv + (offset - mean * inv)`, per-channel factors first (as
+        # tf.nn.batch_normalization and keras.ops.batch_normalization): measured on JAX
+        # (CPU, 8x112x112x32), `(x - mean) * rsqrt(var + eps) * scale + offset` made the
+        # jitted training step 2.7-5x slower than Keras 3's own layer.
+        inv = ops.rsqrt(variance_b + self.epsilon) * self._broadcast(scale, rank, ghost)
+        y = xc * inv + (self._broadcast(offset, rank, ghost) - mean_b * inv)
         if ghost:
             y = ops.reshape(y, ops.shape(x))
         return y, mean, variance, count
