@@ -33,7 +33,8 @@ def _cpu_name():
 def meta():
     from importlib.metadata import version
 
-    packages = ["tensorflow", "tf-keras", "keras", "onnxruntime", "tf2onnx", "onnx", "ai-edge-litert",
+    packages = ["tensorflow", "tf-keras", "keras", "onnxruntime", "tf2onnx", "onnx",
+                "ai-edge-litert",
                 "numpy"]
     return {"date": datetime.date.today().isoformat(), "cores": os.cpu_count(),
             "cpu": _cpu_name(), "python": platform.python_version(),

@@ -48,7 +48,8 @@ def fold(model, *, verify: bool = True, rtol: float = None, atol: float = 1e-6,
       return_plan: Also return the FoldPlan that was executed (with the measured error).
 
     Returns:
-      The folded model, of the input's flavour and class, or `(model, FoldPlan)` with `return_plan=True`.
+      The folded model, of the input's flavour and class, or `(model, FoldPlan)` with
+      `return_plan=True`.
 
     Raises:
       ValueError: a subclassed or unbuilt model.

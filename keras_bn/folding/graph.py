@@ -167,11 +167,11 @@ class Graph:
                 "layers are connected by Python code in `call`, which cannot be read or "
                 "rebuilt. Build it as a Sequential or functional model to fold it.")
         self.model = model
+        self.keras3 = flavour.is_keras3(model)
         self.config = model.get_config()
-        if flavour.is_keras3(model):  # tuples, as a saved-and-loaded config has lists
+        if self.keras3:  # tuples, as a saved-and-loaded config has lists
             self.config = _as_lists(self.config)
         self.sequential = isinstance(model, self.flavour.keras.Sequential)
-        self.keras3 = flavour.is_keras3(model)
         layers = self.flavour.operations(model)
         self.nodes = {name: Node(name, layers.get(name), calls)
                       for name, calls in self._read_calls()}
