@@ -34,8 +34,7 @@ def meta():
     from importlib.metadata import version
 
     packages = ["tensorflow", "tf-keras", "keras", "onnxruntime", "tf2onnx", "onnx",
-                "ai-edge-litert",
-                "numpy"]
+                "ai-edge-litert", "numpy"]
     return {"date": datetime.date.today().isoformat(), "cores": os.cpu_count(),
             "cpu": _cpu_name(), "python": platform.python_version(),
             "versions": {p: version(p) for p in packages}}
