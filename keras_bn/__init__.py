@@ -1,9 +1,12 @@
-"""keras_bn: Batch Normalization and Batch Renormalization for tf-keras.
+"""keras_bn: Batch Normalization and Batch Renormalization for tf-keras and Keras 3.
 
 Public API:
 
-* `BatchNormalization`, `BatchRenormalization`: the layers (`keras_bn/layers/`).
-* `fold`, `fold_plan`: merge BN into neighbouring Conv/Dense weights (`keras_bn/folding/`).
+* `BatchNormalization`, `BatchRenormalization`: the tf-keras layers (`keras_bn/layers/`);
+  their Keras 3 twins are in `keras_bn.keras3` (TensorFlow and JAX backends).
+* `fold`, `fold_plan`: merge BN into neighbouring Conv/Dense weights (`keras_bn/folding/`),
+  for tf-keras and Keras 3 models (as `summary`, `recalibrate`, `freeze`, the exporters
+  and the command line; the callbacks are tf-keras `Callback`s).
 * `summary`: a table (and data) of every BN layer's statistics and foldability.
 * `recalibrate`: recompute BN statistics as the true average over data (precise BN).
 * `freeze`, `unfreeze`: BN layers in inference mode for fine-tuning.
