@@ -59,9 +59,10 @@ def model_format(path):
                      "a SavedModel folder)")
 
 
-def writer(path, fmt):
-    """`("keras3" | "tf_keras", version)`: which Keras wrote the model file, from its
-    metadata. Files without a version (old tf-keras ones) are tf-keras's."""
+def writer(path, fmt, shown=None):
+    """`("keras3" | "tf_keras", version)`: which Keras wrote the model file (named
+    `shown` in errors), from its metadata. Files without a version (old tf-keras ones)
+    are tf-keras's."""
     version = None
     try:
         if fmt == "keras":
@@ -75,7 +76,7 @@ def writer(path, fmt):
                 version = f.attrs.get("keras_version")
             version = version.decode() if isinstance(version, bytes) else version
     except (ValueError, OSError, AttributeError) as error:
-        raise InputError(f"{path}: unreadable model metadata ({error})") from error
+        raise InputError(f"{shown or path}: unreadable model metadata ({error})") from error
     major = str(version or "").split(".")[0]
     return ("keras3" if major.isdigit() and int(major) >= 3 else "tf_keras"), version
 
@@ -225,7 +226,7 @@ def load_model(path, unsafe=False):
 
 def _load(path, unsafe, shown=None):
     fmt = model_format(path)
-    flavour, version = writer(path, fmt)
+    flavour, version = writer(path, fmt, shown)
     if flavour == "keras3":
         import keras_bn.keras3  # noqa: F401  (registers the Keras 3 layers)
         from keras_bn import _keras3 as plumbing
