@@ -63,8 +63,7 @@ def input_rank(layer):
 def input_names(model):
     """The names of the model's Input layers, in input order (Keras 3 has no
     `model.input_names`; an unnamed Input is called `input_layer`, `input_layer_1`...)."""
-    return [getattr(getattr(t, "_keras_history", None), "operation", None).name
-            if hasattr(t, "_keras_history") else f"input_{i}"
+    return [t._keras_history.operation.name if hasattr(t, "_keras_history") else f"input_{i}"
             for i, t in enumerate(model.inputs)]
 
 

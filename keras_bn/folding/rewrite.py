@@ -160,6 +160,7 @@ def _without_config(model):
 
 def _copy_or_fill(twin, model, rs):
     originals = {layer.name: layer for layer in model.layers}
+    plumbing = flavour.of(model)
     pairs = []
     for layer in twin.layers:
         source = originals[layer.name]
@@ -170,7 +171,6 @@ def _copy_or_fill(twin, model, rs):
         for weight in layer.weights:
             value = original.get(_short(weight))
             if value is None or value.shape != tuple(weight.shape):
-                value = (rs.randn(*weight.shape) * 0.01).astype(
-                    flavour.of(model).numpy_dtype(weight))
+                value = (rs.randn(*weight.shape) * 0.01).astype(plumbing.numpy_dtype(weight))
             pairs.append((weight, value))
-    flavour.of(model).set_values(pairs)
+    plumbing.set_values(pairs)

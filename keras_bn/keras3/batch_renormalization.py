@@ -107,12 +107,4 @@ class BatchRenormalization(BatchNormalization):
         return valid
 
     def get_config(self):
-        config = {
-            "rmax": self.rmax,
-            "dmax": self.dmax,
-            "warmup_steps": self.warmup_steps,
-            "rmax_ramp_steps": self.rmax_ramp_steps,
-            "dmax_ramp_steps": self.dmax_ramp_steps,
-            "renorm_momentum": self.renorm_momentum,
-        }
-        return {**super().get_config(), **config}
+        return {**super().get_config(), **arguments.renorm_config(self)}

@@ -1,7 +1,12 @@
-"""Checks of the layers' arguments, shared by both Keras flavours: plain Python, no Keras.
+"""The layers' arguments, shared by both Keras flavours: plain Python, no Keras.
 
-Each check raises a ValueError that names the layer (`who`), the value and the fix.
+Their checks (each raises a ValueError that names the layer, `who`, the value and the
+fix), their config dicts, and the shape arithmetic of the per-channel vectors.
 """
+
+#: BatchRenormalization's own constructor arguments, as `get_config` writes them.
+RENORM_ARGUMENTS = ("rmax", "dmax", "warmup_steps", "rmax_ramp_steps", "dmax_ramp_steps",
+                    "renorm_momentum")
 
 
 def check_batch_norm(who, axis, momentum, epsilon, virtual_batch_size):
@@ -81,3 +86,62 @@ def check_batch_divides(who, batch, virtual_batch_size):
             "the virtual batch size must divide the batch size: pick a batch size that is a "
             f"multiple of {virtual_batch_size} (or drop_remainder=True in tf.data), or "
             "change it.")
+
+
+def batch_norm_config(layer, initializers, regularizers, constraints):
+    """BatchNormalization's own `get_config` entries, objects serialized with the given
+    flavour's modules (`tf_keras.initializers` or `keras.initializers`, ...)."""
+    return {
+        "axis": layer.axis,
+        "momentum": layer.momentum,
+        "epsilon": layer.epsilon,
+        "center": layer.center,
+        "scale": layer.scale,
+        "beta_initializer": initializers.serialize(layer.beta_initializer),
+        "gamma_initializer": initializers.serialize(layer.gamma_initializer),
+        "moving_mean_initializer": initializers.serialize(layer.moving_mean_initializer),
+        "moving_variance_initializer": initializers.serialize(
+            layer.moving_variance_initializer),
+        "beta_regularizer": regularizers.serialize(layer.beta_regularizer),
+        "gamma_regularizer": regularizers.serialize(layer.gamma_regularizer),
+        "beta_constraint": constraints.serialize(layer.beta_constraint),
+        "gamma_constraint": constraints.serialize(layer.gamma_constraint),
+        "synchronized": layer.synchronized,
+        "virtual_batch_size": layer.virtual_batch_size,
+    }
+
+
+def renorm_config(layer):
+    """BatchRenormalization's own `get_config` entries."""
+    return {name: getattr(layer, name) for name in RENORM_ARGUMENTS}
+
+
+def broadcast_shape(channel_axes, channels, rank):
+    """The shape that makes a per-channel vector (`channels` long on each of
+    `channel_axes`) broadcast against a tensor of `rank`; None when it already does
+    (one channel axis, the last)."""
+    if list(channel_axes) == [rank - 1]:
+        return None
+    shape = [1] * rank
+    for axis, dim in zip(channel_axes, channels):
+        shape[axis] = dim
+    return shape
+
+
+def elements_per_channel(shape, channel_axes):
+    """How many elements each channel has in a batch of `shape` (None dims unknown),
+    or None when that is not known before the batch runs."""
+    count = 1
+    for i, dim in enumerate(shape):
+        if i in channel_axes:
+            continue
+        if dim is None:
+            return None
+        count *= dim
+    return count
+
+
+def single_element_warning(who):
+    return (f"{who} is training on a batch with one element per channel: its variance is "
+            "0, so the output is just `beta` and the moving variance is pulled toward 0. "
+            "Use a batch size of at least 2 (or run in inference mode).")

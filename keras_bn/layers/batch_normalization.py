@@ -315,18 +315,11 @@ class BatchNormalization(_keras.Layer):
                 and self.epsilon >= stats.FUSED_MIN_EPSILON
                 and stats.fused_is_faster(x.shape, self._axes[0]))
 
-    def _reduction_axes(self, x):
-        return [i for i in range(x.shape.rank) if i not in self._axes]
-
     def _broadcast(self, v, rank, ghost=False):
         """Reshapes a per-channel vector so it broadcasts against an input of `rank`."""
-        axes = [a + ghost for a in self._axes]
-        if axes == [rank - 1]:
-            return v
-        shape = [1] * rank
-        for a, d in zip(axes, self._param_shape):
-            shape[a] = d
-        return tf.reshape(v, shape)
+        shape = arguments.broadcast_shape([a + ghost for a in self._axes], self._param_shape,
+                                          rank)
+        return v if shape is None else tf.reshape(v, shape)
 
     def _split_virtual_batches(self, x, mask):
         """`(B, ...)` -> `(virtual_batch_size, B / virtual_batch_size, ...)`, as tf-keras."""
@@ -343,39 +336,13 @@ class BatchNormalization(_keras.Layer):
         return x, mask
 
     def _warn_if_single_element(self, x):
-        per_channel = 1
-        for i in self._reduction_axes(x):
-            if x.shape[i] is None:
-                return
-            per_channel *= x.shape[i]
-        if per_channel == 1:
-            warnings.warn(
-                f"{self._who} is training on a batch with one element per channel: its "
-                "variance is 0, so the output is just `beta` and the moving variance is "
-                "pulled toward 0. Use a batch size of at least 2 (or run in inference mode).",
-                stacklevel=3)
+        if arguments.elements_per_channel(tuple(x.shape), self._axes) == 1:
+            warnings.warn(arguments.single_element_warning(self._who), stacklevel=3)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        config = {
-            "axis": self.axis,
-            "momentum": self.momentum,
-            "epsilon": self.epsilon,
-            "center": self.center,
-            "scale": self.scale,
-            "beta_initializer": _keras.initializers.serialize(self.beta_initializer),
-            "gamma_initializer": _keras.initializers.serialize(self.gamma_initializer),
-            "moving_mean_initializer": _keras.initializers.serialize(
-                self.moving_mean_initializer),
-            "moving_variance_initializer": _keras.initializers.serialize(
-                self.moving_variance_initializer),
-            "beta_regularizer": _keras.regularizers.serialize(self.beta_regularizer),
-            "gamma_regularizer": _keras.regularizers.serialize(self.gamma_regularizer),
-            "beta_constraint": _keras.constraints.serialize(self.beta_constraint),
-            "gamma_constraint": _keras.constraints.serialize(self.gamma_constraint),
-            "synchronized": self.synchronized,
-            "virtual_batch_size": self.virtual_batch_size,
-        }
+        config = arguments.batch_norm_config(self, _keras.initializers, _keras.regularizers,
+                                             _keras.constraints)
         return {**super().get_config(), **config}
