@@ -11,6 +11,7 @@ from keras_bn.errors import InputError
 from keras_bn.files import atomic_path, check_output
 from keras_bn.export import verify as _verify
 from keras_bn.export._prepare import input_signature, prepare
+from keras_bn.export.isolated import IsolatedRuntime
 
 
 def to_onnx(model, path, *, fold=True, opset=None, verify=True, samples=None, labels=None,
@@ -50,7 +51,6 @@ def to_onnx(model, path, *, fold=True, opset=None, verify=True, samples=None, la
         left at `path`.
     """
     import onnx
-    import onnxruntime
 
     check_output(path, (".onnx",))  # before minutes of conversion
     converted, plan = prepare(model, fold, verify)
@@ -61,15 +61,17 @@ def to_onnx(model, path, *, fold=True, opset=None, verify=True, samples=None, la
     with atomic_path(path, (".onnx",)) as tmp:
         onnx.save(proto, tmp)
         if verify or labels is not None or latency_batch:
-            session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-            names = [i.name for i in session.get_inputs()]
+            with IsolatedRuntime("onnx", tmp) as runtime:  # a crash is a result, not ours
+                names = [name for name, _ in runtime.inputs]
 
-            def run(inputs):
-                return session.run(None, {n: np.asarray(x) for n, x in zip(names, inputs)})
+                def run(inputs):
+                    got = runtime({n: np.asarray(x) for n, x in zip(names, inputs)})
+                    return [got[name] for name in runtime.outputs]
 
-            _verify.measure(result, model, run, samples, labels, verify,
-                            _verify.export_rtol(model, rtol), atol,
-                            latency_batch, f"ONNX export of '{model.name}'")
+                run.seconds = lambda: runtime.seconds
+                _verify.measure(result, model, run, samples, labels, verify,
+                                _verify.export_rtol(model, rtol), atol,
+                                latency_batch, f"ONNX export of '{model.name}'")
         result.size_bytes = os.path.getsize(tmp)
     return result
 

@@ -12,6 +12,7 @@ from keras_bn.errors import InputError, VerificationError
 from keras_bn.files import atomic_path, check_output
 from keras_bn.export import verify as _verify
 from keras_bn.export._prepare import input_signature, prepare
+from keras_bn.export.isolated import IsolatedRuntime
 
 QUANTIZE = (None, "float16", "int8")
 
@@ -24,7 +25,7 @@ def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None
     Folds the BatchNormalization layers first (`keras_bn.fold`, itself verified), converts
     with `tf.lite.TFLiteConverter` (dynamic batch dimension; inputs and outputs keep the
     model's dtypes in every mode), then runs the written file with `ai_edge_litert`'s Interpreter
-    on a random batch and on `samples`. float32 files must match the Keras model within
+    (in a child process: a LiteRT crash is a VerificationError) on a random batch and on `samples`. float32 files must match the Keras model within
     tolerance; float16 and int8 files cannot, so their error (and accuracy, with
     `labels`) is measured and reported instead. The file appears at `path` only once all
     of that passed (temporary file, then rename).
@@ -57,8 +58,6 @@ def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None
       keras_bn.VerificationError: a float32 file's outputs differ beyond tolerance; no file
         is left at `path`.
     """
-    from ai_edge_litert.interpreter import Interpreter
-
     if quantize not in QUANTIZE:
         raise InputError(f"to_tflite got quantize={quantize!r}; use one of {QUANTIZE}.")
     if quantize == "int8":
@@ -76,28 +75,29 @@ def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None
         with open(tmp, "wb") as f:
             f.write(content)
         if verify or labels is not None or latency_batch:
-            runner = Interpreter(model_path=tmp).get_signature_runner()
-            names = flavour.of(model).input_names(model)
-            outputs = _output_keys(model, runner)
-            dtypes = {n: d["dtype"] for n, d in runner.get_input_details().items()}
+            with IsolatedRuntime("tflite", tmp) as runtime:  # a LiteRT abort is a result
+                names = flavour.of(model).input_names(model)
+                outputs = _output_keys(model, [name for name in runtime.outputs])
+                dtypes = dict(runtime.inputs)
 
-            def run(inputs):  # each input in the file's own dtype (float64, int32, ...)
-                got = runner(**{n: np.asarray(x, dtypes[n]) for n, x in zip(names, inputs)})
-                return [got[name] for name in outputs]
+                def run(inputs):  # each input in the file's own dtype (float64, int32...)
+                    got = runtime({n: np.asarray(x, dtypes[n]) for n, x in zip(names, inputs)})
+                    return [got[name] for name in outputs]
 
-            _verify.measure(result, model, run, samples, labels, verify,
-                            _verify.export_rtol(model, rtol), atol,
-                            latency_batch, f"TFLite export of '{model.name}'",
-                            check=quantize is None)
+                run.seconds = lambda: runtime.seconds
+                _verify.measure(result, model, run, samples, labels, verify,
+                                _verify.export_rtol(model, rtol), atol,
+                                latency_batch, f"TFLite export of '{model.name}'",
+                                check=quantize is None)
         result.size_bytes = os.path.getsize(tmp)
     return result
 
 
-def _output_keys(model, runner):
-    """The runner's output names in the model's output order: the model's output names
-    (our tf-keras signature), or Keras 3's `output_0`, `output_1`, ..."""
+def _output_keys(model, keys):
+    """The file's output names `keys` in the model's output order: the model's output
+    names (our tf-keras signature), or Keras 3's `output_0`, `output_1`, ..."""
     names = flavour.of(model).output_names(model)
-    keys = set(runner.get_output_details())
+    keys = set(keys)
     if set(names) == keys:
         return names
     return sorted(keys, key=lambda k: int(k.rsplit("_", 1)[1]) if k[-1:].isdigit() else 0)
@@ -222,6 +222,9 @@ def _fitting(array, spec, name, numpy_dtype):
     if len(array) == 0:
         raise InputError(f"int8 calibration data for input '{name}' has no rows; give a "
                          "few hundred typical inputs.")
+    if array.dtype.kind not in "biuf":  # bool, integers, floats: what a model input takes
+        raise InputError(f"int8 calibration data for input '{name}' holds {array.dtype} "
+                         "values; give numbers (integers or floats).")
     return array.astype(numpy_dtype(spec))
 
 

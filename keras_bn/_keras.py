@@ -151,3 +151,9 @@ def unsafe_deserialization():
     from tf_keras.src.saving.serialization_lib import SafeModeScope
 
     return SafeModeScope(False)
+
+
+def custom_objects():
+    """The global registry of this flavour's serializable objects ("package>Name" ->
+    object), which its loaders search before any module."""
+    return keras.saving.get_custom_objects()

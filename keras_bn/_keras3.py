@@ -131,3 +131,9 @@ def add_counter(layer, name):
                             aggregation="only_first_replica")
 
 
+
+
+def custom_objects():
+    """The global registry of this flavour's serializable objects ("package>Name" ->
+    object), which its loaders search before any module."""
+    return keras.saving.get_custom_objects()

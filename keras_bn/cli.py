@@ -70,8 +70,14 @@ def _parser():
         if name != "demo":
             made[name].add_argument("model", metavar="MODEL",
                                     help="a .keras, .h5 or SavedModel file")
+            made[name].add_argument("--import", dest="imports", action="append", default=[],
+                                    metavar="MODULE",
+                                    help="import MODULE (a name, or a .py file) first: the "
+                                    "custom layers it registers may load (repeatable)")
             made[name].add_argument("--unsafe", action="store_true",
-                                    help="allow Lambda layers (runs code stored in the file)")
+                                    help="load whatever the file asks for (Lambda layers, "
+                                    "modules it names, file ops): runs code stored in the "
+                                    "file; only for files you trust")
     made["fold"].add_argument("out", metavar="OUT", help="where to write the folded model "
                               "(.keras or .h5; not MODEL; missing folders are created)")
     made["fold"].add_argument("--no-verify", action="store_true",
@@ -97,7 +103,8 @@ def _parser():
 def _load(args, steps):
     from keras_bn.loading import load_model
 
-    return steps.run(f"load {args.model}", load_model, args.model, unsafe=args.unsafe)
+    return steps.run(f"load {args.model}", load_model, args.model, unsafe=args.unsafe,
+                     imports=args.imports)
 
 
 def _fold(args):
@@ -120,23 +127,10 @@ def _fold(args):
     print(f"{len(model.layers)} layers -> {len(folded.layers)} layers; written to {args.out}")
 
 
-def _calibration(path):
-    """The arrays in a .npy (one array) or .npz (a dict by input name) file."""
-    import numpy as np
-
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path}: cannot read a .npy or .npz numpy file: {error}") from error
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    with loaded:
-        return {name: loaded[name] for name in loaded.files}
-
-
 def _export(args):
     from keras_bn import export
     from keras_bn.files import check_output
+    from keras_bn.loading import load_arrays
 
     if not (args.onnx or args.tflite):
         raise UserError("nothing to export: give --onnx PATH and/or --tflite PATH")
@@ -148,7 +142,7 @@ def _export(args):
     for path, suffix in ((args.onnx, ".onnx"), (args.tflite, ".tflite")):
         if path:
             check_output(path, (suffix,), inputs)
-    data = _calibration(args.int8) if args.int8 else None
+    data = load_arrays(args.int8) if args.int8 else None
     steps = Steps(1 + bool(args.onnx) + bool(args.tflite))
     model = _load(args, steps)
     if data is not None:

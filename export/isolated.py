@@ -1,0 +1,154 @@
+"""Running an exported file in a child process, so that a runtime that crashes on it
+(LiteRT aborting on an int8 file, say) never takes the caller's process down.
+
+`IsolatedRuntime(kind, path)` starts this file as a script in a fresh Python (it imports
+only numpy and the runtime, not TensorFlow or keras_bn: ~0.3 s to start) and sends it
+input batches over a pipe; the child runs them and sends the outputs back, with the time
+the runtime itself took. A child that dies (a signal, an exit) becomes a
+`VerificationError` naming the file and the signal. Frames are numpy `.npz` bytes read
+with `allow_pickle=False` in both directions.
+"""
+
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+
+_HEADER = struct.Struct("<Q")
+_RUNTIMES = {"tflite": "LiteRT", "onnx": "onnxruntime"}
+
+
+def _send(stream, arrays):
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    stream.write(_HEADER.pack(buffer.tell()) + buffer.getvalue())
+    stream.flush()
+
+
+def _receive(stream):
+    """The arrays of the next frame, or None at the end of the stream."""
+    import numpy as np
+
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    with np.load(io.BytesIO(data), allow_pickle=False) as loaded:
+        return {name: loaded[name] for name in loaded.files}
+
+
+def _text(value):
+    import numpy as np
+
+    return np.array(json.dumps(value))
+
+
+class IsolatedRuntime:
+    """A runtime session on one file, in a child process.
+
+    Attributes:
+      inputs: `[(name, numpy dtype name)]` of the file's inputs, in the file's order.
+      outputs: the file's output names.
+      seconds: how long the runtime took for the last call (inside the child).
+    """
+
+    def __init__(self, kind, path):
+        self.kind, self.path, self.seconds = kind, os.fspath(path), None
+        self._child = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), kind, self.path],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        described = self._reply("loading")
+        self.inputs = [tuple(pair) for pair in json.loads(str(described["inputs"]))]
+        self.outputs = json.loads(str(described["outputs"]))
+
+    def __call__(self, feed):
+        """Runs one batch: `feed` maps input names to arrays; returns name -> array."""
+        try:
+            _send(self._child.stdin, feed)
+        except (BrokenPipeError, OSError):
+            pass  # the child died: _reply says how
+        reply = self._reply("running")
+        self.seconds = float(reply.pop("__seconds__"))
+        return reply
+
+    def _reply(self, doing):
+        from keras_bn.errors import VerificationError
+
+        reply = _receive(self._child.stdout)
+        if reply is None:
+            code = self._child.wait()
+            how = (f"killed by {signal.Signals(-code).name}" if code < 0 else
+                   f"exit status {code}")
+            raise VerificationError(f"{_RUNTIMES[self.kind]} crashed {doing} {self.path} "
+                                    f"({how}); the file cannot be verified")
+        if "__error__" in reply:
+            raise VerificationError(f"{_RUNTIMES[self.kind]} failed {doing} {self.path}: "
+                                    f"{json.loads(str(reply['__error__']))}")
+        return reply
+
+    def close(self):
+        if self._child.poll() is None:
+            self._child.stdin.close()
+            try:
+                self._child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._child.kill()
+                self._child.wait()
+        self._child.stdout.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _session(kind, path):
+    """`(inputs, outputs, run)` for the file: run(feed) -> {name: array}."""
+    if kind == "tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        runner = Interpreter(model_path=path).get_signature_runner()
+        inputs = [(name, detail["dtype"].__name__)
+                  for name, detail in runner.get_input_details().items()]
+        return inputs, list(runner.get_output_details()), lambda feed: runner(**feed)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in session.get_outputs()]
+    inputs = [(i.name, i.type) for i in session.get_inputs()]
+    return inputs, outputs, lambda feed: dict(zip(outputs, session.run(None, feed)))
+
+
+def _serve(kind, path):
+    import time
+
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    try:
+        inputs, outputs, run = _session(kind, path)
+    except Exception as error:  # noqa: BLE001 - reported to the parent as a failure
+        _send(stdout, {"__error__": _text(f"{type(error).__name__}: {error}")})
+        return
+    _send(stdout, {"inputs": _text(inputs), "outputs": _text(outputs)})
+    while (feed := _receive(stdin)) is not None:
+        try:
+            start = time.perf_counter()
+            got = run(feed)
+            _send(stdout, {**got, "__seconds__": time.perf_counter() - start})
+        except Exception as error:  # noqa: BLE001
+            _send(stdout, {"__error__": _text(f"{type(error).__name__}: {error}")})
+
+
+if __name__ == "__main__":
+    # Run as a script: this folder (holding onnx.py, tflite.py) must not shadow packages.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    _serve(sys.argv[1], sys.argv[2])
