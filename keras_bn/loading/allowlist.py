@@ -153,19 +153,26 @@ MODELS = _names("Functional Model Sequential")
 DTYPE_POLICIES = _names("DTypePolicy FloatDTypePolicy DTypePolicyMap QuantizedDTypePolicy "
                         "QuantizedFloat8DTypePolicy GPTQDTypePolicy Policy")
 
-#: Values, not objects to look up: tensors, arrays, bytes, slices and graph references.
+#: Values, not objects to look up: tensors, arrays, bytes, slices and graph references
+#: (Keras's formats), and the shapes, tuples and constant tensors of a SavedModel's Keras
+#: metadata (tf-keras's `json_utils`).
 VALUE_CLASSES = _names("__tensor__ __numpy__ __bytes__ __keras_tensor__ __slice__ "
-                       "__ellipsis__")
+                       "__ellipsis__ __tuple__ TensorShape CompositeTensor")
 
-#: TensorFlow type specs (`__typespec__` entries name one in "spec_name").
-TYPE_SPECS = _names("TensorSpec RaggedTensorSpec SparseTensorSpec")
+#: TensorFlow type specs: `__typespec__` entries name one in "spec_name", a SavedModel's
+#: `TypeSpec` entries by its registered name in "type_spec".
+TYPE_SPECS = _names("TensorSpec RaggedTensorSpec SparseTensorSpec tf.TensorSpec "
+                    "tf.RaggedTensorSpec tf.SparseTensorSpec")
+
+#: Plain specification classes a layer's saved state holds (no code, no files).
+SPECS = _names("InputSpec")
 
 #: Category -> (the modules a loader names for its built-ins, the names).
 #: tf-keras writes its public path with the "keras." prefix ("keras.layers"); Keras 3
 #: writes "keras.layers" too; "builtins" is the loaders' name for a built-in function.
 PUBLIC = {
     "layer": (("keras.layers", "tf_keras.layers", "keras.layers.experimental",
-               "keras.layers.experimental.preprocessing"), TFK_LAYERS | K3_LAYERS),
+               "keras.layers.experimental.preprocessing"), TFK_LAYERS | K3_LAYERS | SPECS),
     "model": (("keras", "keras.models", "tf_keras", "tf_keras.models"), MODELS),
     "dtype policy": (("keras", "keras.mixed_precision", "keras.dtype_policies",
                       "tf_keras.mixed_precision"), DTYPE_POLICIES),

@@ -67,8 +67,8 @@ def _request(node, custom):
         return "Python bytecode stored in the file (a serialized lambda or function)"
     if class_name in allowlist.VALUE_CLASSES:
         return None
-    if class_name == "__typespec__":
-        spec = node.get("spec_name")
+    if class_name in ("__typespec__", "TypeSpec"):
+        spec = node.get("spec_name" if class_name == "__typespec__" else "type_spec")
         return None if spec in allowlist.TYPE_SPECS else f"type spec {spec!r} to build"
     if class_name == "function":
         return _function(module, inner, registered, custom)
@@ -104,6 +104,7 @@ def _is_built_in(module, class_name, registered):
         return registered is None and (
             class_name in allowlist.VALUE_CLASSES
             or any(class_name == entry[2] for entry in allowlist.REGISTERED)
+            or any(class_name == entry[1] for entry in allowlist.PRIVATE)
             or class_name.removeprefix(package + ">") in allowlist.KERAS_BN_LAYERS
             or any(class_name in names for _, names in allowlist.PUBLIC.values()))
     if registered not in (None, class_name):
