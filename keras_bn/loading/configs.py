@@ -118,7 +118,7 @@ def _is_built_in(module, class_name, registered):
 
 
 def _unknown_class(module, class_name, registered):
-    if module and not module.split(".")[0] in ("keras", "tf_keras", "keras_bn"):
+    if module and module.split(".")[0] not in ("keras", "tf_keras", "keras_bn"):
         return (f"class {class_name!r} from module {module!r}: the loader would import "
                 f"'{module}' (running its code)")
     shown = registered if registered not in (None, class_name) else class_name
