@@ -14,43 +14,55 @@ import numpy as np
 
 from keras_bn.errors import InputError
 
-#: zlib's bound on deflate expansion: a compressed member declaring more is a lie.
+#: The most a deflate (gzip) stream expands: 1032 to 1 (zlib's documented bound), so
+#: compressed data (a zip member, an HDF5 dataset) declaring more than that many times its
+#: stored bytes is a lie.
 MAX_EXPANSION = 1032
 
 
-def load_arrays(path):
-    """The array of a `.npy` file, or the dict of arrays of a `.npz` file, by name.
+def zip_bomb(info):
+    """Why the zip member `info` declares more than its compressed bytes can hold, or None."""
+    if info.compress_type != zipfile.ZIP_STORED and \
+            info.file_size > MAX_EXPANSION * max(info.compress_size, 1):
+        return (f"member {info.filename!r} declares {info.file_size} bytes from "
+                f"{info.compress_size} compressed (a zip bomb)")
+    return None
+
+
+def load_arrays(path, shown=None):
+    """The array of a `.npy` file, or the dict of arrays of a `.npz` file, by name
+    (`shown` names the file in errors; default `path`).
 
     Raises:
       InputError: not a numpy file, an object (pickled) array, a declared shape larger
         than the file holds, or a truncated or corrupt member.
     """
+    shown = shown or path
     try:
         with open(path, "rb") as f:
             magic = f.read(6)
     except OSError as error:
-        raise InputError(f"{path}: cannot read it ({error.strerror or error})") from error
+        raise InputError(f"{shown}: cannot read it ({error.strerror or error})") from error
     if magic == b"\x93NUMPY":
         with open(path, "rb") as f:
-            return _read_array(f, _file_size(f), path, None)
+            return _read_array(f, _file_size(f), shown, None)
     if not zipfile.is_zipfile(path):
-        raise InputError(f"{path}: not a .npy or .npz numpy file")
+        raise InputError(f"{shown}: not a .npy or .npz numpy file")
     try:
         with zipfile.ZipFile(path) as archive:
             members = [m for m in archive.infolist() if not m.is_dir()]
             if not members:
-                raise InputError(f"{path}: an .npz file with no arrays")
-            return {m.filename.removesuffix(".npy"): _member(archive, m, path)
+                raise InputError(f"{shown}: an .npz file with no arrays")
+            return {m.filename.removesuffix(".npy"): _member(archive, m, shown)
                     for m in members}
     except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise InputError(f"{path}: a corrupt .npz file ({error})") from error
+        raise InputError(f"{shown}: a corrupt .npz file ({error})") from error
 
 
 def _member(archive, info, path):
-    if info.compress_type != zipfile.ZIP_STORED and \
-            info.file_size > MAX_EXPANSION * max(info.compress_size, 1):
-        raise InputError(f"{path}: member {info.filename!r} declares {info.file_size} bytes "
-                         f"from {info.compress_size} compressed (a zip bomb)")
+    bomb = zip_bomb(info)
+    if bomb:
+        raise InputError(f"{path}: {bomb}")
     with archive.open(info) as f:
         return _read_array(f, info.file_size, path, info.filename)
 

@@ -25,14 +25,10 @@ def import_modules(modules):
     if not modules:
         return frozenset()
     before = _registered()
-    names = set()
-    for module in modules:
-        imported = _import(os.fspath(module))
-        names |= {name for name, obj in _registered().items()
-                  if getattr(obj, "__module__", "").split(".")[0] == imported.split(".")[0]}
-    after = _registered()
-    names |= {name for name, obj in after.items() if before.get(name) is not obj}
-    return frozenset(names)
+    tops = {_import(os.fspath(module)).split(".")[0] for module in modules}
+    return frozenset(name for name, obj in _registered().items()
+                     if before.get(name) is not obj
+                     or getattr(obj, "__module__", "").split(".")[0] in tops)
 
 
 def names_of(custom_objects):

@@ -11,10 +11,7 @@ Keras opens the file; the weights inside a `.keras` zip are checked the same way
 import os
 
 from keras_bn.errors import InputError
-
-#: The most a deflate (gzip) stream expands: 1032 to 1 (zlib's documented bound), so a
-#: compressed dataset that declares more than that many times its stored bytes is a lie.
-MAX_EXPANSION = 1032
+from keras_bn.loading.arrays import MAX_EXPANSION
 
 
 def check_hdf5(path, shown):

@@ -23,6 +23,7 @@ checks.
 
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 
@@ -134,21 +135,18 @@ def _check_zip(path, shown):
     as HDF5 files, numpy weights without pickled arrays."""
     with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory() as scratch:
         for info in archive.infolist():
-            if info.compress_type != zipfile.ZIP_STORED and \
-                    info.file_size > hdf5.MAX_EXPANSION * max(info.compress_size, 1):
-                raise UnsafeModelError(f"{shown}: member {info.filename!r} declares "
-                                       f"{info.file_size} bytes from {info.compress_size} "
-                                       "compressed (a zip bomb)")
+            bomb = arrays.zip_bomb(info)
+            if bomb:
+                raise UnsafeModelError(f"{shown}: {bomb}")
             if info.filename.endswith((".h5", ".npz")):
                 member = os.path.join(scratch, "member" + os.path.splitext(info.filename)[1])
                 with archive.open(info) as source, open(member, "wb") as target:
-                    while chunk := source.read(1 << 20):
-                        target.write(chunk)
+                    shutil.copyfileobj(source, target)
                 named = f"{shown} (its {info.filename})"
                 if member.endswith(".h5"):
                     hdf5.check_hdf5(member, named)
                 else:
-                    arrays.load_arrays(member)
+                    arrays.load_arrays(member, named)
 
 
 def load_model(path, unsafe=False, imports=(), custom_objects=None):
