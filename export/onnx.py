@@ -125,28 +125,5 @@ def _convert(model, signature, opset):
 
 
 def _tf2onnx(model, signature, opset):
-    """The ONNX proto of `model`.
-
-    A Keras 3 model goes in as the frozen graph of a `tf.function` of its inference
-    call. tf2onnx's `from_keras` does not know Keras 3's output names (it fails on a
-    Sequential model), and its `from_function`, which Keras 3's own
-    `model.export(format="onnx")` uses, turns tensors the function captures that are not
-    variables (the mean and variance of EfficientNet's Normalization layer) into graph
-    inputs nobody feeds: freezing the function first makes them constants.
-    """
-    import tensorflow as tf
-    import tf2onnx
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2)
-
-    if not flavour.is_keras3(model):
-        return tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)[0]
-
-    @tf.function(input_signature=signature)
-    def serve(*inputs):
-        return model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
-
-    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
-    return tf2onnx.convert.from_graph_def(
-        frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
-        output_names=[t.name for t in frozen.outputs], opset=opset)[0]
+    """The ONNX proto of `model`, by the route its flavour takes to tf2onnx."""
+    return flavour.of(model).onnx_proto(model, signature, opset)

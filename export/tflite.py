@@ -124,54 +124,13 @@ def _converter_options(quantize, model, data, steps):
 def _convert(converted, model, quantize, representative_data, steps):
     options = _converter_options(quantize, model, representative_data, steps)
     try:
-        if flavour.is_keras3(converted):
-            return _convert_keras3(converted, model, options)
-        return _convert_tf_keras(converted, model, options)
+        return flavour.of(converted).tflite_content(
+            converted, input_signature(model), flavour.of(model).output_names(model), options)
     except ConverterError as error:  # an op or dtype TFLite has no kernel for
         lines = [line.split("error: ", 1)[1].strip() for line in str(error).splitlines()
                  if "error: " in line]
         raise InputError(f"TensorFlow's TFLite converter cannot convert '{model.name}': "
                          f"{(lines or [str(error)])[0]}") from error
-
-
-def _convert_keras3(converted, model, options):
-    """Keras 3's own LiteRT export (its ExportArchive -> SavedModel -> converter: a
-    concrete function of a Keras 3 model converts to a file whose outputs are NaN,
-    measured), limited to LiteRT's built-in ops so the file runs without the Flex
-    delegate, with our quantization settings."""
-    import tempfile
-
-    target_spec = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS],
-                   **options.pop("target_spec", {})}
-    specs = input_signature(model)
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "model.tflite")
-        converted.export(path, format="litert", verbose=False, target_spec=target_spec,
-                         input_signature=[specs if len(specs) > 1 else specs[0]],
-                         **options)
-        with open(path, "rb") as f:
-            return f.read()
-
-
-def _convert_tf_keras(converted, model, options):
-    signature = input_signature(model)
-    names = flavour.of(model).output_names(model)
-
-    @tf.function(input_signature=signature)
-    def serve(*inputs):
-        outputs = converted(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        return dict(zip(names, outputs))
-
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [serve.get_concrete_function()], converted)
-    for name, value in options.items():
-        if name == "target_spec":
-            for key, item in value.items():
-                setattr(converter.target_spec, key, item)
-        else:
-            setattr(converter, name, value)
-    return converter.convert()
 
 
 def calibration_data(model, data):

@@ -25,7 +25,8 @@ __version__ = "0.1.0"
 
 #: Public name -> the module that defines it.
 _API = {
-    "BatchNormalization": "keras_bn.layers", "BatchRenormalization": "keras_bn.layers",
+    "BatchNormalization": "keras_bn.layers.tf_keras",
+    "BatchRenormalization": "keras_bn.layers.tf_keras",
     "FoldPlan": "keras_bn.folding", "fold": "keras_bn.folding", "fold_plan": "keras_bn.folding",
     "freeze": "keras_bn.freeze", "unfreeze": "keras_bn.freeze",
     "recalibrate": "keras_bn.recalibrate", "summary": "keras_bn.summary",

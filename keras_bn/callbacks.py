@@ -18,14 +18,16 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from keras_bn import _keras
+from keras_bn import flavour
 from keras_bn.errors import InputError
 from keras_bn.measure import measure_inputs
 from keras_bn.recalibrate import recalibrate
 from keras_bn.walk import distinct_batch_norm_layers, is_ours
 
+_tf_keras = flavour.named("tf_keras")
 
-class PreciseBN(_keras.keras.callbacks.Callback):
+
+class PreciseBN(_tf_keras.Callback):
     """Recalibrates every BN layer on `data` every `every_n_epochs` epochs.
 
     The moving averages lag behind the weights; precise statistics (the exact mean and
@@ -85,7 +87,7 @@ class PreciseBN(_keras.keras.callbacks.Callback):
                   f"largest mean shift {shift:.3f} std")
 
 
-class BatchNormMonitor(_keras.keras.callbacks.Callback):
+class BatchNormMonitor(_tf_keras.Callback):
     """Logs, per BN layer, how its statistics behave during training.
 
     At the end of every `every_n_epochs`-th epoch the model runs on `probe` (a few

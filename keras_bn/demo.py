@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from keras_bn import flavour
 from keras_bn.errors import InputError
 
 
@@ -35,7 +36,7 @@ def build_model(seed=0):
     Momentum 0.9 rather than 0.99: 1,347 images make 43 steps an epoch, and the moving
     statistics should settle within the demo's few hundred steps."""
     import keras_bn
-    from keras_bn._keras import keras as tf_keras
+    tf_keras = flavour.named("tf_keras").keras
 
     tf_keras.utils.set_random_seed(seed)
     L = tf_keras.layers
@@ -62,7 +63,7 @@ def build_model(seed=0):
 
 
 def train(model, x_train, y_train, x_test, y_test, epochs, verbose=2):
-    from keras_bn._keras import keras as tf_keras
+    tf_keras = flavour.named("tf_keras").keras
 
     model.compile(tf_keras.optimizers.Adam(3e-3),
                   tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -1,8 +1,7 @@
 """`keras_bn.freeze` / `keras_bn.unfreeze`: BN layers in inference mode for fine-tuning."""
 
 from keras_bn.errors import InputError
-from keras_bn.walk import batch_norm_layers
-from keras_bn.layers import BatchNormalization as _Ours
+from keras_bn.walk import batch_norm_layers, is_ours
 
 
 def freeze(model, *, train_gamma_beta=False):
@@ -33,7 +32,7 @@ def freeze(model, *, train_gamma_beta=False):
     """
     layers = list(batch_norm_layers(model))
     if train_gamma_beta:
-        builtin = [name for name, layer in layers if not isinstance(layer, _Ours)]
+        builtin = [name for name, layer in layers if not is_ours(layer)]
         if builtin:
             raise InputError(
                 f"freeze(train_gamma_beta=True): tf-keras BatchNormalization layer(s) "
@@ -57,6 +56,6 @@ def unfreeze(model):
     layers = list(batch_norm_layers(model))
     for _, layer in layers:
         layer.trainable = True
-        if isinstance(layer, _Ours):
+        if is_ours(layer):
             layer.frozen = False
     return [name for name, _ in layers]

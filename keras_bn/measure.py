@@ -8,7 +8,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from keras_bn import _keras, flavour
+from keras_bn import flavour
 from keras_bn.errors import InputError
 from keras_bn.walk import bn_axes
 
@@ -118,7 +118,7 @@ def measure_inputs(model, layers, data, steps=None, batch_size=32, verbose=0,
             if strategy else (lambda x: [compiled(x)])
         batches = _batches(data, batch_size, strategy)
         total = steps or _length(data, batch_size)
-        progress = _keras.keras.utils.Progbar(total, unit_name="batch") if verbose else None
+        progress = flavour.of(model).Progbar(total, unit_name="batch") if verbose else None
         if progress:
             print(f"recalibrate, {label}")
         seen = 0

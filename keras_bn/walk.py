@@ -7,26 +7,19 @@ Every helper takes a layer or model of either Keras flavour (tf-keras or Keras 3
 """
 
 from keras_bn import flavour
-
-
-def _our_class(layer):
-    """keras_bn's BatchNormalization of `layer`'s flavour (BRN subclasses it)."""
-    if flavour.is_keras3(layer):
-        from keras_bn.keras3.batch_normalization import BatchNormalization
-    else:
-        from keras_bn.layers.batch_normalization import BatchNormalization
-    return BatchNormalization
+from keras_bn.layers.batch_normalization import BatchNormalization as _Core
 
 
 def is_batch_norm(layer) -> bool:
     """A BatchNormalization of tf-keras or Keras 3 (`renorm=True` included), or a keras_bn
     one of either flavour (BatchRenormalization included)."""
-    return isinstance(layer, (flavour.of(layer).BuiltinBatchNormalization, _our_class(layer)))
+    return isinstance(layer, (flavour.of(layer).BuiltinBatchNormalization, _Core))
 
 
 def is_ours(layer) -> bool:
-    """A keras_bn layer (BatchNormalization or BatchRenormalization), either flavour."""
-    return isinstance(layer, _our_class(layer))
+    """A keras_bn layer (BatchNormalization or BatchRenormalization), either flavour:
+    both flavours' classes are the one core on their base class."""
+    return isinstance(layer, _Core)
 
 
 def is_model(layer) -> bool:
@@ -37,10 +30,9 @@ def is_model(layer) -> bool:
 def bn_kind(layer) -> str:
     """`"tf_keras.BatchNormalization"`, `"keras.BatchNormalization"` (Keras 3),
     `"keras_bn.BatchRenormalization"`, `"keras_bn.keras3.BatchNormalization"`, ..."""
-    keras3 = flavour.is_keras3(layer)
-    if is_ours(layer):
-        return f"keras_bn.{'keras3.' if keras3 else ''}{type(layer).__name__}"
-    return f"{flavour.of(layer).LABEL}.{type(layer).__name__}"
+    plumbing = flavour.of(layer)
+    label = plumbing.OUR_LABEL if is_ours(layer) else plumbing.LABEL
+    return f"{label}.{type(layer).__name__}"
 
 
 def bn_axes(layer) -> list:

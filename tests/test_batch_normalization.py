@@ -8,7 +8,7 @@ import tensorflow as tf
 import tf_keras
 
 import keras_bn
-from keras_bn.layers import statistics
+from keras_bn.layers import fused as fused_kernel
 from conftest import assert_close
 
 # float32, values O(1), reductions over <= 1e4 elements in another order: 1e-5 relative.
@@ -76,7 +76,7 @@ def test_matches_tf_keras_fused_for_20_steps(shape, axis, fused, monkeypatch):
     ours, ref, to4, from4 = _pair(shape, axis)
     assert ref.fused
     if fused:  # small inputs of other layouts take the fused kernel only when told to
-        monkeypatch.setattr(statistics, "FUSED_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(fused_kernel, "FUSED_MIN_ELEMENTS", 0)
     else:
         ours._can_fuse = lambda *args: False  # exercise the generic (non-fused) path
     for step, x in enumerate(_batches(shape, 20)):

@@ -6,7 +6,8 @@ import tensorflow as tf
 import tf_keras
 
 import keras_bn
-from keras_bn.layers import statistics
+from keras_bn import flavour as flavour_module
+from keras_bn.layers import fused as fused_kernel, statistics
 from conftest import assert_close
 from test_batch_normalization import CASES, RTOL, _as_4d, _batches, _train_step
 
@@ -26,7 +27,7 @@ def test_matches_tf_keras_renorm_for_20_steps(shape, axis, fused, monkeypatch):
     to4, from4, ref_axis = _as_4d(shape, axis)
     bn = tf_keras.layers.BatchNormalization(axis=ref_axis, momentum=0.9)
     if fused:  # small inputs of other layouts take the fused kernel only when told to
-        monkeypatch.setattr(statistics, "FUSED_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(fused_kernel, "FUSED_MIN_ELEMENTS", 0)
     else:
         ours._can_fuse = lambda *args: False
     gamma = (np.random.RandomState(1).rand(shape[axis]) + 0.5).astype("float32")
@@ -74,18 +75,22 @@ def test_r_and_d_follow_the_paper():
     assert_close(y, want, RTOL)
 
 
-def test_schedule_is_plain_bn_then_ramps_linearly():
-    limits = lambda step: statistics.renorm_limits(step, 3.0, 5.0, 10, 20, 40)
+@pytest.mark.parametrize("flavour", flavour_module.NAMES)
+def test_schedule_is_plain_bn_then_ramps_linearly(flavour):
+    ops = flavour_module.named(flavour).ops
+
+    def limits(step, *schedule):
+        return tuple(float(v) for v in statistics.renorm_limits(
+            ops, step, 3.0, 5.0, *(schedule or (10, 20, 40))))
+
     assert limits(0) == (1.0, 0.0)
     assert limits(9) == (1.0, 0.0)
     assert limits(10) == (1.0, 0.0)
     assert limits(20) == (2.0, 1.25)
     assert limits(30) == (3.0, 2.5)
     assert limits(1000) == (3.0, 5.0)
-    assert statistics.renorm_limits(0, 3.0, 5.0, 0, 0, 0) == (3.0, 5.0)
-    tensor = [float(v) for v in statistics.renorm_limits(tf.constant(20, tf.int64), 3.0, 5.0,
-                                                         10, 20, 40)]
-    assert tensor == [2.0, 1.25]
+    assert limits(0, 0, 0, 0) == (3.0, 5.0)
+    assert limits(ops.convert_to_tensor(20)) == (2.0, 1.25)
 
 
 def test_warmup_is_exactly_batch_normalization():

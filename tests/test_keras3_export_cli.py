@@ -128,9 +128,9 @@ def test_flavour_mismatch_is_a_clear_error(files, tmp_path):
 
 
 def test_export_on_a_non_tensorflow_backend_is_refused(monkeypatch):
-    from keras_bn import _keras3
+    from keras_bn import flavour
 
-    monkeypatch.setattr(_keras3, "backend", lambda: "jax")
+    monkeypatch.setattr(flavour.named("keras3"), "backend", lambda: "jax")
     with pytest.raises(keras_bn.InputError, match="needs the TensorFlow backend"):
         export.to_onnx(two_input_model(), "never.onnx")
     assert not os.path.exists("never.onnx")

@@ -55,18 +55,64 @@ def test_no_import_cycles_between_modules():
     assert "keras_bn.cli" not in edges["keras_bn.demo"]
 
 
+def _imported_names(path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+            yield from (f"{node.module}.{a.name}" for a in node.names)
+
+
+def _package_files():
+    return list(ROOT.rglob("*.py")) + list((ROOT.parent / "export").rglob("*.py"))
+
+
 def test_keras_is_imported_in_one_place_per_flavour():
-    """tf-keras only in `_keras.py`, Keras 3 only in `_keras3.py`: the rest of the package
-    (math, plan, rewrite, exporters, CLI) reaches Keras through them."""
-    owners = {"tf_keras": "_keras.py", "keras": "_keras3.py"}
-    found = []
-    for path in list(ROOT.rglob("*.py")) + list((ROOT.parent / "export").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module] if isinstance(node, ast.ImportFrom) and node.module
-                     and node.level == 0 else [])
-            for name in names:
-                top = name.split(".")[0]
-                if top in owners and path.name != owners[top]:
-                    found.append(f"{path.name} imports {name}")
+    """tf-keras only in `flavours/tf_keras.py`, Keras 3 only in `flavours/keras3.py`: the
+    rest of the package (layers, math, plan, rewrite, exporters, CLI) reaches Keras
+    through them."""
+    owners = {"tf_keras": ROOT / "flavours" / "tf_keras.py",
+              "keras": ROOT / "flavours" / "keras3.py"}
+    found = [f"{path.relative_to(ROOT.parent)} imports {name}"
+             for path in _package_files() for name in _imported_names(path)
+             if name.split(".")[0] in owners and path != owners[name.split(".")[0]]]
     assert found == []
+
+
+def test_flavours_are_chosen_only_through_flavour_of():
+    """No module outside `keras_bn/flavours/` imports a flavour module: they ask
+    `keras_bn.flavour.of(obj)` (or `.named(name)`), so no code picks one by hand."""
+    found = [f"{path.relative_to(ROOT.parent)} imports {name}"
+             for path in _package_files() if (ROOT / "flavours") not in path.parents
+             for name in _imported_names(path) if name.startswith("keras_bn.flavours.")]
+    assert found == []
+
+
+#: Names one flavour alone has, and why: a SavedModel folder's Keras metadata is
+#: tf-keras's (Keras 3 neither writes nor reads it).
+ONE_FLAVOUR_ONLY = {"saved_metadata"}
+
+
+def test_both_flavours_offer_the_same_names():
+    from keras_bn import flavour
+
+    public = [{n for n in vars(flavour.named(name)) if not n.startswith("_")} - {"np", "tf"}
+              for name in flavour.NAMES]
+    assert public[0] ^ public[1] == ONE_FLAVOUR_ONLY
+
+
+def test_the_layers_are_written_once():
+    """Both flavours' classes are the one core (keras_bn.layers.batch_normalization) on
+    their own base class: no flavour defines a method of its own."""
+    import keras_bn.keras3
+    from keras_bn.layers import batch_normalization, batch_renormalization
+
+    for ours in (keras_bn.BatchNormalization, keras_bn.BatchRenormalization,
+                 keras_bn.keras3.BatchNormalization, keras_bn.keras3.BatchRenormalization):
+        core = (batch_renormalization.BatchRenormalization if "Renorm" in ours.__name__
+                else batch_normalization.BatchNormalization)
+        assert issubclass(ours, core)
+        assert set(vars(ours)) - {"__doc__", "__module__", "__qualname__", "_flavour",
+                                  "__dict__", "__weakref__", "__firstlineno__",
+                                  "__static_attributes__"} == set(), ours

@@ -150,6 +150,19 @@ def test_real_architectures_hold_no_refusals():
     assert refusals(_config(tf_keras.Model(inputs, x))) == []
 
 
+def test_keras3_application_layers_load_without_unsafe(tmp_path):
+    """Keras 3's InceptionResNetV2 names its CustomScaleLayer by private module and class
+    (building all 40 keras.applications constructors found it the only refusal)."""
+    import keras
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+    inputs = keras.Input((4, 4, 2))
+    y = CustomScaleLayer(0.17)([inputs, keras.layers.Conv2D(2, 1)(inputs)])
+    keras.Model(inputs, y).save(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    assert type(loaded.layers[-1]) is CustomScaleLayer
+
+
 @pytest.mark.parametrize("name,save", [("m.keras", {}), ("m.h5", {}),
                                        ("saved", {"save_format": "tf"})])
 def test_every_format_loads_from_its_content(tmp_path, name, save):

@@ -13,7 +13,6 @@ Public API:
 """
 
 from keras_bn.folding import fold, fold_plan
-from keras_bn.keras3.batch_normalization import BatchNormalization
-from keras_bn.keras3.batch_renormalization import BatchRenormalization
+from keras_bn.layers.keras3 import BatchNormalization, BatchRenormalization
 
 __all__ = ["BatchNormalization", "BatchRenormalization", "fold", "fold_plan"]

@@ -1,17 +1,16 @@
-"""`keras_bn.BatchNormalization`."""
+"""BatchNormalization, written once for both Keras flavours (`keras_bn.layers.flavoured`
+puts it on each flavour's Layer class)."""
 
 import warnings
 
-import tensorflow as tf
-
-from keras_bn import _keras
 from keras_bn.layers import arguments, statistics as stats
 
 
-@_keras.register_serializable
-class BatchNormalization(_keras.Layer):
+class BatchNormalization:
     """Batch normalization (Ioffe & Szegedy, 2015), exact and on TensorFlow's fused kernel.
 
+    `keras_bn.BatchNormalization` (tf-keras) and `keras_bn.keras3.BatchNormalization`
+    (Keras 3, TensorFlow and JAX backends) are this layer on each flavour's base class.
     In training (`training=True`) the layer normalizes each channel with the statistics of
     the current batch and updates the moving statistics:
 
@@ -30,21 +29,25 @@ class BatchNormalization(_keras.Layer):
     ```
 
     **The moving variance is Bessel-corrected (unbiased) on every code path**, as in the
-    paper's Algorithm 2, PyTorch, and tf-keras's fused path (tf-keras's non-fused path
-    stores the biased variance instead, so its 2-D and 3-D layers differ from its 4-D ones
-    by `n / (n - 1)`; this layer does not).
+    paper's Algorithm 2, PyTorch, and TensorFlow's fused kernel. (tf-keras's non-fused
+    path stores the biased variance, so its 2-D and 3-D layers differ from its 4-D ones by
+    `n / (n - 1)`; Keras 3's layer stores the biased variance everywhere.) Forward pass
+    and gradients are tf-keras's and Keras 3's to float32 rounding.
 
-    Where the input allows (one channel axis, float16/bfloat16/float32, no mask, no
-    virtual batch, not synchronized, `epsilon >= 1.001e-5`) training runs on TensorFlow's
-    fused batch-norm kernel, for any rank and channel position.
+    On TensorFlow (tf-keras, or Keras 3's TensorFlow backend), where the input allows (one
+    channel axis, float16/bfloat16/float32, no mask, no virtual batch, not synchronized,
+    `epsilon >= 1.001e-5`), training runs on TensorFlow's fused batch-norm kernel, for any
+    rank and channel position; elsewhere on the flavour's tensor operations.
 
-    **A batch whose statistics are not finite does not touch the moving statistics**: the
-    update is skipped and counted in the non-trainable weight `skipped_updates`, so one
-    bad batch never destroys what training accumulated.
+    **A batch whose statistics are not finite, or that is fully masked, does not touch the
+    moving statistics**: the update is skipped and counted in the variable
+    `skipped_updates`, so one bad batch never destroys what training accumulated. (On
+    tf-keras it is not one of the layer's Keras weights, so weight lists and `.h5` files
+    are interchangeable with tf-keras's layer.)
 
     **`trainable=False` means inference mode**: a frozen layer uses its moving statistics
-    and does not update them, whatever `training` says (the tf-keras 2 behaviour, which
-    fine-tuning relies on).
+    and does not update them, whatever `training` says (the tf-keras 2 and Keras 3
+    behaviour, which fine-tuning relies on).
 
     Args:
       axis: Integer or list of integers, the channel axis (or axes) that keeps its own
@@ -64,30 +67,38 @@ class BatchNormalization(_keras.Layer):
       synchronized: If True, the batch statistics in training are those of the global
         batch across all replicas of the active `tf.distribute` strategy (an all-reduce
         of sums, squared sums and counts). Without a strategy it equals one device.
+        TensorFlow only: on another Keras 3 backend the constructor raises (JAX shards
+        with `jax.sharding`, whose global-batch reductions need no special layer).
       virtual_batch_size: Optional integer ("Ghost Batch Norm", Hoffer et al. 2017):
         training statistics are taken over groups of this many examples; it must divide
         the batch size. Same grouping as tf-keras.
       **kwargs: Base layer arguments (`name`, `dtype`, `trainable`, ...).
 
     Call arguments:
-      inputs: Tensor of rank >= 2; integer inputs are cast to the compute dtype (as
-        tf-keras does).
-      training: Python boolean or boolean tensor. `None` follows the Keras learning phase.
+      inputs: Tensor of rank >= 2; integer inputs are cast to the compute dtype.
+      training: Python boolean (tf-keras also takes a boolean tensor; `None` follows its
+        learning phase). On Keras 3 `None` means inference.
       mask: Optional binary tensor broadcastable to `inputs` once trailing dimensions are
         added (e.g. `(batch, time)` for `(batch, time, channels)`); masked-out positions do
         not count in the batch statistics.
 
     Returns:
-      A tensor of the shape of `inputs`, in its dtype (the compute dtype for integers).
+      A tensor of the shape of `inputs`, in its dtype on tf-keras (the compute dtype for
+      integers), in the compute dtype on Keras 3.
 
     Raises:
       ValueError: bad configuration (momentum outside `[0, 1)`, epsilon <= 0, a bad axis or
-        virtual batch size), or an input the layer cannot normalize (rank < 2, unknown
-        channel dimension). Each message names the layer and the fix.
+        virtual batch size, `synchronized=True` off TensorFlow), or an input the layer
+        cannot normalize (rank < 2, unknown channel dimension). Each message names the
+        layer and the fix.
 
     Reference:
       - [Ioffe & Szegedy, 2015](https://arxiv.org/abs/1502.03167).
     """
+
+    #: The flavour module (`keras_bn.flavours.tf_keras` or `.keras3`): its base class,
+    #: weight factories and tensor `ops`. Set by each flavour's class.
+    _flavour = None
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones",
@@ -96,23 +107,29 @@ class BatchNormalization(_keras.Layer):
                  gamma_constraint=None, synchronized=False, virtual_batch_size=None,
                  **kwargs):
         super().__init__(**kwargs)
+        flavour = self._flavour
         self.supports_masking = True
-        axis = arguments.check_batch_norm(self._who, axis, momentum, epsilon,
-                                          virtual_batch_size)
-        self.axis = axis
+        self.axis = arguments.check_batch_norm(self._who, axis, momentum, epsilon,
+                                               virtual_batch_size)
+        if synchronized and flavour.backend() != "tensorflow":
+            raise ValueError(
+                f"{self._who} got synchronized=True on the {flavour.backend()} backend; "
+                "synchronized statistics use tf.distribute and need KERAS_BACKEND="
+                "tensorflow. On JAX, shard the batch with jax.sharding (its reductions "
+                "are global already) and pass synchronized=False.")
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
         self.center = center
         self.scale = scale
-        self.beta_initializer = _keras.initializers.get(beta_initializer)
-        self.gamma_initializer = _keras.initializers.get(gamma_initializer)
-        self.moving_mean_initializer = _keras.initializers.get(moving_mean_initializer)
-        self.moving_variance_initializer = _keras.initializers.get(
+        self.beta_initializer = flavour.initializers.get(beta_initializer)
+        self.gamma_initializer = flavour.initializers.get(gamma_initializer)
+        self.moving_mean_initializer = flavour.initializers.get(moving_mean_initializer)
+        self.moving_variance_initializer = flavour.initializers.get(
             moving_variance_initializer)
-        self.beta_regularizer = _keras.regularizers.get(beta_regularizer)
-        self.gamma_regularizer = _keras.regularizers.get(gamma_regularizer)
-        self.beta_constraint = _keras.constraints.get(beta_constraint)
-        self.gamma_constraint = _keras.constraints.get(gamma_constraint)
+        self.beta_regularizer = flavour.regularizers.get(beta_regularizer)
+        self.gamma_regularizer = flavour.regularizers.get(gamma_regularizer)
+        self.beta_constraint = flavour.constraints.get(beta_constraint)
+        self.gamma_constraint = flavour.constraints.get(gamma_constraint)
         self.synchronized = synchronized
         self.virtual_batch_size = virtual_batch_size
         #: Inference mode while staying trainable (gamma and beta still learn); set by
@@ -124,37 +141,30 @@ class BatchNormalization(_keras.Layer):
         return f"{type(self).__name__} layer '{self.name}'"
 
     @property
-    def _param_dtype(self):
-        """float32 under a float16/bfloat16 policy, as tf-keras."""
-        if self.dtype in ("float16", "bfloat16", None):
-            return tf.float32
-        return tf.as_dtype(self.dtype)
-
-    @property
     def channel_axes(self):
         """The channel axes as non-negative integers (after `build`)."""
         return self._axes
 
     def build(self, input_shape):
-        input_shape = tf.TensorShape(input_shape)
-        self._axes, dims = arguments.channel_axes(
-            self._who, self.axis, None if input_shape.rank is None else tuple(input_shape))
-        rank = input_shape.rank
+        flavour = self._flavour
+        shape = flavour.shape_tuple(input_shape)
+        self._axes, dims = arguments.channel_axes(self._who, self.axis, shape)
         self._param_shape = tuple(dims)
-        self.input_spec = _keras.InputSpec(ndim=rank, axes=dict(zip(self._axes, dims)))
-        dtype = self._param_dtype
-        self.gamma = (_keras.add_parameter(self, "gamma", dims, dtype,
-                                           self.gamma_initializer, self.gamma_regularizer,
-                                           self.gamma_constraint) if self.scale else None)
-        self.beta = (_keras.add_parameter(self, "beta", dims, dtype, self.beta_initializer,
-                                          self.beta_regularizer, self.beta_constraint)
+        self.input_spec = flavour.InputSpec(ndim=len(shape),
+                                            axes=dict(zip(self._axes, dims)))
+        dtype = flavour.parameter_dtype(self)
+        self.gamma = (flavour.add_parameter(self, "gamma", dims, dtype,
+                                            self.gamma_initializer, self.gamma_regularizer,
+                                            self.gamma_constraint) if self.scale else None)
+        self.beta = (flavour.add_parameter(self, "beta", dims, dtype, self.beta_initializer,
+                                           self.beta_regularizer, self.beta_constraint)
                      if self.center else None)
-        self.moving_mean = _keras.add_statistic(self, "moving_mean", dims, dtype,
-                                                self.moving_mean_initializer)
-        self.moving_variance = _keras.add_statistic(self, "moving_variance", dims, dtype,
-                                                    self.moving_variance_initializer)
+        self.moving_mean = flavour.add_statistic(self, "moving_mean", dims, dtype,
+                                                 self.moving_mean_initializer)
+        self.moving_variance = flavour.add_statistic(self, "moving_variance", dims, dtype,
+                                                     self.moving_variance_initializer)
         self._build_extra_weights(dims, dtype)
-        self.skipped_updates = _keras.add_counter(self, "skipped_updates")
+        self.skipped_updates = flavour.add_counter(self, "skipped_updates")
         self.built = True
 
     def _build_extra_weights(self, dims, dtype):
@@ -163,86 +173,88 @@ class BatchNormalization(_keras.Layer):
     # -- the two branches ---------------------------------------------------------------
 
     def call(self, inputs, training=None, mask=None):
-        if not inputs.dtype.is_floating:  # as tf-keras: integers become the compute dtype
-            inputs = tf.cast(inputs, self.compute_dtype)
-        training = False if self.frozen else _keras.training_flag(self, training)
+        flavour = self._flavour
+        if not flavour.is_float(inputs.dtype):  # integers become the compute dtype
+            inputs = flavour.ops.cast(inputs, self.compute_dtype)
+        training = False if self.frozen else flavour.training_flag(self, training)
         if training is False:
             return self._inference(inputs)
         if training is True:
             return self._training(inputs, mask)
-        if not tf.compat.v1.executing_eagerly_outside_functions():
-            return self._graph_mode_training(inputs, mask, training)
-        return tf.__internal__.smart_cond.smart_cond(
-            training, lambda: self._training(inputs, mask), lambda: self._inference(inputs))
+        return flavour.train_or_infer(  # a boolean tensor (tf-keras)
+            training, lambda gate: self._training(inputs, mask, gate),
+            lambda: self._inference(inputs))
 
     def _inference(self, x):
+        ops = self._flavour.ops
         gamma, beta = self._gamma_beta()
         scale, offset = stats.inference_transform(
-            self.moving_mean, self.moving_variance, gamma, beta, self.epsilon)
-        rank = x.shape.rank
-        y = (tf.cast(x, scale.dtype) * self._broadcast(scale, rank)
+            ops, ops.convert_to_tensor(self.moving_mean),
+            ops.convert_to_tensor(self.moving_variance), gamma, beta, self.epsilon)
+        rank = len(x.shape)
+        y = (ops.cast(x, scale.dtype) * self._broadcast(scale, rank)
              + self._broadcast(offset, rank))
-        return tf.cast(y, x.dtype)
+        return ops.cast(y, self._flavour.output_dtype(self, x))
 
     def _training(self, x, mask, training=True):
+        """The training output; the moving statistics are updated where `training` (True,
+        or a boolean tensor in TF1 graph mode) holds."""
         if training is True:
             self._warn_if_single_element(x)
         gamma, beta = self._gamma_beta()
         step = self._fused_step if self._can_fuse(x, mask) else self._generic_step
         y, mean, variance, count = step(x, mask, gamma, beta)
         self._update_statistics(mean, variance, count, training)
-        return y
-
-    def _graph_mode_training(self, x, mask, training):
-        """TF1 graph mode with the learning phase as a tensor (v1 `fit`, sessions,
-        estimators). The updates must be ops of the outer graph, not of a `tf.cond`
-        branch, for `layer.updates` to hold them (as tf-keras builds them): both branches
-        are built and the updates apply only where `training` is true."""
-        y = self._training(x, mask, training)
-        return tf.__internal__.smart_cond.smart_cond(
-            training, lambda: y, lambda: self._inference(x))
+        return self._flavour.ops.cast(y, self._flavour.output_dtype(self, x))
 
     def _fused_step(self, x, mask, gamma, beta):
         """Training output and batch statistics on TensorFlow's fused kernel."""
+        from keras_bn.layers import fused  # TensorFlow: imported on that backend only
+
         del mask  # `_can_fuse` admits no mask
         if self._transform_needs_statistics:
-            return stats.fused_batch_norm_with_transform(
+            return fused.fused_batch_norm_with_transform(
                 x, lambda m, v: self._training_transform(gamma, beta, m, v), gamma.dtype,
                 self.epsilon, self._axes[0])
-        return stats.fused_batch_norm(x, gamma, beta, self.epsilon, self._axes[0])
+        return fused.fused_batch_norm(x, gamma, beta, self.epsilon, self._axes[0])
 
     def _generic_step(self, x, mask, gamma, beta):
-        """Training output and batch statistics with masks, ghost batches, several axes,
-        synchronized statistics, and in float32 for 16-bit inputs."""
-        xc = tf.cast(x, gamma.dtype)
+        """Training output and batch statistics in the flavour's ops: any backend, masks,
+        ghost batches, several axes, synchronized statistics, float32 for 16-bit inputs."""
+        ops = self._flavour.ops
+        xc = ops.cast(x, gamma.dtype)
         ghost = bool(self.virtual_batch_size)
         if ghost:
             xc, mask = self._split_virtual_batches(xc, mask)
+        rank = len(xc.shape)
         channel_axes = [a + ghost for a in self._axes]
         # With ghost batches axis 1 indexes the groups: each keeps its own statistics.
-        reduction = [i for i in range(xc.shape.rank)
-                     if i not in channel_axes and not (ghost and i == 1)]
+        reduction = [i for i in range(rank) if i not in channel_axes and not (ghost and i == 1)]
         if mask is not None:
-            mask = tf.cast(mask, xc.dtype)
-            while mask.shape.rank < xc.shape.rank:
-                mask = tf.expand_dims(mask, -1)
-        mean_b, variance_b, count = stats.moments(xc, reduction, mask, self.synchronized)
+            mask = ops.cast(mask, xc.dtype)
+            while len(mask.shape) < rank:
+                mask = ops.expand_dims(mask, -1)
+        mean_b, variance_b, count = self._moments(xc, reduction, mask)
         mean, variance = mean_b, variance_b
-        if ghost:
-            # The moving statistics take the mean over the ghost batches, as tf-keras.
-            mean, variance, count = (tf.reduce_mean(t, axis=1, keepdims=True)
-                                     if t.shape.rank else t for t in (mean, variance, count))
-        mean, variance = (tf.reshape(t, self._param_shape) for t in (mean, variance))
-        if count.shape.rank:
-            count = tf.reshape(count, self._param_shape)
+        if ghost:  # the moving statistics take the mean over the ghost batches, as tf-keras
+            mean, variance, count = (ops.mean(t, axis=1, keepdims=True) if len(t.shape)
+                                     else t for t in (mean, variance, count))
+        mean, variance = (ops.reshape(t, self._param_shape) for t in (mean, variance))
+        if len(count.shape):
+            count = ops.reshape(count, self._param_shape)
         scale, offset = self._training_transform(gamma, beta, mean, variance)
-        rank = xc.shape.rank
-        y = stats.normalize(xc, mean_b, variance_b, self._broadcast(scale, rank, ghost),
+        y = stats.normalize(ops, xc, mean_b, variance_b, self._broadcast(scale, rank, ghost),
                             self._broadcast(offset, rank, ghost), self.epsilon)
         if ghost:
-            y = tf.reshape(y, tf.shape(x))
-        y.set_shape(x.shape)
-        return tf.cast(y, x.dtype), mean, variance, count
+            y = ops.reshape(y, ops.shape(x))
+        return y, mean, variance, count
+
+    def _moments(self, x, axes, mask):
+        if self.synchronized:  # TensorFlow only (checked in __init__): tf.distribute
+            from keras_bn.layers import fused
+
+            return fused.synchronized_moments(x, axes, mask)
+        return stats.moments(self._flavour.ops, x, axes, mask)
 
     # -- hooks that BatchRenormalization overrides --------------------------------------
 
@@ -257,82 +269,61 @@ class BatchNormalization(_keras.Layer):
     def _update_statistics(self, mean, variance, count, training=True):
         """Moving averages of the batch statistics, skipped (and counted) when they are
         not finite or the batch had no element (fully masked); nothing changes where
-        `training` (a bool or a boolean tensor) is false. Returns whether they apply."""
-        valid = tf.logical_and(stats.all_finite(mean, variance), stats.has_elements(count))
-        apply = tf.logical_and(valid, training)
-        self._assign_if(apply, self.moving_mean,
+        `training` (True or a boolean tensor) is false. Returns whether they apply."""
+        ops = self._flavour.ops
+        valid = ops.logical_and(stats.all_finite(ops, mean, variance),
+                                stats.has_elements(ops, count))
+        skipped = ops.logical_not(valid)
+        if training is not True:
+            valid, skipped = (ops.logical_and(t, training) for t in (valid, skipped))
+        self._assign_if(valid, self.moving_mean,
                         stats.moving_average(self.moving_mean, mean, self.momentum))
-        self._assign_if(apply, self.moving_variance, stats.moving_average(
-            self.moving_variance, stats.unbiased_variance(variance, count), self.momentum))
-        skipped = tf.logical_and(tf.logical_not(valid), training)
-        self.add_update(self.skipped_updates.assign_add(tf.cast(skipped, tf.int64)))
-        return apply
+        self._assign_if(valid, self.moving_variance, stats.moving_average(
+            self.moving_variance, stats.unbiased_variance(ops, variance, count),
+            self.momentum))
+        self._flavour.assign_add(self, self.skipped_updates, skipped)
+        return valid
 
     def _assign_if(self, condition, variable, value):
-        """Assigns `value` where `condition`; registered as an update so that TF1 graph
-        mode (`layer.updates`, run by v1 `fit` and sessions) applies it too. In eager
-        execution and in `tf.function` the assignment itself runs, as in tf-keras."""
-        self.add_update(variable.assign(
-            tf.where(condition, tf.cast(value, variable.dtype), variable)))
-
-    # -- weights as tf-keras's layer has them ---------------------------------------------
-
-    def _without_counter(self, variables):
-        return [v for v in variables if v is not getattr(self, "skipped_updates", None)]
-
-    @property
-    def non_trainable_weights(self):
-        """The moving statistics, as tf-keras's BatchNormalization lists them.
-
-        `skipped_updates` is a variable of the layer (saved in `.keras` files and TF
-        checkpoints) but not one of its Keras weights, so `get_weights`/`set_weights`
-        lists, `model.set_weights`, and `.h5` weight files are interchangeable with
-        tf-keras's layer in both directions.
-        """
-        return self._without_counter(super().non_trainable_weights)
-
-    def load_own_variables(self, store):
-        """As tf-keras's; also reads the variables a tf-keras BatchNormalization saved
-        (`.keras` files and `.weights.h5`): all but `skipped_updates`, in order."""
-        variables = self._without_counter(self._trainable_weights + self._non_trainable_weights)
-        if len(store.keys()) == len(variables):
-            for i, variable in enumerate(variables):
-                variable.assign(store[f"{i}"])
-            return
-        super().load_own_variables(store)
+        """Assigns `value` where `condition` (a scalar boolean tensor)."""
+        ops = self._flavour.ops
+        self._flavour.assign(self, variable, ops.where(
+            condition, ops.cast(value, variable.dtype), ops.convert_to_tensor(variable)))
 
     # -- helpers ------------------------------------------------------------------------
 
     def _gamma_beta(self):
-        dtype = self._param_dtype
-        gamma = self.gamma if self.scale else tf.ones(self._param_shape, dtype)
-        beta = self.beta if self.center else tf.zeros(self._param_shape, dtype)
-        return tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta)
+        ops = self._flavour.ops
+        dtype = self._flavour.parameter_dtype(self)
+        gamma = self.gamma if self.scale else ops.ones(self._param_shape, dtype)
+        beta = self.beta if self.center else ops.zeros(self._param_shape, dtype)
+        return ops.convert_to_tensor(gamma), ops.convert_to_tensor(beta)
 
     def _can_fuse(self, x, mask):
-        return (len(self._axes) == 1 and mask is None and not self.virtual_batch_size
-                and not self.synchronized and x.dtype in stats.FUSED_DTYPES
-                and self.epsilon >= stats.FUSED_MIN_EPSILON
-                and stats.fused_is_faster(x.shape, self._axes[0]))
+        if (self._flavour.backend() != "tensorflow" or len(self._axes) != 1
+                or mask is not None or self.virtual_batch_size or self.synchronized):
+            return False
+        from keras_bn.layers import fused
+
+        return fused.can_fuse(self._flavour.dtype_name(x.dtype), self.epsilon,
+                              tuple(x.shape), self._axes[0])
 
     def _broadcast(self, v, rank, ghost=False):
         """Reshapes a per-channel vector so it broadcasts against an input of `rank`."""
         shape = arguments.broadcast_shape([a + ghost for a in self._axes], self._param_shape,
                                           rank)
-        return v if shape is None else tf.reshape(v, shape)
+        return v if shape is None else self._flavour.ops.reshape(v, shape)
 
     def _split_virtual_batches(self, x, mask):
         """`(B, ...)` -> `(virtual_batch_size, B / virtual_batch_size, ...)`, as tf-keras."""
-        vbs = self.virtual_batch_size
-        batch = x.shape[0]
-        arguments.check_batch_divides(self._who, batch, vbs)
-        if batch is None:
-            tf.debugging.assert_equal(
-                tf.shape(x)[0] % vbs, 0,
-                message=f"{self._who}: virtual_batch_size={vbs} must divide the batch size")
-        x = tf.reshape(x, tf.concat([[vbs, -1], tf.shape(x)[1:]], 0))
+        ops, vbs = self._flavour.ops, self.virtual_batch_size
+        arguments.check_batch_divides(self._who, x.shape[0], vbs)
+        if x.shape[0] is None:
+            self._flavour.assert_batch_divides(
+                x, vbs, f"{self._who}: virtual_batch_size={vbs} must divide the batch size")
+        x = ops.reshape(x, (vbs, -1) + tuple(ops.shape(x)[1:]))
         if mask is not None:
-            mask = tf.reshape(mask, tf.concat([[vbs, -1], tf.shape(mask)[1:]], 0))
+            mask = ops.reshape(mask, (vbs, -1) + tuple(ops.shape(mask)[1:]))
         return x, mask
 
     def _warn_if_single_element(self, x):
@@ -343,6 +334,7 @@ class BatchNormalization(_keras.Layer):
         return input_shape
 
     def get_config(self):
-        config = arguments.batch_norm_config(self, _keras.initializers, _keras.regularizers,
-                                             _keras.constraints)
+        flavour = self._flavour
+        config = arguments.batch_norm_config(self, flavour.initializers, flavour.regularizers,
+                                             flavour.constraints)
         return {**super().get_config(), **config}

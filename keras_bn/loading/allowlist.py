@@ -207,6 +207,7 @@ PRIVATE = frozenset({
     ("keras.src.models.model", "Model"),
     ("keras.src.applications.convnext", "LayerScale"),
     ("keras.src.applications.convnext", "StochasticDepth"),
+    ("keras.src.applications.inception_resnet_v2", "CustomScaleLayer"),
     # tf-keras EfficientNetV2 serializes its Normalization's TensorFlow initializer.
     ("tensorflow.python.ops.init_ops_v2", "Constant"),
 })
@@ -214,8 +215,6 @@ PRIVATE = frozenset({
 #: Built-ins registered under a name of their own: (module, class, registered name).
 REGISTERED = frozenset({
     ("tf_keras.src.applications.inception_resnet_v2", "CustomScaleLayer",
-     "Custom>CustomScaleLayer"),
-    ("keras.src.applications.inception_resnet_v2", "CustomScaleLayer",
      "Custom>CustomScaleLayer"),
 })
 

@@ -59,6 +59,7 @@ def _import(module):
 
 def _registered():
     """Both flavours' global registries, merged (name -> object)."""
-    from keras_bn import _keras, _keras3
+    from keras_bn import flavour
 
-    return {**_keras.custom_objects(), **_keras3.custom_objects()}
+    return {key: value for name in flavour.NAMES
+            for key, value in flavour.named(name).custom_objects().items()}

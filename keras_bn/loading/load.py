@@ -21,12 +21,14 @@ the user's modules and allows what they register; `unsafe=True` (`--unsafe`) ski
 checks.
 """
 
+import importlib
 import json
 import os
 import shutil
 import tempfile
 import zipfile
 
+from keras_bn import flavour
 from keras_bn.errors import InputError, UnsafeModelError
 from keras_bn.loading import arrays, configs, custom, hdf5, private_copy, saved_model
 
@@ -195,14 +197,10 @@ def load_model(path, unsafe=False, imports=(), custom_objects=None):
 
 def _load(path, unsafe, custom_objects, shown=None):
     fmt = model_format(path)
-    flavour, version = writer(path, fmt, shown)
-    if flavour == "keras3":
-        import keras_bn.keras3  # noqa: F401  (registers the Keras 3 layers)
-        from keras_bn import _keras3 as plumbing
-    else:
-        import keras_bn.layers  # noqa: F401  (registers the keras_bn layers)
-        from keras_bn import _keras as plumbing
-    label = "Keras 3" if flavour == "keras3" else "tf-keras"
+    name, version = writer(path, fmt, shown)
+    importlib.import_module(f"keras_bn.layers.{name}")  # registers that flavour's layers
+    plumbing = flavour.named(name)
+    label = plumbing.TITLE
     try:
         return plumbing.keras.models.load_model(path, compile=False, safe_mode=not unsafe,
                                                 custom_objects=custom_objects)

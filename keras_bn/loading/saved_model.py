@@ -18,11 +18,11 @@ def metadata_texts(path, shown):
     """The Keras metadata JSON strings of the SavedModel at `path`: `keras_metadata.pb`,
     or for files written before TF 2.5 the object graph's user objects (as tf-keras
     falls back to)."""
-    from keras_bn import _keras
+    from keras_bn import flavour
 
     meta = os.path.join(path, "keras_metadata.pb")
     if os.path.exists(meta):
-        metadata = _keras.saved_metadata()
+        metadata = flavour.named("tf_keras").saved_metadata()
         with open(meta, "rb") as f:
             metadata.ParseFromString(f.read())
         texts = [node.metadata for node in metadata.nodes]

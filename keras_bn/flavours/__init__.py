@@ -1,0 +1,7 @@
+"""Everything that differs between tf-keras and Keras 3: one module per flavour.
+
+`tf_keras` and `keras3` define the same names (classes, functions, the `ops` the layer
+core computes with); code outside this package reaches them only through
+`keras_bn.flavour.of(obj)` (the flavour an object belongs to) or
+`keras_bn.flavour.named(name)`, so a flavour difference lives in one place.
+"""

@@ -1,0 +1,312 @@
+"""The Keras 3 flavour (`import keras`): every Keras-3-specific call keras_bn makes.
+
+The twin of `tf_keras.py`, with the same names, so the layer core, the fold plan, the
+rewrite, the verification and the walkers run on either flavour's models through
+`keras_bn.flavour.of`.
+Keras 3 picks its backend (TensorFlow, JAX, ...) from `KERAS_BACKEND` when it is first
+imported; nothing here assumes TensorFlow except where it says so.
+"""
+
+import keras
+import numpy as np
+
+#: The flavour's name in messages.
+TITLE = "Keras 3"
+#: How this flavour's classes are labelled in plans and tables ("keras.BatchNormalization").
+LABEL = "keras"
+#: ... and keras_bn's own layers of this flavour ("keras_bn.keras3.BatchNormalization").
+OUR_LABEL = "keras_bn.keras3"
+
+Layer = keras.layers.Layer
+InputSpec = keras.layers.InputSpec
+initializers = keras.initializers
+regularizers = keras.regularizers
+constraints = keras.constraints
+Callback = keras.callbacks.Callback
+Progbar = keras.utils.Progbar
+ops = keras.ops
+
+#: The built-in BatchNormalization class of this flavour (its `renorm=True` too).
+BuiltinBatchNormalization = keras.layers.BatchNormalization
+
+
+def backend():
+    """The active Keras 3 backend: "tensorflow", "jax", "torch" or "numpy"."""
+    return keras.backend.backend()
+
+
+def register_serializable(cls):
+    """Registers `cls` so `.keras` files holding it load without `custom_objects`."""
+    return keras.saving.register_keras_serializable(package="keras_bn")(cls)
+
+
+def is_graph_model(model):
+    """A Sequential or functional model (whose graph its config describes)."""
+    return isinstance(model, (keras.Sequential, keras.src.models.Functional))
+
+
+def operations(model):
+    """Name -> every node of the model's graph: its layers and its ops (`x * 2.0`,
+    `keras.ops.*` calls are Operations in Keras 3, not layers)."""
+    return {op.name: op for op in getattr(model, "operations", model.layers)}
+
+
+def is_input_layer(layer):
+    return isinstance(layer, keras.layers.InputLayer)
+
+
+def is_linear(activation):
+    return activation is None or activation is keras.activations.linear
+
+
+def output_rank(layer):
+    return len(layer.output.shape)
+
+
+def input_rank(layer):
+    return len(layer.input.shape)
+
+
+def input_names(model):
+    """The names of the model's Input layers, in input order (Keras 3 has no
+    `model.input_names`; an unnamed Input is called `input_layer`, `input_layer_1`...)."""
+    return [t._keras_history.operation.name if hasattr(t, "_keras_history") else f"input_{i}"
+            for i, t in enumerate(model.inputs)]
+
+
+def output_names(model):
+    """The names of the layers whose outputs are the model outputs, in output order."""
+    return [t._keras_history.operation.name if hasattr(t, "_keras_history") else f"output_{i}"
+            for i, t in enumerate(model.outputs)]
+
+
+def numpy_dtype(variable):
+    """The numpy dtype of a variable or tensor spec."""
+    return np.dtype(keras.backend.standardize_dtype(variable.dtype))
+
+
+def get_values(tensors):
+    """Numpy values of variables or tensors."""
+    return [keras.ops.convert_to_numpy(t) for t in tensors]
+
+
+def set_values(pairs):
+    """Assigns `(variable, value)` pairs."""
+    for variable, value in pairs:
+        variable.assign(np.asarray(value, numpy_dtype(variable)))
+
+
+def flatten(structure):
+    return keras.tree.flatten(structure)
+
+
+def is_builtin_layer_class(cls):
+    """Whether `cls` is one of `keras.layers` (known to `from_config` by itself)."""
+    return getattr(keras.layers, cls.__name__, None) is cls
+
+
+def registered_name(cls):
+    return keras.saving.get_registered_name(cls)
+
+
+def unsafe_deserialization():
+    """A context in which `from_config` may rebuild Lambda layers, for models whose code
+    already runs in this process (Keras 3's own scope; public API has only a global)."""
+    from keras.src.saving.serialization_lib import SafeModeScope
+
+    return SafeModeScope(False)
+
+
+def add_parameter(layer, name, shape, dtype, initializer, regularizer=None,
+                  constraint=None):
+    """A trainable per-channel weight kept in `dtype` (float32 under mixed precision)."""
+    return layer.add_weight(name=name, shape=shape, dtype=dtype, initializer=initializer,
+                            regularizer=regularizer, constraint=constraint, trainable=True,
+                            autocast=False)
+
+
+def add_statistic(layer, name, shape, dtype, initializer):
+    """A non-trainable statistic: saved with the model, averaged across replicas."""
+    return layer.add_weight(name=name, shape=shape, dtype=dtype, initializer=initializer,
+                            trainable=False, autocast=False, aggregation="mean")
+
+
+def add_counter(layer, name):
+    """A non-trainable int32 counter (JAX has no int64 without x64 mode; 2^31 steps)."""
+    return layer.add_weight(name=name, shape=(), dtype="int32", initializer="zeros",
+                            trainable=False, autocast=False,
+                            aggregation="only_first_replica")
+
+
+def custom_objects():
+    """The global registry of this flavour's serializable objects ("package>Name" ->
+    object), which its loaders search before any module."""
+    return keras.saving.get_custom_objects()
+
+
+# -- The layers: what the layer core (keras_bn.layers) asks of its flavour ----------------
+
+#: The base class of keras_bn's Keras 3 layers.
+NormalizationBase = keras.layers.Layer
+
+
+def is_float(dtype) -> bool:
+    return "float" in keras.backend.standardize_dtype(dtype)
+
+
+def dtype_name(dtype) -> str:
+    """`"float32"`, `"bfloat16"`, ...: a dtype as Keras names it."""
+    return keras.backend.standardize_dtype(dtype)
+
+
+def shape_tuple(input_shape):
+    """A build's `input_shape` as a tuple (None for unknown dimensions), or None."""
+    return None if input_shape is None else tuple(input_shape)
+
+
+def parameter_dtype(layer):
+    """The dtype of gamma, beta and the statistics: the policy's variable dtype
+    (float32 under mixed precision)."""
+    return layer.variable_dtype
+
+
+def output_dtype(layer, x):
+    """The dtype of the layer's output: its compute dtype."""
+    del x
+    return layer.compute_dtype
+
+
+def training_flag(layer, training):
+    """The effective `training` value of a call, a Python bool: Keras 3 passes one (None
+    is inference); a layer with `trainable=False` always runs in inference mode."""
+    return bool(training) and layer.trainable
+
+
+def train_or_infer(training, train, infer):
+    """`train(True)` if `training` else `infer()`. Keras 3's `training` is a Python bool
+    (`training_flag`), so this branch is taken in Python."""
+    return train(True) if training else infer()
+
+
+def assign(layer, variable, value):
+    """`variable.assign(value)` (Keras 3 tracks the new value itself, on every backend)."""
+    del layer
+    variable.assign(value)
+
+
+def assign_add(layer, variable, delta):
+    del layer
+    variable.assign_add(ops.cast(delta, variable.dtype))
+
+
+def assert_batch_divides(x, size, message):
+    """At run time, for a batch whose size is unknown when the graph is built (the
+    TensorFlow backend; JAX traces with static shapes, checked before)."""
+    if backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.debugging.assert_equal(tf.shape(x)[0] % size, 0, message=message)
+
+
+# -- The config schema: the tensors each call of a functional model's layer reads --------
+#
+# Keras 3 writes each call as `{"args": [...], "kwargs": {...}}` (every positional
+# argument, constants as plain values), a tensor as `{"class_name": "__keras_tensor__",
+# "config": {"keras_history": [layer_name, node_index, tensor_index], ...}}`, and its ops
+# (`x * 2.0`, `keras.ops.*`) as nodes of their own that are not layers.
+
+_KERAS_TENSOR = "__keras_tensor__"  # Keras 3's class name of a tensor reference
+
+
+def _as_lists(value):
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _as_lists(item) for key, item in value.items()}
+    return value
+
+
+def _replace_references(value, make_ref):
+    if isinstance(value, dict) and value.get("class_name") == _KERAS_TENSOR:
+        return make_ref(value["config"]["keras_history"])
+    if isinstance(value, list):
+        return [_replace_references(item, make_ref) for item in value]
+    if isinstance(value, dict):
+        return {key: _replace_references(item, make_ref) for key, item in value.items()}
+    return value
+
+
+def model_config(model):
+    """The model's config with every tuple a list (Keras 3's `get_config` holds tuples;
+    the same config read back from a `.keras` file holds lists, and loads the same)."""
+    return _as_lists(model.get_config())
+
+
+def walk_references(inbound_nodes, on_reference):
+    """Calls `on_reference(keras_history)` (a mutable `[layer, node, tensor]` list) on
+    every tensor reference of a layer's `inbound_nodes`."""
+    if isinstance(inbound_nodes, dict) and inbound_nodes.get("class_name") == _KERAS_TENSOR:
+        on_reference(inbound_nodes["config"]["keras_history"])
+    elif isinstance(inbound_nodes, (list, dict)):
+        for item in (inbound_nodes.values() if isinstance(inbound_nodes, dict)
+                     else inbound_nodes):
+            walk_references(item, on_reference)
+
+
+def read_call(data, make_ref):
+    """One entry of a layer's `inbound_nodes` as `(args, kwargs, reads)`: the tensors of
+    the first argument, the keyword arguments (tensors in them replaced by
+    `make_ref([layer, node, tensor])`), and every tensor the call reads."""
+    args, reads = [], []
+    walk_references(data.get("args", [])[:1], lambda ref: args.append(make_ref(ref)))
+    walk_references(data, lambda ref: reads.append(make_ref(ref)))
+    return args, _replace_references(data.get("kwargs", {}), make_ref), reads
+
+
+# -- Export: how a model of this flavour reaches the converters (TensorFlow backend) ------
+
+
+def onnx_proto(model, signature, opset):
+    """The ONNX proto of `model`: the frozen graph of a `tf.function` of its inference
+    call. tf2onnx's `from_keras` does not know Keras 3's output names (it fails on a
+    Sequential model), and its `from_function`, which Keras 3's own
+    `model.export(format="onnx")` uses, turns tensors the function captures that are not
+    variables (the mean and variance of EfficientNet's Normalization layer) into graph
+    inputs nobody feeds: freezing the function first makes them constants."""
+    import tensorflow as tf
+    import tf2onnx
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2)
+
+    @tf.function(input_signature=signature)
+    def serve(*inputs):
+        return model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+
+    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
+    return tf2onnx.convert.from_graph_def(
+        frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
+        output_names=[t.name for t in frozen.outputs], opset=opset)[0]
+
+
+def tflite_content(model, signature, output_names, options):
+    """The TFLite file of `model`: Keras 3's own LiteRT export (its ExportArchive ->
+    SavedModel -> converter: a concrete function of a Keras 3 model converts to a file
+    whose outputs are NaN, measured), limited to LiteRT's built-in ops so the file runs
+    without the Flex delegate, with `options` (converter attributes; outputs keep Keras
+    3's names `output_0`, ..., so `output_names` is not needed)."""
+    import os
+    import tempfile
+
+    import tensorflow as tf
+
+    del output_names
+    options = dict(options)
+    target_spec = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS],
+                   **options.pop("target_spec", {})}
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.tflite")
+        model.export(path, format="litert", verbose=False, target_spec=target_spec,
+                     input_signature=[signature if len(signature) > 1 else signature[0]],
+                     **options)
+        with open(path, "rb") as f:
+            return f.read()

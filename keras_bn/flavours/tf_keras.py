@@ -1,0 +1,362 @@
+"""The tf-keras flavour: every tf-keras-specific call keras_bn makes.
+
+All tf-keras code of the package goes through this module; `keras3.py` is its Keras 3
+twin with the same names, and `keras_bn.flavour.of(obj)` picks the one an object
+belongs to. The layer core reaches tensors through `ops` (`keras.ops`'s names, in
+TensorFlow) and the Keras layer machinery through the functions under "The layers".
+"""
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from keras_bn.flavours import tf_ops as ops
+
+#: The flavour's name in messages.
+TITLE = "tf-keras"
+#: How this flavour's classes are labelled in plans and tables ("tf_keras.Dense").
+LABEL = "tf_keras"
+#: ... and keras_bn's own layers of this flavour ("keras_bn.BatchNormalization").
+OUR_LABEL = "keras_bn"
+
+Layer = keras.layers.Layer
+InputSpec = keras.layers.InputSpec
+initializers = keras.initializers
+regularizers = keras.regularizers
+constraints = keras.constraints
+Callback = keras.callbacks.Callback
+Progbar = keras.utils.Progbar
+
+#: The built-in BatchNormalization class of this flavour (fold and freeze also handle it).
+BuiltinBatchNormalization = keras.layers.BatchNormalization
+
+
+def backend():
+    """tf-keras always runs on TensorFlow."""
+    return "tensorflow"
+
+
+def register_serializable(cls):
+    """Registers `cls` so saved models load it without `custom_objects`."""
+    return keras.saving.register_keras_serializable(package="keras_bn")(cls)
+
+
+def is_graph_model(model):
+    """A Sequential or functional model (whose graph its config describes), not a
+    subclassed one. tf-keras marks these with `_is_graph_network`; no public API says it."""
+    return isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)
+
+
+def operations(model):
+    """Name -> every node of the model's graph (in tf-keras, TF ops are layers too)."""
+    return {layer.name: layer for layer in model.layers}
+
+
+def is_input_layer(layer):
+    return isinstance(layer, keras.layers.InputLayer)
+
+
+def is_linear(activation):
+    return activation is None or activation is keras.activations.linear
+
+
+def output_rank(layer):
+    return len(layer.output_shape)
+
+
+def input_rank(layer):
+    return len(layer.input_shape)
+
+
+def input_names(model):
+    return list(model.input_names)
+
+
+def output_names(model):
+    return list(model.output_names)
+
+
+def numpy_dtype(variable):
+    """The numpy dtype of a variable or tensor spec."""
+    return tf.as_dtype(variable.dtype).as_numpy_dtype
+
+
+def get_values(tensors):
+    """Numpy values of variables or tensors, in one call."""
+    return keras.backend.batch_get_value(tensors)
+
+
+def set_values(pairs):
+    """Assigns `(variable, value)` pairs in one call."""
+    keras.backend.batch_set_value(list(pairs))
+
+
+def flatten(structure):
+    return tf.nest.flatten(structure)
+
+
+def is_builtin_layer_class(cls):
+    """Whether `cls` is one of `tf_keras.layers` (known to `from_config` by itself)."""
+    return getattr(keras.layers, cls.__name__, None) is cls
+
+
+def registered_name(cls):
+    return keras.saving.get_registered_name(cls)
+
+
+def add_parameter(layer, name, shape, dtype, initializer, regularizer=None,
+                  constraint=None):
+    """A trainable per-channel weight kept in `dtype` (float32 under mixed precision)."""
+    return layer.add_weight(
+        name=name, shape=shape, dtype=dtype, initializer=initializer,
+        regularizer=regularizer, constraint=constraint, trainable=True,
+        experimental_autocast=False)
+
+
+def add_statistic(layer, name, shape, dtype, initializer):
+    """A non-trainable statistic: saved with the model, averaged across replicas on read."""
+    return layer.add_weight(
+        name=name, shape=shape, dtype=dtype, initializer=initializer, trainable=False,
+        synchronization=tf.VariableSynchronization.ON_READ,
+        aggregation=tf.VariableAggregation.MEAN, experimental_autocast=False)
+
+
+def add_counter(layer, name):
+    """A non-trainable int64 scalar counter (training steps, skipped updates)."""
+    return layer.add_weight(
+        name=name, shape=(), dtype=tf.int64, initializer="zeros", trainable=False,
+        synchronization=tf.VariableSynchronization.ON_READ,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        experimental_autocast=False)
+
+
+def saved_metadata():
+    """An empty `SavedMetadata` protobuf (a SavedModel's `keras_metadata.pb`)."""
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    return saved_metadata_pb2.SavedMetadata()
+
+
+def unsafe_deserialization():
+    """A context in which `from_config` may rebuild Lambda layers (Python code), for
+    models whose code already runs in this process. tf-keras offers only a global switch
+    publicly; its SafeModeScope limits the lift to the `with` block."""
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    return SafeModeScope(False)
+
+
+def custom_objects():
+    """The global registry of this flavour's serializable objects ("package>Name" ->
+    object), which its loaders search before any module."""
+    return keras.saving.get_custom_objects()
+
+
+# -- The layers: what the layer core (keras_bn.layers) asks of its flavour ----------------
+
+
+class NormalizationBase(keras.layers.Layer):
+    """The base class of keras_bn's tf-keras layers: tf-keras's Layer, with the weight
+    lists of tf-keras's BatchNormalization."""
+
+    def _without_counter(self, variables):
+        return [v for v in variables if v is not getattr(self, "skipped_updates", None)]
+
+    @property
+    def non_trainable_weights(self):
+        """The moving statistics, as tf-keras's BatchNormalization lists them.
+
+        `skipped_updates` is a variable of the layer (saved in `.keras` files and TF
+        checkpoints) but not one of its Keras weights, so `get_weights`/`set_weights`
+        lists, `model.set_weights`, and `.h5` weight files are interchangeable with
+        tf-keras's layer in both directions.
+        """
+        return self._without_counter(super().non_trainable_weights)
+
+    def load_own_variables(self, store):
+        """As tf-keras's; also reads the variables a tf-keras BatchNormalization saved
+        (`.keras` files and `.weights.h5`): all but `skipped_updates`, in order."""
+        variables = self._without_counter(self._trainable_weights + self._non_trainable_weights)
+        if len(store.keys()) == len(variables):
+            for i, variable in enumerate(variables):
+                variable.assign(store[f"{i}"])
+            return
+        super().load_own_variables(store)
+
+
+def is_float(dtype) -> bool:
+    return tf.as_dtype(dtype).is_floating
+
+
+def dtype_name(dtype) -> str:
+    """`"float32"`, `"bfloat16"`, ...: a dtype as Keras names it."""
+    return tf.as_dtype(dtype).name
+
+
+def shape_tuple(input_shape):
+    """A build's `input_shape` as a tuple (None for unknown dimensions), or None when
+    even the rank is unknown."""
+    shape = tf.TensorShape(input_shape)
+    return None if shape.rank is None else tuple(shape.as_list())
+
+
+def parameter_dtype(layer):
+    """The dtype of gamma, beta and the statistics: float32 under a float16/bfloat16
+    policy (mixed or not), as tf-keras's BatchNormalization."""
+    if layer.dtype in ("float16", "bfloat16", None):
+        return tf.float32
+    return tf.as_dtype(layer.dtype)
+
+
+def output_dtype(layer, x):
+    """The dtype of the layer's output for input `x`: the input's own (tf-keras casts
+    floating inputs to the compute dtype before `call`, unless autocast is off)."""
+    return x.dtype
+
+
+def training_flag(layer, training):
+    """The effective `training` value of a call: a Python bool or a boolean tensor.
+
+    `None` follows the Keras learning phase; a layer with `trainable=False` always runs in
+    inference mode (the tf-keras 2 semantics for BatchNormalization).
+    """
+    if training is None:
+        training = keras.backend.learning_phase()
+    if isinstance(training, int):
+        training = bool(training)
+    if not layer.trainable:
+        training = False
+    return training
+
+
+def train_or_infer(training, train, infer):
+    """`train(training)` where the boolean tensor `training` is true, else `infer()`.
+
+    In TF1 graph mode (v1 `fit`, sessions, estimators) the updates must be ops of the
+    outer graph, not of a `tf.cond` branch, for `layer.updates` to hold them (as tf-keras
+    builds them): both branches are built there, and the updates apply only where
+    `training` is true (`train` receives the tensor to gate them with).
+    """
+    smart_cond = tf.__internal__.smart_cond.smart_cond
+    if not tf.compat.v1.executing_eagerly_outside_functions():
+        y = train(training)
+        return smart_cond(training, lambda: y, infer)
+    return smart_cond(training, lambda: train(True), infer)
+
+
+def assign(layer, variable, value):
+    """`variable.assign(value)`, registered as an update so that TF1 graph mode
+    (`layer.updates`, run by v1 `fit` and sessions) applies it too. In eager execution
+    and in `tf.function` the assignment itself runs, as in tf-keras."""
+    layer.add_update(variable.assign(value))
+
+
+def assign_add(layer, variable, delta):
+    """`variable.assign_add(delta)`, registered as an update (see `assign`)."""
+    layer.add_update(variable.assign_add(tf.cast(delta, variable.dtype)))
+
+
+def assert_batch_divides(x, size, message):
+    """At run time, for a batch whose size is unknown when the graph is built."""
+    tf.debugging.assert_equal(tf.shape(x)[0] % size, 0, message=message)
+
+
+# -- The config schema: the tensors each call of a functional model's layer reads --------
+#
+# A functional model's config lists each layer with its `inbound_nodes`, one entry per
+# call. tf-keras writes a call as a nested structure (a tensor, a list or dict of
+# tensors) whose leaves are *tensor references* `[layer_name, node_index, tensor_index,
+# kwargs]` (kwargs optional), or `["_CONSTANT_VALUE", -1, value, kwargs]` for a constant
+# first argument of an op layer (`x * 0.5`, `tf.nn.relu6(x)`: `TFOpLambda`,
+# `SlicingOpLambda`). The keyword arguments may hold tensor references too (`x + y`
+# stores `y` there). A list counts as a reference exactly when tf-keras's own loader
+# treats it as one: 3 or 4 items, a string first. Layer names may contain `/`.
+
+_CONSTANT = "_CONSTANT_VALUE"  # tf-keras's marker for a constant first argument
+
+
+def _is_reference(value):
+    return isinstance(value, list) and len(value) in (3, 4) and isinstance(value[0], str)
+
+
+def _walk(value, on_reference, into_kwargs=True):
+    if _is_reference(value):
+        on_reference(value)
+        if into_kwargs and len(value) == 4:
+            _walk(value[3], on_reference)
+    elif isinstance(value, (list, dict)):
+        for item in (value.values() if isinstance(value, dict) else value):
+            _walk(item, on_reference, into_kwargs)
+
+
+def _replace_references(value, make_ref):
+    if _is_reference(value) and value[0] != _CONSTANT:
+        return make_ref(value)
+    if isinstance(value, list):
+        return [_replace_references(item, make_ref) for item in value]
+    if isinstance(value, dict):
+        return {key: _replace_references(item, make_ref) for key, item in value.items()}
+    return value
+
+
+def model_config(model):
+    """The model's config, as `from_config` takes it back."""
+    return model.get_config()
+
+
+def walk_references(inbound_nodes, on_reference):
+    """Calls `on_reference(ref)` on every tensor reference of a layer's `inbound_nodes`,
+    `ref` a mutable list whose first three items are `[layer, node, tensor]`."""
+    _walk(inbound_nodes, lambda ref: ref[0] != _CONSTANT and on_reference(ref))
+
+
+def read_call(data, make_ref):
+    """One entry of a layer's `inbound_nodes` as `(args, kwargs, reads)`: the tensors of
+    the first argument, the keyword arguments (tensors in them replaced by
+    `make_ref([layer, node, tensor])`), and every tensor the call reads."""
+    args, kwargs, reads = [], {}, []
+
+    def first_argument(ref):
+        nonlocal kwargs
+        if ref[0] != _CONSTANT:
+            args.append(make_ref(ref))
+        if len(ref) == 4 and ref[3]:
+            kwargs = _replace_references(ref[3], make_ref)
+
+    # The first argument's references sit at the top of the structure; their kwargs are
+    # the call's keyword arguments (the same dict, repeated in each reference).
+    _walk(data, first_argument, into_kwargs=False)
+    walk_references(data, lambda ref: reads.append(make_ref(ref)))
+    return args, kwargs, reads
+
+
+# -- Export: how a model of this flavour reaches the converters ---------------------------
+
+
+def onnx_proto(model, signature, opset):
+    """The ONNX proto of `model` from tf2onnx's `from_keras` (which knows tf-keras)."""
+    import tf2onnx
+
+    return tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)[0]
+
+
+def tflite_content(model, signature, output_names, options):
+    """The TFLite file of `model`: the concrete function of its inference call, outputs
+    named `output_names`, through `tf.lite.TFLiteConverter` with `options` (converter
+    attributes; `target_spec` a dict of its attributes)."""
+
+    @tf.function(input_signature=signature)
+    def serve(*inputs):
+        outputs = model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        return dict(zip(output_names, outputs))
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [serve.get_concrete_function()], model)
+    for name, value in options.items():
+        if name == "target_spec":
+            for key, item in value.items():
+                setattr(converter.target_spec, key, item)
+        else:
+            setattr(converter, name, value)
+    return converter.convert()

@@ -1,0 +1,54 @@
+"""The tensor operations the layers use, under `keras.ops`'s names, in TensorFlow.
+
+The tf-keras flavour's `ops`: the layer core (`keras_bn.layers`) is written once against
+these names, and the Keras 3 flavour hands it `keras.ops` itself. Each function has the
+signature and the semantics of its `keras.ops` namesake for the arguments the core passes.
+"""
+
+import tensorflow as tf
+
+cast = tf.cast
+convert_to_tensor = tf.convert_to_tensor
+reshape = tf.reshape
+expand_dims = tf.expand_dims
+broadcast_to = tf.broadcast_to
+size = tf.size
+ones = tf.ones
+zeros = tf.zeros
+where = tf.where
+maximum = tf.maximum
+clip = tf.clip_by_value
+sqrt = tf.sqrt
+rsqrt = tf.math.rsqrt
+square = tf.square
+greater = tf.greater
+isfinite = tf.math.is_finite
+logical_and = tf.logical_and
+logical_not = tf.logical_not
+stop_gradient = tf.stop_gradient
+
+
+def sum(x, axis=None, keepdims=False):  # noqa: A001 -- keras.ops's name
+    return tf.reduce_sum(x, axis=axis, keepdims=keepdims)
+
+
+def mean(x, axis=None, keepdims=False):
+    return tf.reduce_mean(x, axis=axis, keepdims=keepdims)
+
+
+def all(x, axis=None, keepdims=False):  # noqa: A001 -- keras.ops's name
+    return tf.reduce_all(x, axis=axis, keepdims=keepdims)
+
+
+def moments(x, axes, keepdims=False):
+    return tf.nn.moments(x, axes, keepdims=keepdims)
+
+
+def shape(x):
+    """The static dimensions where known, scalar tensors where not (as Keras 3's
+    TensorFlow backend), so a reshape to it keeps every static dimension."""
+    static = x.shape.as_list()
+    if None not in static:
+        return tuple(static)
+    dynamic = tf.shape(x)
+    return tuple(dynamic[i] if dim is None else dim for i, dim in enumerate(static))

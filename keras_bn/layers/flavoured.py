@@ -1,0 +1,25 @@
+"""The public layer classes of a flavour: the one core on that flavour's base class."""
+
+from types import ModuleType
+
+from keras_bn.layers import batch_normalization, batch_renormalization
+
+
+def layer_classes(flavour: ModuleType, module: str) -> tuple[type, type]:
+    """`(BatchNormalization, BatchRenormalization)` for `flavour` (a module of
+    `keras_bn.flavours`), registered with it as `keras_bn>BatchNormalization`, ...
+    (the names saved files hold) and named as defined in `module`."""
+    core_bn = batch_normalization.BatchNormalization
+    core_brn = batch_renormalization.BatchRenormalization
+
+    class BatchNormalization(core_bn, flavour.NormalizationBase):
+        __doc__ = core_bn.__doc__
+        _flavour = flavour
+
+    class BatchRenormalization(core_brn, BatchNormalization):
+        __doc__ = core_brn.__doc__
+
+    for cls in (BatchNormalization, BatchRenormalization):
+        cls.__module__, cls.__qualname__ = module, cls.__name__
+    return (flavour.register_serializable(BatchNormalization),
+            flavour.register_serializable(BatchRenormalization))
