@@ -3,7 +3,7 @@
 import numpy as np
 import tf_keras
 
-from keras_bn.walk import is_batch_norm, is_model
+from keras_bn.layers.find import is_batch_norm, is_model
 
 
 def randomize_bn(model, seed=0):
@@ -42,7 +42,7 @@ def realistic_bn(model, seed=0, batch=16):
     calibration ones, as in real use.
     """
     from keras_bn.folding import random_inputs
-    from keras_bn.walk import batch_norm_layers
+    from keras_bn.layers.find import batch_norm_layers
 
     rs = np.random.RandomState(seed)
     layers = [layer for _, layer in batch_norm_layers(model)]

@@ -182,7 +182,7 @@ def foldable_left(model):
     whose output feeds only them: counted from Keras's own runtime graph (the layers'
     inbound and outbound nodes), independently of keras_bn's plan."""
     from keras_bn.flavour import is_keras3
-    from keras_bn.walk import is_batch_norm, is_model
+    from keras_bn.layers.find import is_batch_norm, is_model
 
     keras = keras_module("keras3" if is_keras3(model) else "tf_keras")
     linear = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
@@ -218,7 +218,7 @@ def _neighbours(layer):
 
 
 def bn_count(model):
-    from keras_bn.walk import batch_norm_layers
+    from keras_bn.layers.find import batch_norm_layers
     return len(list(batch_norm_layers(model)))
 
 

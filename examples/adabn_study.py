@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402,F401  (import TensorFlow before tf_keras)
 from scipy import ndimage  # noqa: E402
 
 import keras_bn  # noqa: E402
-from keras_bn.demo import build_model, load_digits, train  # noqa: E402
+from keras_bn.cli.demo import build_model, load_digits, train  # noqa: E402
 
 #: Severity 1, 2, 3 of each corruption, on images with pixels in [0, 1].
 SEVERITIES = {

@@ -19,7 +19,7 @@ import tf_keras  # noqa: E402
 
 import keras_bn  # noqa: E402
 from keras_bn import export  # noqa: E402
-from keras_bn.demo import build_model, load_digits  # noqa: E402
+from keras_bn.cli.demo import build_model, load_digits  # noqa: E402
 
 
 def main(argv=None):

@@ -19,7 +19,7 @@ import tensorflow as tf  # noqa: E402,F401  (import TensorFlow before tf_keras)
 import tf_keras  # noqa: E402
 
 import keras_bn  # noqa: E402
-from keras_bn.demo import load_digits  # noqa: E402
+from keras_bn.cli.demo import load_digits  # noqa: E402
 
 
 def build():

@@ -27,7 +27,7 @@ import tensorflow as tf  # noqa: E402,F401  (import TensorFlow before tf_keras)
 import tf_keras  # noqa: E402
 
 import keras_bn  # noqa: E402
-from keras_bn.demo import build_model, load_digits  # noqa: E402
+from keras_bn.cli.demo import build_model, load_digits  # noqa: E402
 
 SITUATIONS = {"same camera": lambda x: x,
               "new camera": lambda x: np.clip(x * 1.5 + 0.2, 0.0, 2.0)}

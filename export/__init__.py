@@ -9,6 +9,6 @@ Both fold the BatchNormalization layers first and return an `ExportResult`.
 
 from keras_bn.export.onnx import to_onnx
 from keras_bn.export.tflite import calibration_data, to_tflite
-from keras_bn.export.verify import ExportResult
+from keras_bn.export.checks import ExportResult
 
 __all__ = ["ExportResult", "calibration_data", "to_onnx", "to_tflite"]

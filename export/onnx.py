@@ -8,14 +8,15 @@ import numpy as np
 
 from keras_bn import flavour
 from keras_bn.errors import InputError
-from keras_bn.files import atomic_path, check_output
-from keras_bn.export import verify as _verify
+from keras_bn.files.output import atomic_path, check_output
+from keras_bn.export import checks
 from keras_bn.export._prepare import input_signature, prepare
 from keras_bn.export.isolated import IsolatedRuntime
 
 
-def to_onnx(model, path, *, fold=True, opset=None, verify=True, samples=None, labels=None,
-            rtol=None, atol=1e-5, latency_batch=1):
+def to_onnx(model, path: str | os.PathLike, *, fold: bool = True, opset: int | None = None,
+            verify: bool = True, samples=None, labels=None, rtol: float | None = None,
+            atol: float = 1e-5, latency_batch: int | None = 1) -> checks.ExportResult:
     """Exports `model` to an ONNX file and proves the file computes what the model does.
 
     Folds the BatchNormalization layers first (`keras_bn.fold`, itself verified), converts
@@ -25,7 +26,8 @@ def to_onnx(model, path, *, fold=True, opset=None, verify=True, samples=None, la
     passed: it is written to a temporary file and renamed.
 
     Args:
-      model: A built Sequential or functional tf-keras model; it is not changed.
+      model: A built Sequential or functional model, tf-keras or Keras 3 (TensorFlow
+        backend); it is not changed.
       path: Where to write the `.onnx` file.
       fold: Fold BN layers first (the exported graph then has no BN and no per-channel
         Mul/Add left from one).
@@ -56,7 +58,7 @@ def to_onnx(model, path, *, fold=True, opset=None, verify=True, samples=None, la
     converted, plan = prepare(model, fold, verify)
     proto = _convert(converted, input_signature(model), opset)
     _check(proto, model.name)
-    result = _verify.ExportResult(path=os.fspath(path), format="onnx", fold_plan=plan)
+    result = checks.ExportResult(path=os.fspath(path), format="onnx", fold_plan=plan)
     result.op_counts = dict(collections.Counter(node.op_type for node in proto.graph.node))
     with atomic_path(path, (".onnx",)) as tmp:
         onnx.save(proto, tmp)
@@ -69,8 +71,8 @@ def to_onnx(model, path, *, fold=True, opset=None, verify=True, samples=None, la
                     return [got[name] for name in runtime.outputs]
 
                 run.seconds = lambda: runtime.seconds
-                _verify.measure(result, model, run, samples, labels, verify,
-                                _verify.export_rtol(model, rtol), atol,
+                checks.measure(result, model, run, samples, labels, verify,
+                                checks.export_rtol(model, rtol), atol,
                                 latency_batch, f"ONNX export of '{model.name}'")
         result.size_bytes = os.path.getsize(tmp)
     return result

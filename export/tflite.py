@@ -9,29 +9,33 @@ from tensorflow.lite.python.convert_phase import ConverterError
 
 from keras_bn import flavour
 from keras_bn.errors import InputError, VerificationError
-from keras_bn.files import atomic_path, check_output
-from keras_bn.export import verify as _verify
+from keras_bn.files.output import atomic_path, check_output
+from keras_bn.export import checks
 from keras_bn.export._prepare import input_signature, prepare
 from keras_bn.export.isolated import IsolatedRuntime
 
 QUANTIZE = (None, "float16", "int8")
 
 
-def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None,
-              verify=True, samples=None, labels=None, rtol=None, atol=1e-5,
-              representative_steps=200, latency_batch=1):
+def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
+              quantize: str | None = None, representative_data=None, verify: bool = True,
+              samples=None, labels=None, rtol: float | None = None, atol: float = 1e-5,
+              representative_steps: int = 200,
+              latency_batch: int | None = 1) -> checks.ExportResult:
     """Exports `model` to a TFLite file and runs the file in LiteRT to check it.
 
     Folds the BatchNormalization layers first (`keras_bn.fold`, itself verified), converts
     with `tf.lite.TFLiteConverter` (dynamic batch dimension; inputs and outputs keep the
-    model's dtypes in every mode), then runs the written file with `ai_edge_litert`'s Interpreter
-    (in a child process: a LiteRT crash is a VerificationError) on a random batch and on `samples`. float32 files must match the Keras model within
-    tolerance; float16 and int8 files cannot, so their error (and accuracy, with
-    `labels`) is measured and reported instead. The file appears at `path` only once all
+    model's dtypes in every mode), then runs the written file with `ai_edge_litert`'s
+    Interpreter (in a child process: a LiteRT crash is a VerificationError) on a random
+    batch and on `samples`. float32 files must match the Keras model within tolerance;
+    float16 and int8 files cannot, so their error (and accuracy, with `labels`) is
+    measured and reported instead. The file appears at `path` only once all
     of that passed (temporary file, then rename).
 
     Args:
-      model: A built Sequential or functional tf-keras model; it is not changed.
+      model: A built Sequential or functional model, tf-keras or Keras 3 (TensorFlow
+        backend); it is not changed.
       path: Where to write the `.tflite` file.
       fold: Fold BN layers first.
       quantize: None (float32), "float16" (float16 weights) or "int8" (full integer
@@ -68,7 +72,7 @@ def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None
     if quantize == "int8" and not tensor_types(content) & {"INT8", "UINT8"}:
         raise VerificationError(f"TFLite int8 export of '{model.name}': the converter "
                                 "wrote no int8 tensor; the file would be float.")
-    result = _verify.ExportResult(path=os.fspath(path), fold_plan=plan,
+    result = checks.ExportResult(path=os.fspath(path), fold_plan=plan,
                                   format="tflite" + (f"-{quantize}" if quantize else ""))
     result.op_counts = op_counts(content)
     with atomic_path(path, (".tflite",)) as tmp:
@@ -85,8 +89,8 @@ def to_tflite(model, path, *, fold=True, quantize=None, representative_data=None
                     return [got[name] for name in outputs]
 
                 run.seconds = lambda: runtime.seconds
-                _verify.measure(result, model, run, samples, labels, verify,
-                                _verify.export_rtol(model, rtol), atol,
+                checks.measure(result, model, run, samples, labels, verify,
+                                checks.export_rtol(model, rtol), atol,
                                 latency_batch, f"TFLite export of '{model.name}'",
                                 check=quantize is None)
         result.size_bytes = os.path.getsize(tmp)

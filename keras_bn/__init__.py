@@ -2,14 +2,18 @@
 
 Public API:
 
-* `BatchNormalization`, `BatchRenormalization`: the tf-keras layers (`keras_bn/layers/`);
-  their Keras 3 twins are in `keras_bn.keras3` (TensorFlow and JAX backends).
+* `BatchNormalization`, `BatchRenormalization`: the tf-keras layers (`keras_bn/layers/`,
+  one core for both flavours); their Keras 3 twins are in `keras_bn.keras3` (TensorFlow
+  and JAX backends).
 * `fold`, `fold_plan`: merge BN into neighbouring Conv/Dense weights (`keras_bn/folding/`),
   for tf-keras and Keras 3 models (as `summary`, `recalibrate`, `freeze`, the exporters
   and the command line; the callbacks are tf-keras `Callback`s).
-* `summary`: a table (and data) of every BN layer's statistics and foldability.
-* `recalibrate`: recompute BN statistics as the true average over data (precise BN).
-* `freeze`, `unfreeze`: BN layers in inference mode for fine-tuning.
+* `summary` (`keras_bn/tools/inspection.py`): a table (and data) of every BN layer's
+  statistics and foldability.
+* `recalibrate` (`keras_bn/calibration/`): recompute BN statistics as the true average
+  over data (precise BN).
+* `freeze`, `unfreeze` (`keras_bn/tools/freezing.py`): BN layers in inference mode for
+  fine-tuning.
 * `InputError`, `UnsafeModelError`, `VerificationError`: what keras_bn raises on purpose.
 * `keras_bn.callbacks`: `PreciseBN` and `BatchNormMonitor` for `fit`.
 
@@ -28,8 +32,9 @@ _API = {
     "BatchNormalization": "keras_bn.layers.tf_keras",
     "BatchRenormalization": "keras_bn.layers.tf_keras",
     "FoldPlan": "keras_bn.folding", "fold": "keras_bn.folding", "fold_plan": "keras_bn.folding",
-    "freeze": "keras_bn.freeze", "unfreeze": "keras_bn.freeze",
-    "recalibrate": "keras_bn.recalibrate", "summary": "keras_bn.summary",
+    "freeze": "keras_bn.tools.freezing", "unfreeze": "keras_bn.tools.freezing",
+    "recalibrate": "keras_bn.calibration.recalibration",
+    "summary": "keras_bn.tools.inspection",
     "InputError": "keras_bn.errors", "UnsafeModelError": "keras_bn.errors",
     "VerificationError": "keras_bn.errors",
 }
@@ -37,9 +42,8 @@ __all__ = sorted(_API)
 
 
 def _bind_all():
-    """Binds every public name. All at once: `keras_bn.freeze`, `.summary` and
-    `.recalibrate` are also module names, and importing such a module sets the package
-    attribute to the module, which a name bound one at a time would not override."""
+    """Binds every public name (no public name is also a module's: the API's modules are
+    named after their concept, `tools.freezing`, `calibration.recalibration`, ...)."""
     for name, module in _API.items():
         globals()[name] = getattr(importlib.import_module(module), name)
 

@@ -20,9 +20,9 @@ import tensorflow as tf
 
 from keras_bn import flavour
 from keras_bn.errors import InputError
-from keras_bn.measure import measure_inputs
-from keras_bn.recalibrate import recalibrate
-from keras_bn.walk import distinct_batch_norm_layers, is_ours
+from keras_bn.calibration.measure import measure_inputs
+from keras_bn.calibration.recalibration import recalibrate
+from keras_bn.layers.find import distinct_batch_norm_layers, is_ours
 
 _tf_keras = flavour.named("tf_keras")
 

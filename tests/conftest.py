@@ -31,7 +31,7 @@ def _seed_and_clear():
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's digits as flat 64-feature rows: `(x_train, y_train, x_test, y_test)`."""
-    from keras_bn.demo import load_digits
+    from keras_bn.cli.demo import load_digits
 
     x_train, y_train, x_test, y_test = load_digits()
     flat = lambda x: x.reshape(len(x), -1)

@@ -9,7 +9,7 @@ import pytest
 import tf_keras
 
 import keras_bn
-from keras_bn.walk import is_batch_norm
+from keras_bn.layers.find import is_batch_norm
 from conftest import randomize_bn
 
 L = tf_keras.layers

@@ -9,7 +9,7 @@ import tf_keras
 import keras_bn
 from keras_bn import export
 from keras_bn.folding import without_batch_norm
-from keras_bn.walk import is_batch_norm
+from keras_bn.layers.find import is_batch_norm
 from conftest import randomize_biases, randomize_bn
 
 L = tf_keras.layers

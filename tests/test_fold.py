@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import keras_bn
 from keras_bn.folding import predict, random_inputs
-from keras_bn.walk import is_batch_norm
+from keras_bn.layers.find import is_batch_norm
 from conftest import assert_close, randomize_bn
 
 L = tf_keras.layers

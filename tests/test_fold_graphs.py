@@ -13,7 +13,7 @@ import tf_keras
 import keras_bn
 from keras_bn.folding import graph as graph_module
 from keras_bn.folding import predict, random_inputs
-from keras_bn.walk import batch_norm_layers
+from keras_bn.layers.find import batch_norm_layers
 from conftest import assert_close, randomize_bn
 
 L = tf_keras.layers

@@ -13,7 +13,7 @@ keras = pytest.importorskip("keras")
 
 import keras_bn  # noqa: E402
 from keras_bn import export, keras3 as kbn  # noqa: E402
-from keras_bn.loading import load_model, writer  # noqa: E402
+from keras_bn.files import load_model, writer  # noqa: E402
 from test_cli import keras_bn_cli  # noqa: E402
 from test_keras3_fold import _statistics  # noqa: E402
 

@@ -21,7 +21,7 @@ def _imports(path):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module.startswith("keras_bn"):
                 found.add(node.module)
-                for alias in node.names:  # `from keras_bn import demo` imports a module
+                for alias in node.names:  # `from keras_bn.cli import demo` imports a module
                     candidate = f"{node.module}.{alias.name}"
                     if (ROOT.parent / (candidate.replace(".", "/") + ".py")).exists():
                         found.add(candidate)
@@ -52,7 +52,7 @@ def test_no_import_cycles_between_modules():
         return False
 
     assert [m for m in edges if cycle_from(m, m, set())] == []
-    assert "keras_bn.cli" not in edges["keras_bn.demo"]
+    assert "keras_bn.cli.command" not in edges["keras_bn.cli.demo"]
 
 
 def _imported_names(path):
@@ -113,6 +113,7 @@ def test_the_layers_are_written_once():
         core = (batch_renormalization.BatchRenormalization if "Renorm" in ours.__name__
                 else batch_normalization.BatchNormalization)
         assert issubclass(ours, core)
-        assert set(vars(ours)) - {"__doc__", "__module__", "__qualname__", "_flavour",
-                                  "__dict__", "__weakref__", "__firstlineno__",
-                                  "__static_attributes__"} == set(), ours
+        own = {name for name, value in vars(ours).items()  # reading __annotations__
+               if not (name == "__annotations__" and not value)}  # creates an empty one
+        assert own - {"__doc__", "__module__", "__qualname__", "_flavour", "__dict__",
+                      "__weakref__", "__firstlineno__", "__static_attributes__"} == set(), ours

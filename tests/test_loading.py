@@ -17,7 +17,7 @@ import tf_keras
 
 import keras_bn
 from keras_bn.errors import InputError, UnsafeModelError
-from keras_bn.loading import load_model, model_format, refusals
+from keras_bn.files import load_model, model_format, refusals
 
 L = tf_keras.layers
 

@@ -25,7 +25,7 @@ import tf_keras
 
 import keras_bn
 from keras_bn.errors import InputError, UnsafeModelError
-from keras_bn.loading import load_model
+from keras_bn.files import load_model
 
 L = tf_keras.layers
 

@@ -27,7 +27,7 @@ def test_snippet_runs(index, tmp_path):
 
 
 def test_exit_statuses_are_documented_as_the_cli_returns_them():
-    from keras_bn import cli
+    from keras_bn.cli import command as cli
 
     help_text = subprocess.run([sys.executable, "-m", "keras_bn.cli", "--help"],
                                capture_output=True, text=True, timeout=60).stdout

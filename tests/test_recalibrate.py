@@ -16,7 +16,7 @@ import tensorflow as tf
 import tf_keras
 
 import keras_bn
-from keras_bn.measure import merge
+from keras_bn.calibration.measure import merge
 
 L = tf_keras.layers
 RTOL = 1e-5
@@ -208,7 +208,7 @@ def test_bad_arguments_are_input_errors():
 def test_compiled_once_per_model_and_shape():
     """The measuring step is a tf.function traced once per model and batch shape, not
     again for each pass or call."""
-    from keras_bn.measure import _STEPS
+    from keras_bn.calibration.measure import _STEPS
 
     x = sorted_by_class()
     model, _, _ = two_bn_model()
@@ -282,7 +282,7 @@ def test_a_generator_on_a_second_pass_is_a_clear_error():
 
 
 def test_batch_moments_with_and_without_a_mask():
-    from keras_bn.measure import batch_moments
+    from keras_bn.calibration.measure import batch_moments
 
     rs = np.random.RandomState(2)
     x = (rs.randn(5, 7, 3) * 2 + 30).astype("float32")

@@ -100,6 +100,29 @@ def test_freeze_keeping_gamma_beta_trainable(digits):
         keras_bn.freeze(_mlp(bn=L.BatchNormalization), train_gamma_beta=True)
 
 
+def test_freeze_keeping_gamma_beta_trainable_on_keras3(digits):
+    """Keras 3 models take the same freeze: keras_bn.keras3 layers stay trainable in
+    inference mode, unfreeze puts them back, Keras 3's own BN is refused by name."""
+    import keras
+
+    from keras_bn import keras3 as kbn
+
+    x_train, y_train, _, _ = digits
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16),
+                              kbn.BatchNormalization(name="bn"), keras.layers.Dense(10)])
+    assert keras_bn.freeze(model, train_gamma_beta=True) == ["bn"]
+    bn = model.get_layer("bn")
+    mean, gamma = np.array(bn.moving_mean), np.array(bn.gamma)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x_train[:256], y_train[:256], batch_size=32, epochs=1, verbose=0)
+    np.testing.assert_array_equal(mean, np.array(bn.moving_mean))
+    assert not np.array_equal(gamma, np.array(bn.gamma))
+    assert keras_bn.unfreeze(model) == ["bn"] and bn.frozen is False
+    builtin = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(name="k")])
+    with pytest.raises(ValueError, match=r"Keras 3 BatchNormalization.*'k'"):
+        keras_bn.freeze(builtin, train_gamma_beta=True)
+
+
 def test_freeze_reaches_nested_models():
     inner = tf_keras.Sequential([tf_keras.Input((4,)), L.BatchNormalization(name="inner_bn")],
                                 name="inner")

@@ -7,6 +7,8 @@ Keras 3 picks its backend (TensorFlow, JAX, ...) from `KERAS_BACKEND` when it is
 imported; nothing here assumes TensorFlow except where it says so.
 """
 
+from collections.abc import Callable
+
 import keras
 import numpy as np
 
@@ -30,82 +32,82 @@ ops = keras.ops
 BuiltinBatchNormalization = keras.layers.BatchNormalization
 
 
-def backend():
+def backend() -> str:
     """The active Keras 3 backend: "tensorflow", "jax", "torch" or "numpy"."""
     return keras.backend.backend()
 
 
-def register_serializable(cls):
+def register_serializable(cls: type) -> type:
     """Registers `cls` so `.keras` files holding it load without `custom_objects`."""
     return keras.saving.register_keras_serializable(package="keras_bn")(cls)
 
 
-def is_graph_model(model):
+def is_graph_model(model) -> bool:
     """A Sequential or functional model (whose graph its config describes)."""
     return isinstance(model, (keras.Sequential, keras.src.models.Functional))
 
 
-def operations(model):
+def operations(model) -> dict:
     """Name -> every node of the model's graph: its layers and its ops (`x * 2.0`,
     `keras.ops.*` calls are Operations in Keras 3, not layers)."""
     return {op.name: op for op in getattr(model, "operations", model.layers)}
 
 
-def is_input_layer(layer):
+def is_input_layer(layer) -> bool:
     return isinstance(layer, keras.layers.InputLayer)
 
 
-def is_linear(activation):
+def is_linear(activation) -> bool:
     return activation is None or activation is keras.activations.linear
 
 
-def output_rank(layer):
+def output_rank(layer) -> int:
     return len(layer.output.shape)
 
 
-def input_rank(layer):
+def input_rank(layer) -> int:
     return len(layer.input.shape)
 
 
-def input_names(model):
+def input_names(model) -> list[str]:
     """The names of the model's Input layers, in input order (Keras 3 has no
     `model.input_names`; an unnamed Input is called `input_layer`, `input_layer_1`...)."""
     return [t._keras_history.operation.name if hasattr(t, "_keras_history") else f"input_{i}"
             for i, t in enumerate(model.inputs)]
 
 
-def output_names(model):
+def output_names(model) -> list[str]:
     """The names of the layers whose outputs are the model outputs, in output order."""
     return [t._keras_history.operation.name if hasattr(t, "_keras_history") else f"output_{i}"
             for i, t in enumerate(model.outputs)]
 
 
-def numpy_dtype(variable):
+def numpy_dtype(variable) -> np.dtype:
     """The numpy dtype of a variable or tensor spec."""
     return np.dtype(keras.backend.standardize_dtype(variable.dtype))
 
 
-def get_values(tensors):
+def get_values(tensors) -> list[np.ndarray]:
     """Numpy values of variables or tensors."""
     return [keras.ops.convert_to_numpy(t) for t in tensors]
 
 
-def set_values(pairs):
+def set_values(pairs) -> None:
     """Assigns `(variable, value)` pairs."""
     for variable, value in pairs:
         variable.assign(np.asarray(value, numpy_dtype(variable)))
 
 
-def flatten(structure):
+def flatten(structure) -> list:
     return keras.tree.flatten(structure)
 
 
-def is_builtin_layer_class(cls):
+def is_builtin_layer_class(cls: type) -> bool:
     """Whether `cls` is one of `keras.layers` (known to `from_config` by itself)."""
     return getattr(keras.layers, cls.__name__, None) is cls
 
 
-def registered_name(cls):
+def registered_name(cls: type) -> str:
     return keras.saving.get_registered_name(cls)
 
 
@@ -117,7 +119,7 @@ def unsafe_deserialization():
     return SafeModeScope(False)
 
 
-def add_parameter(layer, name, shape, dtype, initializer, regularizer=None,
+def add_parameter(layer, name: str, shape, dtype, initializer, regularizer=None,
                   constraint=None):
     """A trainable per-channel weight kept in `dtype` (float32 under mixed precision)."""
     return layer.add_weight(name=name, shape=shape, dtype=dtype, initializer=initializer,
@@ -125,20 +127,20 @@ def add_parameter(layer, name, shape, dtype, initializer, regularizer=None,
                             autocast=False)
 
 
-def add_statistic(layer, name, shape, dtype, initializer):
+def add_statistic(layer, name: str, shape, dtype, initializer):
     """A non-trainable statistic: saved with the model, averaged across replicas."""
     return layer.add_weight(name=name, shape=shape, dtype=dtype, initializer=initializer,
                             trainable=False, autocast=False, aggregation="mean")
 
 
-def add_counter(layer, name):
+def add_counter(layer, name: str):
     """A non-trainable int32 counter (JAX has no int64 without x64 mode; 2^31 steps)."""
     return layer.add_weight(name=name, shape=(), dtype="int32", initializer="zeros",
                             trainable=False, autocast=False,
                             aggregation="only_first_replica")
 
 
-def custom_objects():
+def custom_objects() -> dict:
     """The global registry of this flavour's serializable objects ("package>Name" ->
     object), which its loaders search before any module."""
     return keras.saving.get_custom_objects()
@@ -159,7 +161,7 @@ def dtype_name(dtype) -> str:
     return keras.backend.standardize_dtype(dtype)
 
 
-def shape_tuple(input_shape):
+def shape_tuple(input_shape) -> tuple | None:
     """A build's `input_shape` as a tuple (None for unknown dimensions), or None."""
     return None if input_shape is None else tuple(input_shape)
 
@@ -182,24 +184,24 @@ def training_flag(layer, training):
     return bool(training) and layer.trainable
 
 
-def train_or_infer(training, train, infer):
+def train_or_infer(training, train: Callable, infer: Callable):
     """`train(True)` if `training` else `infer()`. Keras 3's `training` is a Python bool
     (`training_flag`), so this branch is taken in Python."""
     return train(True) if training else infer()
 
 
-def assign(layer, variable, value):
+def assign(layer, variable, value) -> None:
     """`variable.assign(value)` (Keras 3 tracks the new value itself, on every backend)."""
     del layer
     variable.assign(value)
 
 
-def assign_add(layer, variable, delta):
+def assign_add(layer, variable, delta) -> None:
     del layer
     variable.assign_add(ops.cast(delta, variable.dtype))
 
 
-def assert_batch_divides(x, size, message):
+def assert_batch_divides(x, size: int, message: str) -> None:
     """At run time, for a batch whose size is unknown when the graph is built (the
     TensorFlow backend; JAX traces with static shapes, checked before)."""
     if backend() == "tensorflow":
@@ -236,13 +238,13 @@ def _replace_references(value, make_ref):
     return value
 
 
-def model_config(model):
+def model_config(model) -> dict:
     """The model's config with every tuple a list (Keras 3's `get_config` holds tuples;
     the same config read back from a `.keras` file holds lists, and loads the same)."""
     return _as_lists(model.get_config())
 
 
-def walk_references(inbound_nodes, on_reference):
+def walk_references(inbound_nodes, on_reference: Callable[[list], object]) -> None:
     """Calls `on_reference(keras_history)` (a mutable `[layer, node, tensor]` list) on
     every tensor reference of a layer's `inbound_nodes`."""
     if isinstance(inbound_nodes, dict) and inbound_nodes.get("class_name") == _KERAS_TENSOR:
@@ -253,7 +255,7 @@ def walk_references(inbound_nodes, on_reference):
             walk_references(item, on_reference)
 
 
-def read_call(data, make_ref):
+def read_call(data: dict, make_ref: Callable[[list], object]) -> tuple[list, dict, list]:
     """One entry of a layer's `inbound_nodes` as `(args, kwargs, reads)`: the tensors of
     the first argument, the keyword arguments (tensors in them replaced by
     `make_ref([layer, node, tensor])`), and every tensor the call reads."""
@@ -266,7 +268,7 @@ def read_call(data, make_ref):
 # -- Export: how a model of this flavour reaches the converters (TensorFlow backend) ------
 
 
-def onnx_proto(model, signature, opset):
+def onnx_proto(model, signature: list, opset: int | None):
     """The ONNX proto of `model`: the frozen graph of a `tf.function` of its inference
     call. tf2onnx's `from_keras` does not know Keras 3's output names (it fails on a
     Sequential model), and its `from_function`, which Keras 3's own
@@ -288,7 +290,7 @@ def onnx_proto(model, signature, opset):
         output_names=[t.name for t in frozen.outputs], opset=opset)[0]
 
 
-def tflite_content(model, signature, output_names, options):
+def tflite_content(model, signature: list, output_names: list[str], options: dict) -> bytes:
     """The TFLite file of `model`: Keras 3's own LiteRT export (its ExportArchive ->
     SavedModel -> converter: a concrete function of a Keras 3 model converts to a file
     whose outputs are NaN, measured), limited to LiteRT's built-in ops so the file runs

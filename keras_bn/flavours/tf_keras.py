@@ -6,6 +6,8 @@ belongs to. The layer core reaches tensors through `ops` (`keras.ops`'s names, i
 TensorFlow) and the Keras layer machinery through the functions under "The layers".
 """
 
+from collections.abc import Callable
+
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
@@ -31,80 +33,80 @@ Progbar = keras.utils.Progbar
 BuiltinBatchNormalization = keras.layers.BatchNormalization
 
 
-def backend():
+def backend() -> str:
     """tf-keras always runs on TensorFlow."""
     return "tensorflow"
 
 
-def register_serializable(cls):
+def register_serializable(cls: type) -> type:
     """Registers `cls` so saved models load it without `custom_objects`."""
     return keras.saving.register_keras_serializable(package="keras_bn")(cls)
 
 
-def is_graph_model(model):
+def is_graph_model(model) -> bool:
     """A Sequential or functional model (whose graph its config describes), not a
     subclassed one. tf-keras marks these with `_is_graph_network`; no public API says it."""
     return isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)
 
 
-def operations(model):
+def operations(model) -> dict:
     """Name -> every node of the model's graph (in tf-keras, TF ops are layers too)."""
     return {layer.name: layer for layer in model.layers}
 
 
-def is_input_layer(layer):
+def is_input_layer(layer) -> bool:
     return isinstance(layer, keras.layers.InputLayer)
 
 
-def is_linear(activation):
+def is_linear(activation) -> bool:
     return activation is None or activation is keras.activations.linear
 
 
-def output_rank(layer):
+def output_rank(layer) -> int:
     return len(layer.output_shape)
 
 
-def input_rank(layer):
+def input_rank(layer) -> int:
     return len(layer.input_shape)
 
 
-def input_names(model):
+def input_names(model) -> list[str]:
     return list(model.input_names)
 
 
-def output_names(model):
+def output_names(model) -> list[str]:
     return list(model.output_names)
 
 
-def numpy_dtype(variable):
+def numpy_dtype(variable) -> np.dtype:
     """The numpy dtype of a variable or tensor spec."""
     return tf.as_dtype(variable.dtype).as_numpy_dtype
 
 
-def get_values(tensors):
+def get_values(tensors) -> list[np.ndarray]:
     """Numpy values of variables or tensors, in one call."""
     return keras.backend.batch_get_value(tensors)
 
 
-def set_values(pairs):
+def set_values(pairs) -> None:
     """Assigns `(variable, value)` pairs in one call."""
     keras.backend.batch_set_value(list(pairs))
 
 
-def flatten(structure):
+def flatten(structure) -> list:
     return tf.nest.flatten(structure)
 
 
-def is_builtin_layer_class(cls):
+def is_builtin_layer_class(cls: type) -> bool:
     """Whether `cls` is one of `tf_keras.layers` (known to `from_config` by itself)."""
     return getattr(keras.layers, cls.__name__, None) is cls
 
 
-def registered_name(cls):
+def registered_name(cls: type) -> str:
     return keras.saving.get_registered_name(cls)
 
 
-def add_parameter(layer, name, shape, dtype, initializer, regularizer=None,
+def add_parameter(layer, name: str, shape, dtype, initializer, regularizer=None,
                   constraint=None):
     """A trainable per-channel weight kept in `dtype` (float32 under mixed precision)."""
     return layer.add_weight(
@@ -113,7 +115,7 @@ def add_parameter(layer, name, shape, dtype, initializer, regularizer=None,
         experimental_autocast=False)
 
 
-def add_statistic(layer, name, shape, dtype, initializer):
+def add_statistic(layer, name: str, shape, dtype, initializer):
     """A non-trainable statistic: saved with the model, averaged across replicas on read."""
     return layer.add_weight(
         name=name, shape=shape, dtype=dtype, initializer=initializer, trainable=False,
@@ -121,7 +123,7 @@ def add_statistic(layer, name, shape, dtype, initializer):
         aggregation=tf.VariableAggregation.MEAN, experimental_autocast=False)
 
 
-def add_counter(layer, name):
+def add_counter(layer, name: str):
     """A non-trainable int64 scalar counter (training steps, skipped updates)."""
     return layer.add_weight(
         name=name, shape=(), dtype=tf.int64, initializer="zeros", trainable=False,
@@ -146,7 +148,7 @@ def unsafe_deserialization():
     return SafeModeScope(False)
 
 
-def custom_objects():
+def custom_objects() -> dict:
     """The global registry of this flavour's serializable objects ("package>Name" ->
     object), which its loaders search before any module."""
     return keras.saving.get_custom_objects()
@@ -193,7 +195,7 @@ def dtype_name(dtype) -> str:
     return tf.as_dtype(dtype).name
 
 
-def shape_tuple(input_shape):
+def shape_tuple(input_shape) -> tuple | None:
     """A build's `input_shape` as a tuple (None for unknown dimensions), or None when
     even the rank is unknown."""
     shape = tf.TensorShape(input_shape)
@@ -229,7 +231,7 @@ def training_flag(layer, training):
     return training
 
 
-def train_or_infer(training, train, infer):
+def train_or_infer(training, train: Callable, infer: Callable):
     """`train(training)` where the boolean tensor `training` is true, else `infer()`.
 
     In TF1 graph mode (v1 `fit`, sessions, estimators) the updates must be ops of the
@@ -244,19 +246,19 @@ def train_or_infer(training, train, infer):
     return smart_cond(training, lambda: train(True), infer)
 
 
-def assign(layer, variable, value):
+def assign(layer, variable, value) -> None:
     """`variable.assign(value)`, registered as an update so that TF1 graph mode
     (`layer.updates`, run by v1 `fit` and sessions) applies it too. In eager execution
     and in `tf.function` the assignment itself runs, as in tf-keras."""
     layer.add_update(variable.assign(value))
 
 
-def assign_add(layer, variable, delta):
+def assign_add(layer, variable, delta) -> None:
     """`variable.assign_add(delta)`, registered as an update (see `assign`)."""
     layer.add_update(variable.assign_add(tf.cast(delta, variable.dtype)))
 
 
-def assert_batch_divides(x, size, message):
+def assert_batch_divides(x, size: int, message: str) -> None:
     """At run time, for a batch whose size is unknown when the graph is built."""
     tf.debugging.assert_equal(tf.shape(x)[0] % size, 0, message=message)
 
@@ -299,18 +301,18 @@ def _replace_references(value, make_ref):
     return value
 
 
-def model_config(model):
+def model_config(model) -> dict:
     """The model's config, as `from_config` takes it back."""
     return model.get_config()
 
 
-def walk_references(inbound_nodes, on_reference):
+def walk_references(inbound_nodes, on_reference: Callable[[list], object]) -> None:
     """Calls `on_reference(ref)` on every tensor reference of a layer's `inbound_nodes`,
     `ref` a mutable list whose first three items are `[layer, node, tensor]`."""
     _walk(inbound_nodes, lambda ref: ref[0] != _CONSTANT and on_reference(ref))
 
 
-def read_call(data, make_ref):
+def read_call(data: dict, make_ref: Callable[[list], object]) -> tuple[list, dict, list]:
     """One entry of a layer's `inbound_nodes` as `(args, kwargs, reads)`: the tensors of
     the first argument, the keyword arguments (tensors in them replaced by
     `make_ref([layer, node, tensor])`), and every tensor the call reads."""
@@ -333,14 +335,14 @@ def read_call(data, make_ref):
 # -- Export: how a model of this flavour reaches the converters ---------------------------
 
 
-def onnx_proto(model, signature, opset):
+def onnx_proto(model, signature: list, opset: int | None):
     """The ONNX proto of `model` from tf2onnx's `from_keras` (which knows tf-keras)."""
     import tf2onnx
 
     return tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)[0]
 
 
-def tflite_content(model, signature, output_names, options):
+def tflite_content(model, signature: list, output_names: list[str], options: dict) -> bytes:
     """The TFLite file of `model`: the concrete function of its inference call, outputs
     named `output_names`, through `tf.lite.TFLiteConverter` with `options` (converter
     attributes; `target_spec` a dict of its attributes)."""

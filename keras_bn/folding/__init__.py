@@ -11,10 +11,10 @@ from keras_bn.folding.plan import Decision, FoldPlan, plan_model
 from keras_bn.folding.rewrite import rewrite, without_batch_norm
 from keras_bn.folding.verify import (VerificationError, compare, default_rtol, predict,
                                      random_inputs)
-from keras_bn.walk import batch_norm_paths
+from keras_bn.layers.find import batch_norm_paths
 
 
-def fold(model, *, verify: bool = True, rtol: float = None, atol: float = 1e-6,
+def fold(model, *, verify: bool = True, rtol: float | None = None, atol: float = 1e-6,
          return_plan: bool = False):
     """A new inference model with every foldable BatchNormalization merged into weights.
 

@@ -9,10 +9,10 @@ their affine maps compose into one, which folds like a single BN.
 from dataclasses import dataclass, field
 
 from keras_bn import flavour
-from keras_bn._table import aligned
+from keras_bn.tools.table import aligned
 from keras_bn.folding.graph import Graph, Ref
 from keras_bn.folding.kinds import channel_axis, kind_of, zero_padded
-from keras_bn.walk import batch_norm_paths, bn_axes, bn_kind, is_batch_norm, is_model
+from keras_bn.layers.find import batch_norm_paths, bn_axes, bn_kind, is_batch_norm, is_model
 
 
 @dataclass

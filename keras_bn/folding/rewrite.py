@@ -14,7 +14,7 @@ from keras_bn import flavour
 from keras_bn.folding import math as fold_math
 from keras_bn.folding.graph import Graph
 from keras_bn.folding.kinds import kind_of
-from keras_bn.walk import is_batch_norm, is_model
+from keras_bn.layers.find import is_batch_norm, is_model
 
 
 def rewrite(model, plan):

@@ -4,7 +4,7 @@ import numpy as np
 
 from keras_bn import flavour
 from keras_bn.errors import VerificationError  # noqa: F401  (raised here, re-exported)
-from keras_bn.walk import all_layers
+from keras_bn.layers.find import all_layers
 
 
 def random_inputs(model, batch=2, unknown_dim=32, seed=0):

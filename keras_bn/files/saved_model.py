@@ -11,7 +11,7 @@ nothing but the saver reaches. Asset file names must stay inside `assets/`.
 import os
 
 from keras_bn.errors import InputError, UnsafeModelError
-from keras_bn.loading import allowlist
+from keras_bn.files import allowlist
 
 
 def metadata_texts(path, shown):

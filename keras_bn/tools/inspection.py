@@ -2,9 +2,10 @@
 
 import numpy as np
 
-from keras_bn._table import aligned
+from keras_bn import flavour
+from keras_bn.tools.table import aligned
 from keras_bn.folding.plan import plan_model
-from keras_bn.walk import batch_norm_layers, bn_axes
+from keras_bn.layers.find import batch_norm_layers, bn_axes
 
 #: |gamma| below this (relative to the layer's largest |gamma|) counts as a dead channel.
 DEAD_GAMMA = 1e-3
@@ -22,7 +23,7 @@ def _range(values):
     return None if values is None else (float(np.min(values)), float(np.max(values)))
 
 
-def summary(model, print_fn=print):
+def summary(model, print_fn=print) -> list:
     """Prints a table of every BatchNormalization layer of `model` and returns it as data.
 
     One row per BN layer (tf-keras's, keras_bn's BN and BRN; nested models included, named
@@ -32,7 +33,8 @@ def summary(model, print_fn=print):
     fold the layer into (or why not).
 
     Args:
-      model: A built tf-keras model.
+      model: A built tf-keras or Keras 3 model (any kind; a subclassed model's BNs are
+        listed, with no fold plan).
       print_fn: Called with the table text; None prints nothing.
 
     Returns:
@@ -40,11 +42,12 @@ def summary(model, print_fn=print):
       `momentum`, `epsilon`, `mean_range`, `variance_range`, `gamma_range` ((min, max) or
       None), `dead_channels`, `zero_variance_channels`, `foldable`.
     """
-    try:
+    if flavour.of(model).is_graph_model(model):
         decisions = {d.bn: d for d in plan_model(model).decisions}
         why_no_plan = None
-    except ValueError as error:  # a subclassed model: no graph to fold
-        decisions, why_no_plan = {}, str(error).split(":")[0]
+    else:  # no layer graph to fold
+        decisions = {}
+        why_no_plan = f"Model '{model.name}' is a subclassed model ({type(model).__name__})"
     rows = []
     for name, layer in batch_norm_layers(model):
         mean = np.reshape(layer.moving_mean.numpy(), -1)

@@ -8,6 +8,7 @@ the bytes the file really holds before any data is read, and every failure is on
 """
 
 import math
+import os
 import zipfile
 
 import numpy as np
@@ -29,7 +30,7 @@ def zip_bomb(info):
     return None
 
 
-def load_arrays(path, shown=None):
+def load_arrays(path: str | os.PathLike, shown: str | None = None):
     """The array of a `.npy` file, or the dict of arrays of a `.npz` file, by name
     (`shown` names the file in errors; default `path`).
 

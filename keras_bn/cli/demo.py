@@ -79,7 +79,7 @@ def keras_row(name, model, x_test, y_test):
 
     import tensorflow as tf
 
-    from keras_bn.export.verify import accuracy, latency_ms, predict
+    from keras_bn.export.checks import accuracy, latency_ms, predict
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "m.h5")
@@ -141,7 +141,7 @@ def plot(history, rows, path):
 def main(epochs=12, out="demo_results", verbose=2):
     """Runs the demo; returns the table rows (list of dicts)."""
     import keras_bn
-    from keras_bn.progress import Steps
+    from keras_bn.cli.progress import Steps
     from keras_bn.export import to_onnx, to_tflite
 
     os.makedirs(out, exist_ok=True)

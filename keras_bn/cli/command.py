@@ -10,7 +10,7 @@ import os
 import sys
 import traceback
 
-from keras_bn.progress import Steps
+from keras_bn.cli.progress import Steps
 
 EXIT_OK, EXIT_FAILED_CHECK, EXIT_BAD_INPUT, EXIT_BUG = 0, 1, 2, 3
 
@@ -101,14 +101,14 @@ def _parser():
 
 
 def _load(args, steps):
-    from keras_bn.loading import load_model
+    from keras_bn.files import load_model
 
     return steps.run(f"load {args.model}", load_model, args.model, unsafe=args.unsafe,
                      imports=args.imports)
 
 
 def _fold(args):
-    from keras_bn.files import atomic_path, check_output
+    from keras_bn.files.output import atomic_path, check_output
     from keras_bn.folding import fold
 
     check_output(args.out, (".keras", ".h5"), inputs=[args.model])
@@ -129,8 +129,8 @@ def _fold(args):
 
 def _export(args):
     from keras_bn import export
-    from keras_bn.files import check_output
-    from keras_bn.loading import load_arrays
+    from keras_bn.files.output import check_output
+    from keras_bn.files import load_arrays
 
     if not (args.onnx or args.tflite):
         raise UserError("nothing to export: give --onnx PATH and/or --tflite PATH")
@@ -169,13 +169,13 @@ def results_table(results):
                      "-" if r.max_error is None else f"{r.max_error:.2e}",
                      "-" if r.latency_ms is None else
                      f"{r.latency_ms:.2f} ms (batch {r.latency_batch})", str(ops)))
-    from keras_bn._table import aligned
+    from keras_bn.tools.table import aligned
 
     return aligned(rows)
 
 
 def _inspect(args):
-    from keras_bn.summary import summary
+    from keras_bn.tools.inspection import summary
 
     model = _load(args, Steps(1))
     rows = summary(model)
@@ -184,7 +184,7 @@ def _inspect(args):
 
 
 def _demo(args):
-    from keras_bn import demo
+    from keras_bn.cli import demo
 
     if args.epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {args.epochs}")
@@ -255,7 +255,3 @@ def _quiet_native_logs():
         os.dup2(saved_fd, 2)
         os.close(saved_fd)
         sys.stderr = saved_stream
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -30,7 +30,7 @@ import zipfile
 
 from keras_bn import flavour
 from keras_bn.errors import InputError, UnsafeModelError
-from keras_bn.loading import arrays, configs, custom, hdf5, private_copy, saved_model
+from keras_bn.files import arrays, configs, custom, hdf5, private_copy, saved_model
 
 
 def model_format(path):
@@ -151,7 +151,8 @@ def _check_zip(path, shown):
                     arrays.load_arrays(member, named)
 
 
-def load_model(path, unsafe=False, imports=(), custom_objects=None):
+def load_model(path: str | os.PathLike, unsafe: bool = False, imports: tuple = (),
+               custom_objects: dict | None = None):
     """Loads a `.keras`, `.h5` or SavedModel file, checked first (see the module docstring).
 
     keras_bn's layers need no flags. Anything else off the allowlist (a custom layer, a

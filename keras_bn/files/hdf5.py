@@ -11,7 +11,7 @@ Keras opens the file; the weights inside a `.keras` zip are checked the same way
 import os
 
 from keras_bn.errors import InputError
-from keras_bn.loading.arrays import MAX_EXPANSION
+from keras_bn.files.arrays import MAX_EXPANSION
 
 
 def check_hdf5(path, shown):

@@ -2,7 +2,7 @@
 
 Every dict with a "class_name" is a request to the loader (tf-keras and Keras 3, their
 current and legacy formats alike): build a class, look up a function, rebuild a value.
-Each request must be on `keras_bn.loading.allowlist` (or registered by the user's own
+Each request must be on `keras_bn.files.allowlist` (or registered by the user's own
 `--import`), with exactly the module and registered name the loader resolves it by: a
 registered name is looked up in the global registry before the module, so a built-in's
 must be absent or its own class name. Strings that a layer resolves by name (an
@@ -11,7 +11,7 @@ the arguments a layer would read as a path must be inline values. The compile
 configuration is skipped: models load with `compile=False`, which never reads it.
 """
 
-from keras_bn.loading import allowlist
+from keras_bn.files import allowlist
 
 #: Keys of a model configuration that the loaders never deserialize with compile=False.
 _NOT_LOADED = ("compile_config", "training_config")

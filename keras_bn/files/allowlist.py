@@ -2,7 +2,7 @@
 
 Everything a file's configuration names (a class to build, a function to look up, an op
 for an op layer to call, a string resolved by name) must be on one of these lists, keyed
-the way the loaders resolve it; anything else is refused (`keras_bn.loading.configs`).
+the way the loaders resolve it; anything else is refused (`keras_bn.files.configs`).
 The lists are the built-in, code-free objects of tf-keras 2.21 and Keras 3.15, written out
 (not read from the installed Keras: a name a later Keras adds is refused until it is
 reviewed and listed here), plus keras_bn's own layers and whatever the user registers

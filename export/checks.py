@@ -1,5 +1,5 @@
 """What every exporter shares: the result object, parity and timing (the atomic write is
-`keras_bn.files.atomic_path`)."""
+`keras_bn.files.output.atomic_path`)."""
 
 import statistics
 import time

@@ -5,8 +5,8 @@ import numpy as np
 
 from keras_bn import flavour
 from keras_bn.errors import InputError
-from keras_bn.measure import measure_inputs
-from keras_bn.walk import distinct_batch_norm_layers
+from keras_bn.calibration.measure import measure_inputs
+from keras_bn.layers.find import distinct_batch_norm_layers
 
 
 #: Automatic passes stop once no channel's mean moved by more than this many standard
@@ -15,7 +15,8 @@ CONVERGED = 0.01
 MAX_PASSES = 6
 
 
-def recalibrate(model, data, *, steps=None, batch_size=32, passes=None, verbose=1):
+def recalibrate(model, data, *, steps: int | None = None, batch_size: int = 32,
+                passes: int | None = None, verbose: int = 1) -> list:
     """Sets every BN layer's moving statistics to the exact statistics of its inputs.
 
     The moving averages a BN layer keeps during training are a poor estimate of what it
@@ -60,8 +61,9 @@ Which inputs: the model runs in inference mode, so while the layers are measured
     its share of every batch and the shares are merged exactly.
 
     Args:
-      model: A tf-keras model (any structure: nested models, shared layers) with
-        tf-keras or keras_bn BatchNormalization layers.
+      model: A tf-keras model, or a Keras 3 model on the TensorFlow backend (any
+        structure: nested models, shared layers), with its flavour's or keras_bn's
+        BatchNormalization layers.
       data: A numpy array of inputs (batched by `batch_size`), a `tf.data.Dataset` of
         batches, or any iterable of batches (read once per pass: a generator allows
         `passes=1` only). A tuple element `(inputs, labels)` or

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from keras_bn import flavour
 from keras_bn.errors import InputError
-from keras_bn.walk import bn_axes
+from keras_bn.layers.find import bn_axes
 
 
 def merge(a, b):
