@@ -82,7 +82,7 @@ def representatives(flavour="tf_keras"):
     return sorted(chosen.values())
 
 
-#: Exports that fail for reasons outside keras_bn, measured (see the README's zoo table).
+#: Exports that fail for reasons outside keras_bn, measured (see docs/zoo.md).
 EXPORT_LIMITS = {
     "ConvNeXt": "tf2onnx 1.17 cannot convert Erfc (the exact GELU)",
     "RegNetX": "tf2onnx 1.17 leaves the grouped convolutions' PartitionedCall unconverted",

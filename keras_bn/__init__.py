@@ -22,7 +22,8 @@ installed as `keras_bn.export`.
 """
 
 import importlib
-import os
+import importlib.abc
+import importlib.util
 import sys
 
 __version__ = "0.1.0"
@@ -41,17 +42,13 @@ _API = {
 __all__ = sorted(_API)
 
 
-def _bind_all():
-    """Binds every public name (no public name is also a module's: the API's modules are
-    named after their concept, `tools.freezing`, `calibration.recalibration`, ...)."""
-    for name, module in _API.items():
-        globals()[name] = getattr(importlib.import_module(module), name)
-
-
 def __getattr__(name):
+    """Each public name is imported on first use (PEP 562): `import keras_bn` itself
+    imports neither TensorFlow nor Keras, so the command line answers `--help` at once."""
     if name in _API:
-        _bind_all()
-        return globals()[name]
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'keras_bn' has no attribute {name!r}")
 
 
@@ -59,10 +56,48 @@ def __dir__():
     return sorted(set(globals()) | set(_API))
 
 
-# `import keras_bn` binds the API and registers the layers with tf-keras at once (so
-# `.h5` and SavedModel files holding them load with tf-keras's own `load_model`), which
-# imports TensorFlow (~3 s). Only the `keras-bn` command line (the console script, or
-# `python -m` on a keras_bn module) defers that to the first use of a name above:
-# `keras-bn --help` and argument errors then answer without TensorFlow.
-if os.path.basename(sys.argv[0] if sys.argv else "") not in ("keras-bn", "-m"):
-    _bind_all()
+class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Runs `then()` right after module `name` is imported (a post-import hook, PEP 369):
+    the import machinery asks this finder first, and it hands back the module's own spec
+    with itself as the loader, which runs the module's loader and then `then`."""
+
+    def __init__(self, name, then):
+        self.name, self.then, self.loader = name, then, None
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name or self.loader is not None:
+            return None
+        sys.meta_path.remove(self)  # once; and so the real finders answer next
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        self.loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__spec__.loader = module.__loader__ = self.loader  # as if never here
+        self.loader.exec_module(module)
+        try:
+            self.then()
+        except Exception as error:  # noqa: BLE001 - the user's import must not fail
+            import warnings
+
+            warnings.warn(f"keras_bn could not register its layers with {self.name}: "
+                          f"{type(error).__name__}: {error}", stacklevel=2)
+
+
+def _register_tf_keras_layers():
+    importlib.import_module("keras_bn.layers.tf_keras")
+
+
+# tf-keras's own loaders (`tf_keras.models.load_model` of `.h5` and SavedModel files) find
+# keras_bn's layers only once they are registered with tf-keras, which takes importing it
+# (and TensorFlow, ~3 s). `import keras_bn` registers them as soon as tf-keras is there:
+# now if it already is, or right after it is imported.
+if "tf_keras" in sys.modules:
+    _register_tf_keras_layers()
+else:
+    sys.meta_path.insert(0, _AfterImport("tf_keras", _register_tf_keras_layers))

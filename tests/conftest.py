@@ -27,6 +27,21 @@ def _seed_and_clear():
     tf_keras.backend.clear_session()
 
 
+@pytest.fixture(params=["tf_keras", "keras3"])
+def flavour(request):
+    """`(keras, keras_bn layers)` of each flavour: `tf_keras` and `keras_bn`, or Keras 3's
+    `keras` (the TensorFlow backend in this process) and `keras_bn.keras3`; a test that
+    takes it runs once per flavour."""
+    import importlib
+
+    if request.param == "tf_keras":
+        import keras_bn
+
+        return importlib.import_module("tf_keras"), keras_bn
+    from keras_bn import keras3
+
+    return importlib.import_module("keras"), keras3
+
 
 @pytest.fixture(scope="session")
 def digits():

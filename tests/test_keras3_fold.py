@@ -100,21 +100,6 @@ def test_kept_reasons_activation_fanout_and_shared():
     assert len(folded.layers) == len(model.layers)
 
 
-def test_subclassed_keras3_model_is_a_clear_error():
-    class Net(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.bn = L.BatchNormalization()
-
-        def call(self, x):
-            return self.bn(x)
-
-    net = Net()
-    net(np.zeros((1, 3), "float32"))
-    with pytest.raises(keras_bn.InputError, match="subclassed"):
-        keras_bn.fold(net)
-
-
 def test_recalibrate_and_freeze_keras3_models():
     """The training tools take Keras 3 models too (TensorFlow backend): recalibrate gives
     each BN the exact statistics of its inputs (numpy, 1e-5 relative), freeze puts them

@@ -187,12 +187,16 @@ def test_errors_name_the_file(tmp_path):
     shutil.rmtree(tmp_path)
 
 
-def test_import_keras_bn_registers_the_layers_for_tf_keras_loaders(tmp_path):
-    """`import keras_bn` alone lets tf-keras's own load_model read .h5 and SavedModel
-    files holding keras_bn layers (the package defers imports only under the CLI)."""
+@pytest.mark.parametrize("imports", [
+    "import sys\nimport keras_bn\nassert 'tensorflow' not in sys.modules\nimport tf_keras\n",
+    "import tf_keras\nimport keras_bn\n"], ids=["keras_bn first", "tf_keras first"])
+def test_import_keras_bn_registers_the_layers_for_tf_keras_loaders(tmp_path, imports):
+    """`import keras_bn` alone, before or after tf-keras, lets tf-keras's own load_model
+    read .h5 and SavedModel files holding keras_bn layers; `import keras_bn` by itself
+    imports no TensorFlow (the names bind on first use)."""
     harmless_model().save(tmp_path / "m.h5")
     harmless_model().save(tmp_path / "saved", save_format="tf")
-    script = ("import keras_bn, tf_keras\n"
+    script = (f"{imports}"
               "for path in ('m.h5', 'saved'):\n"
               "    layer = tf_keras.models.load_model(path).layers[-1]\n"
               "    assert type(layer).__module__.startswith('keras_bn'), type(layer)\n"
