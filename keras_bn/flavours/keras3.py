@@ -19,7 +19,6 @@ LABEL = "keras"
 #: ... and keras_bn's own layers of this flavour ("keras_bn.keras3.BatchNormalization").
 OUR_LABEL = "keras_bn.keras3"
 
-Layer = keras.layers.Layer
 InputSpec = keras.layers.InputSpec
 initializers = keras.initializers
 regularizers = keras.regularizers

@@ -21,7 +21,6 @@ LABEL = "tf_keras"
 #: ... and keras_bn's own layers of this flavour ("keras_bn.BatchNormalization").
 OUR_LABEL = "keras_bn"
 
-Layer = keras.layers.Layer
 InputSpec = keras.layers.InputSpec
 initializers = keras.initializers
 regularizers = keras.regularizers
