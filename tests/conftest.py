@@ -7,17 +7,6 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
-def assert_close(actual, expected, rtol, what=""):
-    """max|actual - expected| <= rtol * max(1, max|expected|): a tolerance on the scale of
-    the values, since float32 reductions in a different order differ by ~n * 6e-8."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-    err = np.max(np.abs(actual - expected)) if actual.size else 0.0
-    scale = max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
-    assert err <= rtol * scale, f"{what}: max error {err:.3g} > {rtol:g} * {scale:.3g}"
-
-
 @pytest.fixture(autouse=True)
 def _seed_and_clear():
     np.random.seed(0)
@@ -52,6 +41,3 @@ def digits():
     flat = lambda x: x.reshape(len(x), -1)
     return flat(x_train), y_train, flat(x_test), y_test
 
-
-# Shared with the benchmarks, which measure the same kind of models.
-from benchmarks.models import randomize_biases, randomize_bn  # noqa: E402,F401

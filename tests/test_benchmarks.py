@@ -11,7 +11,7 @@ import keras_bn
 from benchmarks import harness, inference
 from keras_bn.folding import without_batch_norm
 from keras_bn.layers.find import is_batch_norm
-from conftest import randomize_bn
+from helpers import randomize_bn
 
 L = tf_keras.layers
 

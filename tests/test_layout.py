@@ -117,3 +117,16 @@ def test_the_layers_are_written_once():
                if not (name == "__annotations__" and not value)}  # creates an empty one
         assert own - {"__doc__", "__module__", "__qualname__", "_flavour", "__dict__",
                       "__weakref__", "__firstlineno__", "__static_attributes__"} == set(), ours
+
+
+def test_tests_mirror_the_package_with_the_flavour_a_parameter():
+    """tests/<role>/ for the package's roles (layers, folding, export, ...), and no test
+    module named after a flavour: what both flavours do alike takes the `flavour`
+    fixture instead of a second file."""
+    tests = ROOT.parent / "tests"
+    roles = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()} | {"export"}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders and folders <= roles, folders - roles
+    named = [str(p.relative_to(tests)) for p in tests.rglob("test_*.py")
+             if any(f in p.stem for f in ("keras3", "tf_keras", "keras2"))]
+    assert named == []

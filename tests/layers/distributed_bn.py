@@ -1,7 +1,7 @@
 """Runs keras_bn layers for a few training steps on one device, under MirroredStrategy
 (2 logical CPUs) or as one worker of a MultiWorkerMirroredStrategy, and prints JSON.
 
-Used by tests/test_distributed.py as a subprocess: logical devices and TF_CONFIG must be
+Used by tests/layers/test_distributed.py as a subprocess: logical devices and TF_CONFIG must be
 set before TensorFlow starts, which a test process cannot do twice.
 
 Usage: python distributed_bn.py MODE LAYER SYNC  (MODE single|mirrored|worker,

@@ -10,16 +10,9 @@ import tf_keras
 
 import keras_bn
 from keras_bn.layers.find import is_batch_norm
-from conftest import randomize_bn
+from helpers import keras_bn_cli, randomize_bn
 
 L = tf_keras.layers
-
-
-def keras_bn_cli(*args, cwd=None):
-    """Runs `keras-bn ARGS` with this interpreter; returns the CompletedProcess."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-m", "keras_bn.cli", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +88,13 @@ def test_bad_input_exits_2_with_one_line(model_file, tmp_path, args, message):
     assert not (tmp_path / "out.keras").exists()
 
 
-def test_lambda_layer_needs_unsafe(tmp_path):
-    inputs = tf_keras.Input((4,))
-    x = L.Lambda(lambda t: t * 2.0, name="double")(L.BatchNormalization()(L.Dense(3)(inputs)))
+def test_lambda_layer_needs_unsafe(flavour, tmp_path):
+    keras, _ = flavour
+    inputs = keras.Input((4,))
+    x = keras.layers.Lambda(lambda t: t * 2.0, name="double")(
+        keras.layers.BatchNormalization()(keras.layers.Dense(3)(inputs)))
     path = tmp_path / "lambda.keras"
-    tf_keras.Model(inputs, x).save(path)
+    keras.Model(inputs, x).save(path)
     refused = keras_bn_cli("inspect", path)
     assert refused.returncode == 2 and "layer 'double': a Lambda layer" in refused.stderr
     assert "--unsafe" in refused.stderr and "Traceback" not in refused.stderr
@@ -108,14 +103,15 @@ def test_lambda_layer_needs_unsafe(tmp_path):
     # The user's choice carries into the fold's rebuild of the model (and only there).
     folded = keras_bn_cli("fold", path, tmp_path / "folded.keras", "--unsafe")
     assert folded.returncode == 0, folded.stderr
-    model = tf_keras.models.load_model(tmp_path / "folded.keras", safe_mode=False)
+    model = keras.models.load_model(tmp_path / "folded.keras", safe_mode=False)
     assert not any(map(is_batch_norm, model.layers))
 
 
-def test_lambda_in_h5_is_refused_too(tmp_path):
-    inputs = tf_keras.Input((4,))
+def test_lambda_in_h5_is_refused_too(flavour, tmp_path):
+    keras, _ = flavour
+    inputs = keras.Input((4,))
     path = tmp_path / "lambda.h5"
-    tf_keras.Model(inputs, L.Lambda(lambda t: t + 1.0, name="plus")(inputs)).save(path)
+    keras.Model(inputs, keras.layers.Lambda(lambda t: t + 1.0, name="plus")(inputs)).save(path)
     refused = keras_bn_cli("fold", path, tmp_path / "o.keras")
     assert refused.returncode == 2 and "'plus'" in refused.stderr
 

@@ -141,19 +141,6 @@ def test_tf1_graph_mode_updates_as_tf_keras_does(mode):
         assert min(our_mean) > 4.0, our_mean
 
 
-def test_a_fully_masked_batch_is_skipped_and_counted():
-    layer = keras_bn.BatchNormalization(momentum=0.5)
-    x = tf.random.normal((4, 5, 3)) * 3.0 + 2.0
-    layer(x, training=True, mask=tf.ones((4, 5)))
-    mean, variance = layer.moving_mean.numpy(), layer.moving_variance.numpy()
-    layer(x, training=True, mask=tf.zeros((4, 5)))
-    np.testing.assert_array_equal(layer.moving_mean.numpy(), mean)
-    np.testing.assert_array_equal(layer.moving_variance.numpy(), variance)
-    assert int(layer.skipped_updates.numpy()) == 1
-    y = layer(x, training=False)  # inference is unaffected by the empty batch
-    assert float(tf.reduce_max(tf.abs(y))) < 10.0
-
-
 @pytest.mark.parametrize("limit", ["rmax", "dmax", "both"])
 def test_infinite_limits_through_warmup_and_ramp(limit):
     """`inf` means "no clipping" (tf-keras's default); the schedule must not compute

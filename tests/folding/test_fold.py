@@ -4,13 +4,14 @@ import hashlib
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tf_keras
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import keras_bn
 from keras_bn.folding import predict, random_inputs
 from keras_bn.layers.find import is_batch_norm
-from conftest import assert_close, randomize_bn
+from helpers import assert_close, randomize_bn, trained_statistics
 
 L = tf_keras.layers
 # Folding reorders float32 arithmetic in one layer: 1e-5 of the output scale.
@@ -121,49 +122,75 @@ def _kept_reason(model, bn_name):
     return decision.reason
 
 
-def test_refuses_activation_inside_the_conv():
-    inputs = tf_keras.Input((6, 6, 2))
-    x = L.BatchNormalization(name="bn")(L.Conv2D(3, 3, activation="relu", padding="same")(inputs))
-    model = randomize_bn(tf_keras.Model(inputs, x))
+def test_refuses_activation_inside_the_conv(flavour):
+    keras, _ = flavour
+    inputs = keras.Input((6, 6, 2))
+    conv = keras.layers.Conv2D(3, 3, activation="relu", padding="same")
+    model = randomize_bn(keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(
+        conv(inputs))))
     assert "applies activation 'relu' before the BN" in _kept_reason(model, "bn")
 
 
-def test_refuses_producer_that_feeds_another_layer():
-    inputs = tf_keras.Input((6, 6, 2))
-    y = L.Conv2D(2, 3, padding="same", name="conv")(inputs)
-    x = L.Add()([L.BatchNormalization(name="bn")(y), y])
-    model = randomize_bn(tf_keras.Model(inputs, x))
+def test_refuses_producer_that_feeds_another_layer(flavour):
+    keras, _ = flavour
+    inputs = keras.Input((6, 6, 2))
+    y = keras.layers.Conv2D(2, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.Add(name="add")([keras.layers.BatchNormalization(name="bn")(y), y])
+    model = randomize_bn(keras.Model(inputs, x))
     assert "output also feeds 'add'" in _kept_reason(model, "bn")
 
 
-def test_refuses_bn_on_a_non_channel_axis():
-    inputs = tf_keras.Input((6, 5, 2))
-    x = keras_bn.BatchNormalization(axis=1, name="bn")(L.Conv2D(3, 1, name="conv")(inputs))
-    model = randomize_bn(tf_keras.Model(inputs, L.Flatten()(x)))
+def test_refuses_bn_on_a_non_channel_axis(flavour):
+    keras, layers = flavour
+    inputs = keras.Input((6, 5, 2))
+    x = layers.BatchNormalization(axis=1, name="bn")(
+        keras.layers.Conv2D(3, 1, name="conv")(inputs))
+    model = randomize_bn(keras.Model(inputs, keras.layers.Flatten()(x)))
     assert "BN axis [1] is not Conv2D 'conv''s channel axis 3" in _kept_reason(model, "bn")
 
 
-def test_refuses_bn_called_in_training_mode():
-    inputs = tf_keras.Input((4,))
-    x = L.BatchNormalization(name="bn")(L.Dense(3)(inputs), training=True)
-    model = randomize_bn(tf_keras.Model(inputs, x))
-    assert "training=True" in keras_bn.fold_plan(model).decisions[0].reason
-    assert not keras_bn.fold_plan(model).decisions[0].folded
+def test_refuses_bn_called_in_training_mode(flavour):
+    keras, _ = flavour
+    inputs = keras.Input((4,))
+    x = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(3)(inputs),
+                                                   training=True)
+    model = randomize_bn(keras.Model(inputs, x))
+    decision = keras_bn.fold_plan(model).decisions[0]
+    assert "training=True" in decision.reason and decision.category == "training"
+    assert not decision.folded
 
 
-def test_refuses_shared_bn_and_shared_producer():
-    inputs = tf_keras.Input((4,))
+def test_refuses_shared_bn_and_shared_producer(flavour):
+    keras, _ = flavour
+    L = keras.layers
+    inputs = keras.Input((4,))
     bn = L.BatchNormalization(name="bn")
     dense = L.Dense(4, name="shared_dense")
     a = bn(L.Dense(4)(inputs))
     b = bn(L.Dense(4)(inputs))
     c = L.BatchNormalization(name="bn2")(dense(L.Add()([a, b])))
     d = dense(c)
-    model = randomize_bn(tf_keras.Model(inputs, [c, d]))
+    model = randomize_bn(keras.Model(inputs, [c, d]))
     plan = {d.bn: d for d in keras_bn.fold_plan(model).decisions}
     assert plan["bn"].reason.startswith("shared layer: called 2 times")
+    assert plan["bn"].category == "shared"
     assert "a shared layer" in plan["bn2"].reason
     _check_folded(model, keras_bn.fold(model), expect_bn_left=2)
+
+
+def test_kept_after_an_activation_layer_and_at_a_fan_out(flavour):
+    keras, _ = flavour
+    L = keras.layers
+    inputs = keras.Input((8,))
+    a = L.BatchNormalization(name="after_activation")(L.Dense(4, activation="relu")(inputs))
+    e = L.Dense(4, name="fan")(L.Activation("tanh")(a))
+    b = L.BatchNormalization(name="fan_out")(e)
+    model = randomize_bn(keras.Model(inputs, L.Concatenate()([b, e])))
+    by_name = {d.bn: d for d in keras_bn.fold_plan(model).decisions}
+    assert by_name["after_activation"].category == "activation"
+    assert "relu" in by_name["after_activation"].reason
+    assert by_name["fan_out"].category == "fan-out"
+    assert len(keras_bn.fold(model).layers) == len(model.layers)  # and still verifies
 
 
 def test_refuses_bn_before_zero_padded_conv_and_folds_before_grouped_conv():
@@ -189,14 +216,58 @@ def test_plan_table_lists_every_bn():
     assert "input comes from ReLU" in table and "output goes to ReLU" in table
 
 
-def test_sequential_stays_sequential_and_keeps_input_shape():
-    model = randomize_bn(tf_keras.Sequential([
-        L.BatchNormalization(input_shape=(5,)), L.Dense(4, name="d"),
-        keras_bn.BatchNormalization(), L.ReLU(name="r"), L.Dense(2, name="out")]))
+def test_sequential_stays_sequential_keeps_input_shape_and_round_trips(flavour, tmp_path):
+    keras, layers = flavour
+    L = keras.layers
+    model = randomize_bn(keras.Sequential([
+        keras.Input((5,)), L.BatchNormalization(), L.Dense(4, name="d"),
+        layers.BatchNormalization(), L.ReLU(name="r"), L.Dense(2, name="out")]))
     folded = keras_bn.fold(model)
-    assert isinstance(folded, tf_keras.Sequential)
+    assert type(folded) is keras.Sequential
     assert [layer.name for layer in folded.layers] == ["d", "r", "out"]
     _check_folded(model, folded)
+    folded.save(tmp_path / "folded.keras")
+    x = np.random.RandomState(0).randn(3, 5).astype("float32")
+    assert_close(keras.models.load_model(tmp_path / "folded.keras").predict(x, verbose=0),
+                 model.predict(x, verbose=0), RTOL)
+
+
+def test_every_bn_class_op_nodes_nesting_and_training_calls(flavour):
+    """One functional model with each flavour's BN classes (renorm included), an op node
+    (a TensorFlow op on tf-keras, `keras.ops` on Keras 3), a nested model, a BN called with
+    training=True and one before the head: each folded or kept for its own reason."""
+    keras, layers = flavour
+    L = keras.layers
+    multiply = keras.ops.multiply if hasattr(keras, "ops") else tf.multiply
+    inputs = keras.Input((12, 12, 3), name="img")
+    x = L.Conv2D(8, 3, use_bias=False, name="conv.a-1")(inputs)
+    x = L.ReLU()(L.BatchNormalization(name="bn1")(x))            # Keras's, after conv
+    x = L.DepthwiseConv2D(3, name="dw")(x)
+    x = layers.BatchRenormalization(name="brn")(x)               # ours, after depthwise
+    y = multiply(x, 2.0)                                         # an op node
+    y = L.BatchNormalization(renorm=True, name="renorm")(y)      # kept: after an op
+    inner = keras.Sequential([keras.Input((8, 8, 8)), L.Conv2D(4, 1),
+                              layers.BatchNormalization(name="inner_bn")], name="inner")
+    y = inner(y)                                                 # nested: folded inside
+    t = L.BatchNormalization(name="train_bn")(y, training=True)  # kept: may train
+    p = layers.BatchNormalization(name="before_head")(L.GlobalAveragePooling2D()(t))
+    model = trained_statistics(keras.Model(inputs, L.Dense(3, name="head")(p)))
+    before = [v.numpy().copy() for v in model.weights]
+    folded, plan = keras_bn.fold(model, return_plan=True)
+    by_name = {d.bn: d for d in plan.decisions}
+    assert by_name["bn1"].into == "conv.a-1" and by_name["brn"].into == "dw"
+    assert by_name["inner/inner_bn"].folded
+    assert by_name["before_head"].position == "before"
+    assert by_name["renorm"].category == "no weights"
+    assert by_name["train_bn"].category == "training"
+    prefix = keras.__name__.split(".")[0]
+    assert by_name["renorm"].kind == f"{prefix}.BatchNormalization"
+    assert by_name["brn"].kind == f"{layers.__name__}.BatchRenormalization"
+    assert type(folded) is keras.Model or type(folded).__name__ == "Functional"
+    assert plan.max_error <= plan.tolerance
+    for a, b in zip(before, model.weights):  # the original is untouched
+        np.testing.assert_array_equal(a, b.numpy())
+    _check_folded(model, folded, expect_bn_left=2)
 
 
 def test_functional_keeps_names_inputs_outputs_and_folds_nested_models():

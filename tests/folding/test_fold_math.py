@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from keras_bn.folding import math as fm
-from conftest import assert_close
+from helpers import assert_close
 
 # float32 convolutions of O(1) values over <= 100 products: 1e-5 of the output scale.
 RTOL = 1e-5

@@ -1,6 +1,8 @@
-"""keras_bn.keras3 layers: parity with Keras 3's BatchNormalization on TensorFlow and JAX
-(each backend in its own process, as Keras 3 picks the backend at import), and the
-guarantees of the tf-keras layers on Keras 3 (in this process: the TensorFlow backend)."""
+"""keras_bn.keras3 layers on every Keras 3 backend: parity with Keras 3's
+BatchNormalization on TensorFlow and JAX (each backend in its own process,
+`backend_checks.py`, as Keras 3 picks the backend at import), and the same numbers as the
+tf-keras layers (in this process). What both flavours promise alike is tested once per
+flavour in the other files of this folder."""
 
 import json
 import os
@@ -30,7 +32,7 @@ def parity(tmp_path_factory):
     results = {}
     for backend in BACKENDS:
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        run = subprocess.run([sys.executable, os.path.join(HERE, "keras3_checks.py"), str(out)],
+        run = subprocess.run([sys.executable, os.path.join(HERE, "backend_checks.py"), str(out)],
                              env=env, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
         with open(out / f"{backend}.json") as f:
@@ -85,48 +87,7 @@ def test_synchronized_is_a_clear_error_on_jax_only(parity):
     assert "synchronized=True" in message and "KERAS_BACKEND=tensorflow" in message
 
 
-# -- in this process: Keras 3 on the TensorFlow backend -----------------------------------
-
-def _trained(layer, batches, **call):
-    for x in batches:
-        layer(x, training=True, **call)
-    return layer
-
-
-def test_non_finite_and_fully_masked_batches_are_skipped():
-    layer = kbn.BatchNormalization(momentum=0.5)
-    x = np.random.RandomState(0).randn(8, 4, 3).astype("float32")
-    _trained(layer, [x])
-    before = [layer.moving_mean.numpy(), layer.moving_variance.numpy()]
-    bad = x.copy()
-    bad[0, 0, 0] = np.nan
-    layer(bad, training=True)
-    layer(x, training=True, mask=np.zeros((8, 4), bool))
-    np.testing.assert_array_equal(layer.moving_mean, before[0])
-    np.testing.assert_array_equal(layer.moving_variance, before[1])
-    assert int(layer.skipped_updates) == 2
-
-
-def test_trainable_false_and_frozen_mean_inference():
-    x = (np.random.RandomState(1).randn(16, 3) * 3 + 2).astype("float32")
-    for setup in ("trainable", "frozen"):
-        layer = kbn.BatchNormalization()
-        layer.build(x.shape)
-        if setup == "trainable":
-            layer.trainable = False
-        else:
-            layer.frozen = True
-        np.testing.assert_allclose(layer(x, training=True), x / np.sqrt(1 + 1e-3), rtol=1e-6)
-        np.testing.assert_array_equal(layer.moving_mean, np.zeros(3))
-
-
-def test_mixed_precision_and_integer_inputs():
-    layer = kbn.BatchRenormalization(dtype="mixed_float16")
-    y = layer(np.arange(24, dtype="int32").reshape(8, 3), training=True)
-    assert keras.backend.standardize_dtype(y.dtype) == "float16"
-    assert all(keras.backend.standardize_dtype(w.dtype) in ("float32", "int32")
-               for w in layer.weights)
-
+# -- in this process: the two flavours side by side -------------------------------
 
 @pytest.mark.parametrize("options", [
     dict(),
@@ -148,16 +109,3 @@ def test_same_numbers_as_the_tf_keras_layer(options):
     for name in ("moving_mean", "moving_variance", "renorm_mean", "renorm_stddev"):
         np.testing.assert_allclose(getattr(ours3, name), getattr(ours2, name), rtol=1e-5)
     assert int(ours3.renorm_step) == int(ours2.renorm_step) == 6
-
-
-def test_config_round_trip_and_errors_name_the_layer():
-    layer = kbn.BatchRenormalization(axis=1, rmax=2.0, warmup_steps=7, virtual_batch_size=4,
-                                     name="brn")
-    clone = kbn.BatchRenormalization.from_config(layer.get_config())
-    assert clone.get_config() == layer.get_config()
-    with pytest.raises(ValueError, match=r"'bad'.*momentum=1.5.*\[0, 1\)"):
-        kbn.BatchNormalization(momentum=1.5, name="bad")
-    with pytest.raises(ValueError, match=r"'bad'.*rmax=0.5"):
-        kbn.BatchRenormalization(rmax=0.5, name="bad")
-    with pytest.raises(ValueError, match=r"axis=3 for inputs of rank 2"):
-        kbn.BatchNormalization(axis=3)(np.zeros((2, 3), "float32"))

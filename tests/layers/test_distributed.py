@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import assert_close
+from helpers import assert_close
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_bn.py")
 # float32 sums over 64 elements per replica, then across replicas in another order.

@@ -8,7 +8,7 @@ import tf_keras
 import keras_bn
 from keras_bn import flavour as flavour_module
 from keras_bn.layers import fused as fused_kernel, statistics
-from conftest import assert_close
+from helpers import assert_close
 from test_batch_normalization import CASES, RTOL, _as_4d, _batches, _train_step
 
 CONSTANT = dict(warmup_steps=0, rmax_ramp_steps=0, dmax_ramp_steps=0)

@@ -14,7 +14,7 @@ import keras_bn
 from keras_bn.folding import graph as graph_module
 from keras_bn.folding import predict, random_inputs
 from keras_bn.layers.find import batch_norm_layers
-from conftest import assert_close, randomize_bn
+from helpers import assert_close, randomize_bn
 
 L = tf_keras.layers
 RTOL = 1e-5

@@ -38,12 +38,21 @@ def test_round_trip(tmp_path, suffix):
     assert isinstance(loaded.layers[4], keras_bn.BatchRenormalization)
 
 
-@pytest.mark.parametrize("cls", [keras_bn.BatchNormalization, keras_bn.BatchRenormalization])
-def test_config_round_trip(cls):
+@pytest.mark.parametrize("cls", ["BatchNormalization", "BatchRenormalization"])
+def test_config_round_trip(flavour, cls):
+    keras, layers = flavour
+    cls = getattr(layers, cls)
     layer = cls(axis=[1, 2], momentum=0.7, epsilon=2e-3, center=False,
                 gamma_regularizer="l2", virtual_batch_size=4, name="x")
     config = layer.get_config()
     clone = cls.from_config(config)
     assert clone.get_config() == config
-    restored = tf_keras.layers.deserialize(tf_keras.layers.serialize(layer))
+    restored = keras.layers.deserialize(keras.layers.serialize(layer))
     assert type(restored) is cls and restored.get_config() == config
+
+
+def test_renorm_config_round_trip(flavour):
+    cls = flavour[1].BatchRenormalization
+    layer = cls(axis=1, rmax=2.0, dmax=float("inf"), warmup_steps=7, virtual_batch_size=4,
+                name="brn")
+    assert cls.from_config(layer.get_config()).get_config() == layer.get_config()

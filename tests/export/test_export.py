@@ -10,7 +10,7 @@ import keras_bn
 from keras_bn import export
 from keras_bn.folding import without_batch_norm
 from keras_bn.layers.find import is_batch_norm
-from conftest import randomize_biases, randomize_bn
+from helpers import randomize_biases, randomize_bn, trained_statistics
 
 L = tf_keras.layers
 BN_OPS = {"BatchNormalization", "FusedBatchNormV3"}
@@ -175,11 +175,47 @@ def test_input_model_is_not_changed(tmp_path):
     assert sum(map(is_batch_norm, model.layers)) == 3
 
 
-def test_multiple_inputs_and_outputs(tmp_path):
-    a, b = tf_keras.Input((5,), name="a"), tf_keras.Input((3,), name="b")
-    x = keras_bn.BatchNormalization()(L.Dense(4)(L.Concatenate()([a, b])))
-    model = randomize_bn(tf_keras.Model([a, b], [L.Dense(2, name="p")(x),
-                                                 L.Dense(1, name="q")(x)]))
-    for exporter, name in ((export.to_onnx, "m.onnx"), (export.to_tflite, "m.tflite")):
-        result = exporter(model, tmp_path / name)
+def two_input_model(keras, layers):
+    L = keras.layers
+    image, meta = keras.Input((8, 8, 3), name="image"), keras.Input((4,), name="meta")
+    x = L.Conv2D(6, 3)(image)
+    x = L.GlobalAveragePooling2D()(L.ReLU()(layers.BatchNormalization()(x)))
+    x = L.Concatenate()([x, L.BatchNormalization(renorm=True)(L.Dense(3)(meta))])
+    return trained_statistics(keras.Model([image, meta], [L.Dense(2, name="logits")(x),
+                                                          L.Dense(1, name="aux")(x)]))
+
+
+@pytest.mark.parametrize("fmt, options", [
+    ("onnx", {}), ("tflite", {}), ("tflite", {"quantize": "float16"}), ("tflite", "int8")])
+def test_multiple_inputs_and_outputs_in_every_format(flavour, tmp_path, fmt, options):
+    model = two_input_model(*flavour)
+    rs = np.random.RandomState(1)
+    samples = [rs.randn(16, 8, 8, 3).astype("float32"), rs.randn(16, 4).astype("float32")]
+    if options == "int8":
+        options = {"quantize": "int8", "representative_data": {"image": samples[0],
+                                                               "meta": samples[1]}}
+    function = export.to_onnx if fmt == "onnx" else export.to_tflite
+    path = tmp_path / f"m.{fmt}"
+    result = function(model, path, samples=samples, **options)
+    assert path.exists() and result.size_bytes == os.path.getsize(path)
+    assert len(result.fold_plan.folded) == 2 and not result.fold_plan.kept
+    assert not any("batchnorm" in op.lower().replace("_", "") for op in result.op_counts)
+    if options.get("quantize") is None:  # checked against the tolerance (1e-4 of scale)
         assert result.max_error <= result.tolerance
+    elif options["quantize"] == "float16":
+        assert result.max_error < 1e-2
+    else:
+        assert result.max_error < 0.1 and result.format == "tflite-int8"
+    assert os.listdir(tmp_path) == [path.name]
+
+
+
+
+def test_export_on_a_non_tensorflow_backend_is_refused(monkeypatch):
+    from keras_bn import flavour, keras3
+
+    model = two_input_model(flavour.named("keras3").keras, keras3)
+    monkeypatch.setattr(flavour.named("keras3"), "backend", lambda: "jax")
+    with pytest.raises(keras_bn.InputError, match="needs the TensorFlow backend"):
+        export.to_onnx(model, "never.onnx")
+    assert not os.path.exists("never.onnx")

@@ -1,6 +1,6 @@
 """Keras 3 layers against Keras 3's own BatchNormalization, on the backend this process
 runs (`KERAS_BACKEND` is read when `keras` is first imported, so each backend gets its
-own process): `python tests/keras3_checks.py OUT_DIR`.
+own process): `python tests/layers/backend_checks.py OUT_DIR`.
 
 For 2-D, 4-D and 5-D inputs and 20 training steps on shifting data, it compares our
 BatchNormalization with `keras.layers.BatchNormalization`, and our BatchRenormalization

@@ -9,7 +9,7 @@ import tf_keras
 
 import keras_bn
 from keras_bn.layers import fused as fused_kernel
-from conftest import assert_close
+from helpers import assert_close
 
 # float32, values O(1), reductions over <= 1e4 elements in another order: 1e-5 relative.
 RTOL = 1e-5
@@ -155,20 +155,62 @@ def test_synchronized_without_strategy_equals_one_device():
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_non_finite_batch_does_not_poison_moving_statistics(bad):
-    layer = keras_bn.BatchNormalization(momentum=0.5)
+def test_non_finite_batch_does_not_poison_moving_statistics(flavour, bad):
+    _, layers = flavour
+    layer = layers.BatchNormalization(momentum=0.5)
     good = np.random.RandomState(0).randn(4, 3, 3, 2).astype("float32")
     layer(good, training=True)
-    mean, var = layer.moving_mean.numpy(), layer.moving_variance.numpy()
+    mean, var = np.array(layer.moving_mean), np.array(layer.moving_variance)
     poisoned = good.copy()
     poisoned[0, 0, 0, 1] = bad
     layer(poisoned, training=True)
-    np.testing.assert_array_equal(layer.moving_mean.numpy(), mean)
-    np.testing.assert_array_equal(layer.moving_variance.numpy(), var)
-    assert int(layer.skipped_updates.numpy()) == 1
+    np.testing.assert_array_equal(np.array(layer.moving_mean), mean)
+    np.testing.assert_array_equal(np.array(layer.moving_variance), var)
+    assert int(np.array(layer.skipped_updates)) == 1
     layer(good, training=True)
-    assert int(layer.skipped_updates.numpy()) == 1
-    assert not np.array_equal(layer.moving_mean.numpy(), mean)
+    assert int(np.array(layer.skipped_updates)) == 1
+    assert not np.array_equal(np.array(layer.moving_mean), mean)
+
+
+def test_a_fully_masked_batch_is_skipped_and_counted(flavour):
+    _, layers = flavour
+    layer = layers.BatchNormalization(momentum=0.5)
+    x = (np.random.RandomState(0).randn(4, 5, 3) * 3.0 + 2.0).astype("float32")
+    layer(x, training=True, mask=np.ones((4, 5), bool))
+    mean, variance = np.array(layer.moving_mean), np.array(layer.moving_variance)
+    layer(x, training=True, mask=np.zeros((4, 5), bool))
+    np.testing.assert_array_equal(np.array(layer.moving_mean), mean)
+    np.testing.assert_array_equal(np.array(layer.moving_variance), variance)
+    assert int(np.array(layer.skipped_updates)) == 1
+    y = layer(x, training=False)  # inference is unaffected by the empty batch
+    assert float(np.max(np.abs(np.array(y)))) < 10.0
+
+
+@pytest.mark.parametrize("setup", ["trainable", "frozen"])
+def test_trainable_false_and_frozen_mean_inference(flavour, setup):
+    _, layers = flavour
+    x = (np.random.RandomState(1).randn(16, 3) * 3 + 2).astype("float32")
+    layer = layers.BatchNormalization()
+    layer.build(x.shape)
+    if setup == "trainable":
+        layer.trainable = False
+    else:
+        layer.frozen = True
+    assert_close(layer(x, training=True), x / np.sqrt(1 + 1e-3), 1e-6)
+    np.testing.assert_array_equal(np.array(layer.moving_mean), np.zeros(3))
+
+
+def _dtype(value):
+    return str(getattr(value.dtype, "name", value.dtype))
+
+
+@pytest.mark.parametrize("cls", ["BatchNormalization", "BatchRenormalization"])
+def test_integer_inputs_under_a_mixed_float16_layer_policy(flavour, cls):
+    _, layers = flavour
+    layer = getattr(layers, cls)(dtype="mixed_float16")
+    y = layer(np.arange(24, dtype="int32").reshape(8, 3), training=True)
+    assert _dtype(y) == "float16"
+    assert {_dtype(w) for w in layer.weights} <= {"float32", "int32", "int64"}
 
 
 def test_training_none_follows_learning_phase_and_trainable_false_means_inference():
@@ -235,9 +277,9 @@ def test_multiple_axes():
     (dict(virtual_batch_size=0), r"'bad'.*virtual_batch_size=0"),
     (dict(axis="x"), r"'bad'.*axis='x'"),
 ])
-def test_bad_configuration_is_a_clear_error(kwargs, pattern):
+def test_bad_configuration_is_a_clear_error(flavour, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
-        keras_bn.BatchNormalization(name="bad", **kwargs)
+        flavour[1].BatchNormalization(name="bad", **kwargs)
 
 
 @pytest.mark.parametrize("kwargs,pattern", [
@@ -246,9 +288,9 @@ def test_bad_configuration_is_a_clear_error(kwargs, pattern):
     (dict(warmup_steps=-3), r"'bad'.*warmup_steps=-3"),
     (dict(renorm_momentum=1.5), r"'bad'.*renorm_momentum=1\.5"),
 ])
-def test_bad_renorm_configuration_is_a_clear_error(kwargs, pattern):
+def test_bad_renorm_configuration_is_a_clear_error(flavour, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
-        keras_bn.BatchRenormalization(name="bad", **kwargs)
+        flavour[1].BatchRenormalization(name="bad", **kwargs)
 
 
 @pytest.mark.parametrize("shape,kwargs,pattern", [
@@ -257,8 +299,8 @@ def test_bad_renorm_configuration_is_a_clear_error(kwargs, pattern):
     ((4, 3), dict(axis=0), r"'bad'.*axis=0.*batch axis"),
     ((4, None), {}, r"'bad'.*channel dimension.*must be known"),
 ])
-def test_bad_input_shape_is_a_clear_error(shape, kwargs, pattern):
-    layer = keras_bn.BatchNormalization(name="bad", **kwargs)
+def test_bad_input_shape_is_a_clear_error(flavour, shape, kwargs, pattern):
+    layer = flavour[1].BatchNormalization(name="bad", **kwargs)
     with pytest.raises(ValueError, match=pattern):
         layer.build(shape)
 
