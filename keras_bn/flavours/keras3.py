@@ -219,28 +219,89 @@ def assert_batch_divides(x, size: int, message: str) -> None:
 _KERAS_TENSOR = "__keras_tensor__"  # Keras 3's class name of a tensor reference
 
 
-def _as_lists(value):
-    if isinstance(value, (list, tuple)):
-        return [_as_lists(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _as_lists(item) for key, item in value.items()}
-    return value
-
-
 def _replace_references(value, make_ref):
     if isinstance(value, dict) and value.get("class_name") == _KERAS_TENSOR:
         return make_ref(value["config"]["keras_history"])
-    if isinstance(value, list):
-        return [_replace_references(item, make_ref) for item in value]
+    if isinstance(value, (list, tuple)):
+        return type(value)(_replace_references(item, make_ref) for item in value)
     if isinstance(value, dict):
         return {key: _replace_references(item, make_ref) for key, item in value.items()}
     return value
 
 
+def _plain(model):
+    """A functional subclass (keras-hub's Backbone and Task) as the plain functional model
+    of its graph: the same layers and tensors, no constructor arguments in the config."""
+    if isinstance(model, keras.Sequential) or type(model) is keras.src.models.Functional:
+        return model
+    return keras.src.models.Functional(model.input, model.output, name=model.name)
+
+
+def plain_class(model) -> type:
+    """The class a rebuilt `model` has: Sequential, or plain Functional (a functional
+    subclass's constructor takes its own arguments, not a graph)."""
+    return keras.Sequential if isinstance(model, keras.Sequential) else \
+        keras.src.models.Functional
+
+
+def _mutable_references(value):
+    """`value` copied, each tensor reference's `keras_history` (and a model output
+    `[layer, node, tensor]`) a list the graph can rewire in place; every other tuple
+    stays a tuple (keras-hub's `build` concatenates tuples)."""
+    if isinstance(value, dict):
+        copied = {key: _mutable_references(item) for key, item in value.items()}
+        if copied.get("class_name") == _KERAS_TENSOR:
+            history = copied["config"]["keras_history"]
+            copied["config"]["keras_history"] = list(history)
+        return copied
+    if isinstance(value, (list, tuple)):
+        return type(value)(_mutable_references(item) for item in value)
+    return value
+
+
+def _output_refs_as_lists(value):
+    if isinstance(value, (list, tuple)) and len(value) == 3 and isinstance(value[0], str):
+        return list(value)
+    if isinstance(value, dict):
+        return {key: _output_refs_as_lists(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_output_refs_as_lists(item) for item in value]
+    return value
+
+
 def model_config(model) -> dict:
-    """The model's config with every tuple a list (Keras 3's `get_config` holds tuples;
-    the same config read back from a `.keras` file holds lists, and loads the same)."""
-    return _as_lists(model.get_config())
+    """The config of the model's graph: a functional subclass's (and a nested one's) as a
+    plain functional model's, tensor references as mutable lists, other values as Keras
+    gave them (tuples stay tuples)."""
+    plain = _plain(model)
+    config = _mutable_references(plain.get_config())
+    if isinstance(plain, keras.Sequential):
+        return config
+    for key in ("input_layers", "output_layers"):
+        config[key] = _output_refs_as_lists(config[key])
+    layers = operations(plain)
+    for entry in config["layers"]:
+        layer = layers.get(entry["name"])
+        if isinstance(layer, keras.src.models.Functional) and _plain(layer) is not layer:
+            nested = keras.saving.serialize_keras_object(_plain(layer))
+            entry.update(class_name=nested["class_name"], module=nested["module"],
+                         registered_name=nested.get("registered_name"),
+                         config=model_config(layer))
+            entry.pop("build_config", None)
+    return config
+
+
+def rename(layer, name: str) -> None:
+    """Gives a rebuilt layer its original's name (a constructor that drops `name`)."""
+    layer.name = name
+
+
+def sublayers(layer) -> list:
+    """The layers `layer` holds directly (a custom layer's blocks, a wrapper's layer); none
+    for an op node."""
+    if not isinstance(layer, keras.layers.Layer):
+        return []
+    return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
 def walk_references(inbound_nodes, on_reference: Callable[[list], object]) -> None:
@@ -248,7 +309,7 @@ def walk_references(inbound_nodes, on_reference: Callable[[list], object]) -> No
     every tensor reference of a layer's `inbound_nodes`."""
     if isinstance(inbound_nodes, dict) and inbound_nodes.get("class_name") == _KERAS_TENSOR:
         on_reference(inbound_nodes["config"]["keras_history"])
-    elif isinstance(inbound_nodes, (list, dict)):
+    elif isinstance(inbound_nodes, (list, tuple, dict)):
         for item in (inbound_nodes.values() if isinstance(inbound_nodes, dict)
                      else inbound_nodes):
             walk_references(item, on_reference)

@@ -300,9 +300,54 @@ def _replace_references(value, make_ref):
     return value
 
 
+_FUNCTIONAL = keras.src.engine.functional.Functional
+
+
+def _plain(model):
+    """A functional subclass as the plain functional model of its graph: the same layers
+    and tensors, no constructor arguments in the config."""
+    if isinstance(model, keras.Sequential) or type(model) is _FUNCTIONAL:
+        return model
+    return _FUNCTIONAL(model.input, model.output, name=model.name)
+
+
+def plain_class(model) -> type:
+    """The class a rebuilt `model` has: Sequential, or plain Functional (a functional
+    subclass's constructor takes its own arguments, not a graph)."""
+    return keras.Sequential if isinstance(model, keras.Sequential) else _FUNCTIONAL
+
+
 def model_config(model) -> dict:
-    """The model's config, as `from_config` takes it back."""
-    return model.get_config()
+    """The config of the model's graph, as `from_config` takes it back: a functional
+    subclass's (and a nested one's) as a plain functional model's."""
+    plain = _plain(model)
+    config = plain.get_config()
+    if isinstance(plain, keras.Sequential):
+        return config
+    layers = operations(plain)
+    for entry in config["layers"]:
+        layer = layers.get(entry["name"])
+        if is_graph_model(layer) and _plain(layer) is not layer:
+            nested = keras.layers.serialize(_plain(layer))
+            entry.update(class_name=nested["class_name"], config=model_config(layer))
+            for key in ("module", "registered_name"):
+                if key in nested:
+                    entry[key] = nested[key]
+            entry.pop("build_config", None)
+    return config
+
+
+def rename(layer, name: str) -> None:
+    """Gives a rebuilt layer its original's name (a constructor that drops `name`)."""
+    layer._name = name  # `name` is read-only in tf-keras
+
+
+def sublayers(layer) -> list:
+    """The layers `layer` holds directly (a custom layer's blocks, a wrapper's layer); none
+    for an op node."""
+    if not isinstance(layer, keras.layers.Layer):
+        return []
+    return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
 def walk_references(inbound_nodes, on_reference: Callable[[list], object]) -> None:

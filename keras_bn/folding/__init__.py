@@ -34,11 +34,17 @@ def fold(model, *, verify: bool = True, rtol: float | None = None, atol: float =
     The input model, its weights and its files are not changed (the verification run
     restores any variable a `training=True` call inside the model updates). A Sequential
     model comes back Sequential, a functional model functional, with the same inputs,
-    layer names and outputs; nested models are folded inside. A model holding Lambda
+    layer names and outputs; nested models are folded inside. A functional subclass
+    (keras-hub's `Backbone` and `Task`, nested at any depth) comes back as the plain
+    functional model of its graph (`keras.Model`, not its own class, whose constructor
+    takes other arguments), with the same inputs, outputs and layer names. A BN inside a
+    custom layer stays, with the reason "inside custom layer '<name>'". New layers are
+    matched to the originals by graph position, never by name. A model holding Lambda
     layers is rebuilt with their (already loaded) code.
 
     Args:
-      model: A built Sequential or functional model (tf-keras or Keras 3).
+      model: A built Sequential or functional model, or a functional subclass (tf-keras
+        or Keras 3).
       verify: Run both models in inference mode on random inputs of the model's input
         shapes (batch 2, unknown dimensions 32) and raise if they differ.
       rtol: Tolerance relative to the output scale (max |output|). None: 1e-5 for a
@@ -72,9 +78,13 @@ def fold(model, *, verify: bool = True, rtol: float | None = None, atol: float =
 
 
 def _check_kept(folded, plan):
-    """The BN layers left in `folded` are exactly the plan's `kept` (else a bug)."""
-    left = sorted(path for path, _ in batch_norm_paths(folded))
-    kept = sorted(d.path for d in plan.kept)
+    """The BN layers left in `folded` are exactly the plan's `kept` (else a bug): the same
+    paths, except that inside a custom layer only their number per layer is compared (a
+    custom layer rebuilt from its config may name its sublayers anew)."""
+    inside = {d.path[:-1] for d in plan.kept if d.category == "custom layer"}
+    key = lambda path: path[:-1] if path[:-1] in inside else path
+    left = sorted(key(path) for path, _ in batch_norm_paths(folded))
+    kept = sorted(key(d.path) for d in plan.kept)
     if left != kept:  # pragma: no cover - would be a bug in plan or rewrite
         raise AssertionError(f"keras_bn bug: the folded model keeps BN layers {left}, the "
                              f"plan says {kept}. Please report it.")

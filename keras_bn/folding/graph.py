@@ -78,7 +78,19 @@ class Graph:
         self.model = model
         self.config = self.flavour.model_config(model)
         self.sequential = isinstance(model, self.flavour.keras.Sequential)
-        layers = self.flavour.operations(model)
+        self._index(self.flavour.operations(model))
+
+    @classmethod
+    def of_config(cls, plumbing, config: dict, sequential: bool) -> "Graph":
+        """The graph a config describes (an edited one, before a model is built from it):
+        its nodes have no layer objects."""
+        graph = cls.__new__(cls)
+        graph.flavour, graph.model, graph.config = plumbing, None, config
+        graph.sequential = sequential
+        graph._index({})
+        return graph
+
+    def _index(self, layers):
         self.nodes = {name: Node(name, layers.get(name), calls)
                       for name, calls in self._read_calls()}
         self.outputs = ([Ref(name) for name in list(self.nodes)[-1:]] if self.sequential else
@@ -147,6 +159,27 @@ class Graph:
             self.flavour.walk_references(entry["inbound_nodes"], rewire)
         _walk_outputs(config["output_layers"], rewire)
         return config
+
+
+def corresponding(graph, rebuilt) -> dict:
+    """Node name in `graph` -> node name in `rebuilt`, a graph of the same topology (the
+    model built from `graph`'s config), matched by position, never by name: a custom
+    layer whose constructor drops its `name` comes back under another one. Sequential
+    layers pair in order; functional ones from the outputs, in order, then each call's
+    inputs in the order the call reads them."""
+    if graph.sequential:
+        return dict(zip(graph.nodes, rebuilt.nodes))
+    pairs = {}
+    todo = list(zip(graph.outputs, rebuilt.outputs))
+    while todo:
+        mine, theirs = todo.pop()
+        if mine.layer in pairs:
+            continue
+        pairs[mine.layer] = theirs.layer
+        for call, other in zip(graph.nodes[mine.layer].calls,
+                               rebuilt.nodes[theirs.layer].calls):
+            todo.extend(zip(call.reads, other.reads))
+    return pairs
 
 
 def _walk_outputs(value, on_ref):

@@ -12,7 +12,8 @@ from keras_bn import flavour
 from keras_bn.tools.table import aligned
 from keras_bn.folding.graph import Graph, Ref
 from keras_bn.folding.kinds import channel_axis, kind_of, zero_padded
-from keras_bn.layers.find import batch_norm_paths, bn_axes, bn_kind, is_batch_norm, is_model
+from keras_bn.layers.find import (batch_norm_paths, batch_norm_paths_in, bn_axes, bn_kind,
+                                  is_batch_norm, is_model)
 
 
 @dataclass
@@ -102,6 +103,12 @@ def _plan(graph, path):
             decisions.extend(_plan_nested(node.layer, path + (name,)))
         elif name in own:
             decisions.append(own[name])
+        elif node.layer is not None:
+            decisions.extend(
+                _kept(inner, layer, "custom layer",
+                      f"inside custom layer '{name}' ({type(node.layer).__name__}), whose "
+                      "call keras_bn cannot see into")
+                for inner, layer in batch_norm_paths_in(node.layer, path + (name,)))
     return decisions
 
 

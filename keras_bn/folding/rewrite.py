@@ -8,11 +8,13 @@ folded ones from the kinds registry. `rewrite` does not plan: it executes the pl
 given. The input model is only read.
 """
 
+import copy
+
 import numpy as np
 
 from keras_bn import flavour
 from keras_bn.folding import math as fold_math
-from keras_bn.folding.graph import Graph
+from keras_bn.folding.graph import Graph, corresponding
 from keras_bn.folding.kinds import kind_of
 from keras_bn.layers.find import is_batch_norm, is_model
 
@@ -30,7 +32,7 @@ def rewrite(model, plan):
     folded = [d for d in plan.decisions if d.folded]
     config, updates = _edit(model, (), folded)
     new_model = _rebuild(model, config)
-    _set_weights(new_model, model, updates)
+    _set_weights(new_model, model, updates, config)
     return new_model
 
 
@@ -107,26 +109,48 @@ def _rebuild(model, config):
     user built it, or chose to load it unsafely); rebuilding it deserializes that same
     code, so safe mode is lifted for this one call and nowhere else.
     """
-    with flavour.of(model).unsafe_deserialization():
-        return type(model).from_config(config, custom_objects=_custom_objects(model))
+    plumbing = flavour.of(model)
+    with plumbing.unsafe_deserialization():  # a copy: Keras 3's from_config pops keys
+        return plumbing.plain_class(model).from_config(
+            copy.deepcopy(config), custom_objects=_custom_objects(model))
 
 
-def _set_weights(new_model, model, updates):
-    flavour.of(model).set_values(_weight_pairs(new_model, model, updates))
+def _set_weights(new_model, model, updates, config):
+    flavour.of(model).set_values(_weight_pairs(new_model, model, updates, config))
 
 
-def _weight_pairs(new_model, model, updates):
-    originals = {layer.name: layer for layer in model.layers}
-    for layer in new_model.layers:
-        update = updates.get(layer.name)
-        if update is not None and is_model(layer):
-            yield from _weight_pairs(layer, originals[layer.name], update)
+def _matched(new_model, model, config):
+    """`(name, new layer, original layer, config entry)` for every layer of `new_model`
+    (built from `config`, an edited config of `model`), matched by graph position, never
+    by name; a new layer whose constructor did not pass its `name` on gets it back."""
+    plumbing = flavour.of(model)
+    originals = plumbing.operations(model)
+    mine = Graph.of_config(plumbing, config, isinstance(new_model, plumbing.keras.Sequential))
+    entries = mine.entries()
+    rebuilt = Graph(new_model)
+    for name, other in corresponding(mine, rebuilt).items():
+        layer = rebuilt.nodes[other].layer
+        if layer is None or plumbing.is_input_layer(layer):
             continue
-        values = ([update[_short(w)] for w in layer.weights] if update is not None
-                  else originals[layer.name].get_weights())
-        if len(values) != len(layer.weights):  # pragma: no cover - a bug, not user input
-            raise AssertionError(f"weights of '{layer.name}' do not line up")
-        yield from zip(layer.weights, values)
+        if layer.name != name:
+            plumbing.rename(layer, name)
+        yield name, layer, originals[name], entries[name]
+
+
+def _weight_pairs(new_model, model, updates, config):
+    """`(new variable, value)` for every weight of `new_model`: the folded values in
+    `updates`, else the original layer's."""
+    for name, layer, original, entry in _matched(new_model, model, config):
+        update = updates.get(name)
+        if is_model(layer):
+            yield from _weight_pairs(layer, original, update or {}, entry["config"])
+            continue
+        weights = getattr(layer, "weights", [])  # a Keras 3 op node has none
+        values = ([update[_short(w)] for w in weights] if update is not None
+                  else original.get_weights() if weights else [])
+        if len(values) != len(weights):  # pragma: no cover - a bug, not user input
+            raise AssertionError(f"weights of '{name}' do not line up")
+        yield from zip(weights, values)
 
 
 def without_batch_norm(model, seed=0):
@@ -138,8 +162,10 @@ def without_batch_norm(model, seed=0):
     exist; the new biases are small random values (not zeros, which converters would
     optimize away, unlike a trained model's). Nested models are rebuilt the same way.
     """
-    twin = _rebuild(model, _without_config(model))
-    _copy_or_fill(twin, model, np.random.RandomState(seed))
+    config = _without_config(model)
+    twin = _rebuild(model, config)
+    plumbing = flavour.of(model)
+    plumbing.set_values(_copy_or_fill(twin, model, config, np.random.RandomState(seed)))
     return twin
 
 
@@ -158,19 +184,15 @@ def _without_config(model):
     return graph.without(removed)
 
 
-def _copy_or_fill(twin, model, rs):
-    originals = {layer.name: layer for layer in model.layers}
+def _copy_or_fill(twin, model, config, rs):
     plumbing = flavour.of(model)
-    pairs = []
-    for layer in twin.layers:
-        source = originals[layer.name]
+    for _, layer, source, entry in _matched(twin, model, config):
         if is_model(layer):
-            _copy_or_fill(layer, source, rs)
+            yield from _copy_or_fill(layer, source, entry["config"], rs)
             continue
-        original = _arrays(source)
-        for weight in layer.weights:
+        original = _arrays(source) if getattr(source, "weights", None) else {}
+        for weight in getattr(layer, "weights", []):
             value = original.get(_short(weight))
             if value is None or value.shape != tuple(weight.shape):
                 value = (rs.randn(*weight.shape) * 0.01).astype(plumbing.numpy_dtype(weight))
-            pairs.append((weight, value))
-    plumbing.set_values(pairs)
+            yield weight, value

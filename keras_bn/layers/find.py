@@ -55,19 +55,34 @@ def all_layers(model):
 
 
 def batch_norm_paths(model, path=()):
-    """`(path, layer)` for every BN layer of `model`, nested models included, in layer
-    order; `path` is the tuple of nested model names, then the layer's own name (names
-    may contain `/`, so a path is never a split string)."""
+    """`(path, layer)` for every BN layer of `model`, in layer order: nested models' and
+    those a custom layer or wrapper holds (keras-hub's blocks, `TimeDistributed`)
+    included. `path` is the tuple of the names of the models and layers that hold it,
+    then the layer's own name (names may contain `/`, so a path is never a split
+    string)."""
     for layer in model.layers:
-        if is_model(layer):
-            yield from batch_norm_paths(layer, path + (layer.name,))
-        elif is_batch_norm(layer):
-            yield path + (layer.name,), layer
+        yield from _paths_in(layer, path)
+
+
+def _paths_in(layer, path):
+    if is_model(layer):
+        yield from batch_norm_paths(layer, path + (layer.name,))
+    elif is_batch_norm(layer):
+        yield path + (layer.name,), layer
+    else:
+        for inner in flavour.of(layer).sublayers(layer):
+            yield from _paths_in(inner, path + (layer.name,))
+
+
+def batch_norm_paths_in(layer, path=()):
+    """`batch_norm_paths` of one layer that is not a model: the BNs it holds."""
+    for inner in flavour.of(layer).sublayers(layer):
+        yield from _paths_in(inner, path)
 
 
 def batch_norm_layers(model):
-    """`(name, layer)` for every BN layer of `model`, nested models included
-    (`outer/inner` names), in layer order."""
+    """`(name, layer)` for every BN layer of `model`, nested models' and custom layers'
+    included (`outer/inner` names), in layer order."""
     for path, layer in batch_norm_paths(model):
         yield "/".join(path), layer
 
