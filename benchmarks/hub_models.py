@@ -49,10 +49,68 @@ def hgnetv2():
         image_shape=IMAGE)
 
 
+def cspnet():
+    return _hub().CSPNetBackbone(
+        stem_filters=16, stem_kernel_size=3, stem_strides=1, stackwise_depth=[1, 1],
+        stackwise_strides=[1, 2], stackwise_num_filters=[16, 32], block_type="dark_block", stage_type="dark",
+        image_shape=IMAGE)
+
+
+def efficientnet():
+    return _hub().EfficientNetBackbone(
+        stackwise_kernel_sizes=[3, 3, 3], stackwise_num_repeats=[1, 1, 1],
+        stackwise_input_filters=[16, 16, 24], stackwise_output_filters=[16, 24, 32],
+        stackwise_expansion_ratios=[1, 4, 4], stackwise_squeeze_and_excite_ratios=[0, 0, 0.25],
+        stackwise_strides=[1, 2, 2], stackwise_block_types=["fused", "fused", "unfused"],
+        width_coefficient=1.0, depth_coefficient=1.0, input_shape=IMAGE)
+
+
+def densenet():
+    return _hub().DenseNetBackbone(stackwise_num_repeats=[1, 1], growth_rate=8,
+                                   image_shape=IMAGE)
+
+
+def xception():
+    return _hub().XceptionBackbone(stackwise_conv_filters=[[8, 16], [16, 32], [32, 32]],
+                                   stackwise_pooling=[True, True, False], image_shape=IMAGE)
+
+
+def _resnet_encoder():
+    return _hub().ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[7],
+        stackwise_num_filters=[64, 64, 64, 64], stackwise_num_blocks=[1, 1, 1, 1],
+        stackwise_num_strides=[1, 2, 2, 2], block_type="basic_block", image_shape=IMAGE)
+
+
+def deeplab_v3():
+    return _hub().DeepLabV3Backbone(
+        image_encoder=_resnet_encoder(), spatial_pyramid_pooling_key="P5",
+        low_level_feature_key="P2", upsampling_size=8, dilation_rates=[2, 4],
+        projection_filters=16, image_shape=IMAGE)
+
+
+def retinanet():
+    return _hub().RetinaNetBackbone(image_encoder=_resnet_encoder(), min_level=3,
+                                    max_level=5, use_p5=False, image_shape=IMAGE)
+
+
 def resnet_classifier():
     return _hub().ResNetImageClassifier(backbone=resnet_v1(), num_classes=5)
 
 
+def deeplab_segmenter():
+    return _hub().DeepLabV3ImageSegmenter(backbone=deeplab_v3(), num_classes=3)
+
+
+def retinanet_detector():
+    return _hub().RetinaNetObjectDetector(backbone=retinanet(), num_classes=3,
+                                          bounding_box_format="yxyx")
+
+
 BACKBONES = {"ResNetV1": resnet_v1, "ResNetV2": resnet_v2, "MobileNetV3": mobilenet_v3,
-             "HGNetV2": hgnetv2}
-TASKS = {"ResNetImageClassifier": resnet_classifier}
+             "HGNetV2": hgnetv2, "CSPNet": cspnet, "EfficientNet": efficientnet,
+             "DenseNet": densenet, "Xception": xception, "DeepLabV3": deeplab_v3,
+             "RetinaNet": retinanet}
+TASKS = {"ResNetImageClassifier": resnet_classifier,
+         "DeepLabV3ImageSegmenter": deeplab_segmenter,
+         "RetinaNetObjectDetector": retinanet_detector}

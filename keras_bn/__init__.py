@@ -7,7 +7,7 @@ Public API:
   and JAX backends).
 * `fold`, `fold_plan`: merge BN into neighbouring Conv/Dense weights (`keras_bn/folding/`),
   for tf-keras and Keras 3 models (as `summary`, `recalibrate`, `freeze`, the exporters
-  and the command line; the callbacks are tf-keras `Callback`s).
+  and the command line).
 * `summary` (`keras_bn/tools/inspection.py`): a table (and data) of every BN layer's
   statistics and foldability.
 * `recalibrate` (`keras_bn/calibration/`): recompute BN statistics as the true average
@@ -15,7 +15,11 @@ Public API:
 * `freeze`, `unfreeze` (`keras_bn/tools/freezing.py`): BN layers in inference mode for
   fine-tuning.
 * `InputError`, `UnsafeModelError`, `VerificationError`: what keras_bn raises on purpose.
-* `keras_bn.callbacks`: `PreciseBN` and `BatchNormMonitor` for `fit`.
+* `keras_bn.callbacks`: `PreciseBN` and `BatchNormMonitor` for a tf-keras `fit`
+  (`keras_bn.keras3` has them for Keras 3).
+
+The subpackages `keras_bn.callbacks`, `keras_bn.export` and `keras_bn.keras3` are
+imported on first use too.
 
 The exporters' source lives in the top-level `export/` folder of the repository and is
 installed as `keras_bn.export`.
@@ -40,6 +44,7 @@ _API = {
     "VerificationError": "keras_bn.errors",
 }
 __all__ = sorted(_API)
+_SUBPACKAGES = ("callbacks", "export", "keras3")
 
 
 def __getattr__(name):
@@ -49,6 +54,8 @@ def __getattr__(name):
         value = getattr(importlib.import_module(_API[name]), name)
         globals()[name] = value
         return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"keras_bn.{name}")
     raise AttributeError(f"module 'keras_bn' has no attribute {name!r}")
 
 

@@ -1,12 +1,19 @@
 """What a BN layer's inputs are: per-channel count, mean and sum of squared deviations,
 recorded from every call of the layer while a model runs, merged exactly across batches
-and replicas. Used by `keras_bn.recalibrate` and `keras_bn.callbacks.BatchNormMonitor`."""
+and replicas. Used by `keras_bn.recalibrate` and `keras_bn.callbacks.BatchNormMonitor`.
+
+The model runs in inference mode in a compiled step of its backend: a `tf.function` on
+TensorFlow (per replica under a `tf.distribute` strategy), `jax.jit` of its
+`stateless_call` on JAX (the variables are arguments, so the step sees the statistics a
+previous pass wrote). Inside the step each BN call gives float32 sums per example
+(`example_sums`, on the flavour's `ops`); the sums across examples and batches are
+taken here in float64 numpy. TensorFlow is imported only for a TensorFlow model.
+"""
 
 import contextlib
 import weakref
 
 import numpy as np
-import tensorflow as tf
 
 from keras_bn import flavour
 from keras_bn.errors import InputError
@@ -23,66 +30,85 @@ def merge(a, b):
     return n, ma + delta * nb / safe, sa + sb + delta ** 2 * na * nb / safe
 
 
-def batch_moments(x, axes, mask=None):
-    """`(count, mean, m2)` per channel of one batch (float64), reduced over all but
-    `axes`.
+def example_sums(ops, x, axes, mask=None):
+    """One BN call's inputs as float32 sums per example, in the compiled step.
 
-    One pass over shifted data: with `c` the first example's mean (close to the batch
-    mean), `mean = c + S1 / n` and `m2 = S2 - S1**2 / n` from `S1 = sum(x - c)` and
-    `S2 = sum((x - c)**2)`, so the sums hold deviations, not the offset. Each example's
-    sums are taken in the input's float32 and the sums across examples in float64:
-    all-float64 reductions cost 0.65 of a ResNet50 forward pass on CPU (recalibrate took
-    2.0x `predict`; this, 1.2x), and unshifted float32 sums were measured 1.2e-5 off on
-    inputs of mean 100 and std 0.1.
+    Returns `(count, s1, s2, shift)`, each with the batch axis and the channel `axes`
+    (the other axes summed, kept with size 1): `s1 = sum(x - shift)` and
+    `s2 = sum((x - shift)**2)` over each example's positions (masked ones left out),
+    `count` the positions counted, `shift` the first example's mean (close to the batch
+    mean, so the sums hold deviations, not the offset). `combine` takes them across
+    examples in float64: all-float64 reductions cost 0.65 of a ResNet50 forward pass on
+    CPU (recalibrate took 2.0x `predict`; this, 1.2x), and unshifted float32 sums were
+    measured 1.2e-5 off on inputs of mean 100 and std 0.1.
     """
-    x = tf.convert_to_tensor(x)
-    x = x if x.dtype in (tf.float32, tf.float64) else tf.cast(x, tf.float32)
-    reduce = [i for i in range(x.shape.rank) if i not in axes]
-    inner = [i for i in reduce if i != 0]  # within each example
-    outer = [0] if 0 in reduce else []  # across examples
-    weights = None  # no mask: every element counts, and no tensor of ones is made
-    if mask is not None:
-        weights = tf.cast(mask, x.dtype)
-        while weights.shape.rank < x.shape.rank:
-            weights = tf.expand_dims(weights, -1)
-        weights = tf.broadcast_to(weights, tf.shape(x))
-
-    def total(t):  # float32 within examples, float64 across them
-        t = tf.reduce_sum(t, inner, keepdims=True)
-        return tf.reduce_sum(tf.cast(t, tf.float64), outer, keepdims=True)
-
-    if not outer:
-        shift = tf.zeros_like(tf.reduce_sum(x, inner, keepdims=True))
-    elif weights is None:
-        shift = tf.reduce_mean(x[:1], inner, keepdims=True)
+    x = ops.convert_to_tensor(x)
+    if getattr(x.dtype, "name", str(x.dtype)) not in ("float32", "float64"):
+        x = ops.cast(x, "float32")
+    inner = tuple(i for i in range(1, len(x.shape)) if i not in axes)  # within examples
+    if mask is None:
+        weights = None
+        shift = ops.mean(x[:1], axis=inner, keepdims=True)
     else:
-        shift = (tf.reduce_sum(x[:1] * weights[:1], inner, keepdims=True)
-                 / tf.maximum(tf.reduce_sum(weights[:1], inner, keepdims=True), 1))
+        weights = ops.cast(mask, x.dtype)
+        while len(weights.shape) < len(x.shape):
+            weights = ops.expand_dims(weights, -1)
+        weights = ops.broadcast_to(weights, ops.shape(x))
+        shift = (ops.sum(x[:1] * weights[:1], axis=inner, keepdims=True)
+                 / ops.maximum(ops.sum(weights[:1], axis=inner, keepdims=True), 1.0))
     centred = x - shift
     weighted = centred if weights is None else centred * weights
-    s1, s2 = total(weighted), total(weighted * centred)
+    s1 = ops.sum(weighted, axis=inner, keepdims=True)
+    s2 = ops.sum(weighted * centred, axis=inner, keepdims=True)
     if weights is None:
-        per_channel = tf.size(x, out_type=tf.int64) // tf.size(s1, out_type=tf.int64)
-        count = tf.fill(tf.shape(s1), tf.cast(per_channel, tf.float64))
+        count = ops.sum(ops.ones_like(centred), axis=inner, keepdims=True)
     else:
-        count = total(weights)
-    safe = tf.maximum(count, 1)
-    mean = tf.cast(shift, tf.float64) + s1 / safe
-    m2 = tf.maximum(s2 - tf.square(s1) / safe, 0.0)
-    squeeze = lambda t: tf.squeeze(t, reduce)
-    return squeeze(count), squeeze(mean), squeeze(m2)
+        count = ops.sum(weights, axis=inner, keepdims=True)
+    return count, s1, s2, shift
+
+
+def combine(sums, axes):
+    """`(count, mean, m2)` per channel (float64 numpy) of one call from its
+    `example_sums`, summed across examples in float64; `axes` are the BN's channel axes
+    of the input."""
+    count, s1, s2, shift = (np.asarray(t, np.float64) for t in sums)
+    n, total1, total2 = count.sum(0), s1.sum(0), s2.sum(0)
+    safe = np.maximum(n, 1)
+    mean = shift[0] + total1 / safe
+    m2 = np.maximum(total2 - np.square(total1) / safe, 0.0)
+    inner = tuple(i - 1 for i in range(1, count.ndim) if i not in axes)
+    return tuple(np.squeeze(t, inner) for t in (n, mean, m2))
+
+
+def batch_moments(x, axes, mask=None, ops=None):
+    """`(count, mean, m2)` per channel (float64 numpy) of one batch `x` reduced over all
+    axes but `axes`: `combine` of its `example_sums` (eagerly, on TensorFlow's ops by
+    default)."""
+    if ops is None:
+        ops = flavour.named("tf_keras").ops
+    return combine(example_sums(ops, x, axes, mask), axes)
+
+
+def _tensorflow():
+    import tensorflow as tf
+
+    return tf
 
 
 @contextlib.contextmanager
-def recording(layers):
-    """Makes each BN layer record `(count, mean, m2)` of its inputs on every call (a
+def recording(layers, backend="tensorflow"):
+    """Makes each BN layer record the `example_sums` of its inputs on every call (a
     shared layer once per call) into the yielded dict, name -> list."""
     records = {name: [] for name, _ in layers}
+    keep_python = (_tensorflow().autograph.experimental.do_not_convert
+                   if backend == "tensorflow" else (lambda f: f))
     for name, layer in layers:
+        ops = flavour.of(layer).ops
 
-        @tf.autograph.experimental.do_not_convert
-        def call(inputs, *args, _layer=layer, _name=name, **kwargs):
-            records[_name].append(batch_moments(inputs, bn_axes(_layer), kwargs.get("mask")))
+        @keep_python
+        def call(inputs, *args, _layer=layer, _name=name, _ops=ops, **kwargs):
+            records[_name].append(example_sums(_ops, inputs, bn_axes(_layer),
+                                               kwargs.get("mask")))
             return type(_layer).call(_layer, inputs, *args, **kwargs)
 
         layer.call = call  # an instance attribute: Keras's __call__ looks `call` up
@@ -95,30 +121,42 @@ def recording(layers):
 
 def measure_inputs(model, layers, data, steps=None, batch_size=32, verbose=0,
                    label="pass 1"):
-    """name -> `(count, mean, m2)` (float64 numpy arrays) of each of `layers`' inputs
+    """name -> `(count, mean, m2)` (float64 numpy arrays) of each of `layers'` inputs
     (`(name, layer)` pairs) over all of `data`, the model running in inference mode in a
-    compiled step (per replica under a `tf.distribute` strategy, merged exactly).
+    compiled step of its backend (TensorFlow: per replica under a `tf.distribute`
+    strategy, merged exactly; JAX: `jax.jit`).
 
     Raises:
       InputError: no batch in `data` (`label`, e.g. "pass 2", says which pass), a layer
-        the model never called, or a Keras 3 model on a backend other than TensorFlow.
+        the model never called, a backend with no compiled step here, or a
+        distribution strategy with data that is not an array or a `tf.data.Dataset`.
     """
-    backend = flavour.of(model).backend()
-    if backend != "tensorflow":
+    plumbing = flavour.of(model)
+    backend = plumbing.backend()
+    if backend not in _STEP_BUILDERS:
         raise InputError(
             f"Measuring BN inputs of Keras 3 model '{model.name}' runs it in a compiled "
-            f"TensorFlow step; this process runs the {backend} backend. Save the model and "
-            "recalibrate it with KERAS_BACKEND=tensorflow (the weights are the same).")
+            f"step of the TensorFlow or JAX backend; this process runs the {backend} "
+            "backend. Save the model and recalibrate it with KERAS_BACKEND=jax or "
+            "tensorflow (the weights are the same).")
     totals = {name: None for name, _ in layers}
-    strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
-    compiled, holder = _compiled_step(model, layers)
-    with recording(layers) as records:
+    axes = {name: bn_axes(layer) for name, layer in layers}
+    strategy = None
+    if backend == "tensorflow":
+        tf = _tensorflow()
+        strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
+    compiled, holder = _compiled_step(model, layers, backend)
+    with recording(layers, backend) as records:
         holder["records"] = records  # what a (re)trace records into
-        run = (lambda x: _per_replica(strategy, strategy.run(compiled, (x,)))) \
-            if strategy else (lambda x: [compiled(x)])
-        batches = _batches(data, batch_size, strategy)
+        if strategy:
+            run = lambda x: _per_replica(strategy, strategy.run(compiled, (x,)))
+        else:
+            run = lambda x: [compiled(x)]
         total = steps or _length(data, batch_size)
-        progress = flavour.of(model).Progbar(total, unit_name="batch") if verbose else None
+        if backend != "tensorflow" and _is_dataset(data):  # JAX takes numpy batches
+            data = _AsNumpy(data)
+        batches = _batches(data, batch_size, strategy)
+        progress = plumbing.Progbar(total, unit_name="batch") if verbose else None
         if progress:
             print(f"recalibrate, {label}")
         seen = 0
@@ -128,7 +166,7 @@ def measure_inputs(model, layers, data, steps=None, batch_size=32, verbose=0,
             for replica in run(batch):
                 for name, calls in replica.items():
                     for call in calls:
-                        triple = tuple(np.asarray(t, np.float64) for t in call)
+                        triple = combine(call, axes[name])
                         totals[name] = triple if totals[name] is None else merge(
                             totals[name], triple)
             seen += 1
@@ -146,40 +184,85 @@ def measure_inputs(model, layers, data, steps=None, batch_size=32, verbose=0,
     return totals
 
 
-#: model -> (BN layers, compiled step, holder): the measuring function is traced once
-#: per model and input shape, not at every pass or call (tracing MobileNetV2 took ~0.7 s,
-#: 9x the `predict` of 64 images). Weak keys, and the step holds the model weakly.
+#: model -> (BN layers, backend, compiled step, holder): the measuring function is traced
+#: once per model and input shape, not at every pass or call (tracing MobileNetV2 took
+#: ~0.7 s, 9x the `predict` of 64 images). Weak keys, and the step holds the model weakly.
 _STEPS = weakref.WeakKeyDictionary()
 
 
-def _compiled_step(model, layers):
-    key = tuple(id(layer) for _, layer in layers)
+def _tensorflow_step(owner, holder):
+    def step(x):  # Python runs only while tracing: it wires this trace's tensors
+        records = holder["records"]
+        for calls in records.values():
+            calls.clear()
+        owner()(x, training=False)
+        return {name: list(calls) for name, calls in records.items()}
+
+    return _tensorflow().function(step, reduce_retracing=True)
+
+
+def _jax_step(owner, holder):
+    """`jax.jit` of the model's `stateless_call`: the variables are arguments (a step
+    that read them as constants would keep the statistics of its first trace)."""
+    import jax
+
+    def step(trainable, non_trainable, x):
+        records = holder["records"]
+        for calls in records.values():
+            calls.clear()
+        owner().stateless_call(trainable, non_trainable, x, training=False)
+        return {name: list(calls) for name, calls in records.items()}
+
+    jitted = jax.jit(step)
+
+    def run(x):
+        model = owner()
+        return jitted([v.value for v in model.trainable_variables],
+                      [v.value for v in model.non_trainable_variables], x)
+
+    return run
+
+
+_STEP_BUILDERS = {"tensorflow": _tensorflow_step, "jax": _jax_step}
+
+
+def _compiled_step(model, layers, backend):
+    key = (tuple(id(layer) for _, layer in layers), backend)
     cached = _STEPS.get(model)
     if cached is None or cached[0] != key:
-        holder, owner = {}, weakref.ref(model)
-
-        def step(x):  # Python runs only while tracing: it wires this trace's tensors
-            records = holder["records"]
-            for calls in records.values():
-                calls.clear()
-            owner()(x, training=False)
-            return {name: list(calls) for name, calls in records.items()}
-
-        cached = (key, tf.function(step, reduce_retracing=True), holder)
+        holder = {}
+        cached = (key, _STEP_BUILDERS[backend](weakref.ref(model), holder), holder)
         _STEPS[model] = cached
     return cached[1], cached[2]
 
 
 def _per_replica(strategy, structure):
     """A structure of per-replica values as one structure per local replica."""
+    tf = _tensorflow()
     flat = [strategy.experimental_local_results(v) for v in tf.nest.flatten(structure)]
     replicas = len(flat[0]) if flat else 0
     return [tf.nest.pack_sequence_as(structure, [v[i] for v in flat]) for i in range(replicas)]
 
 
+def _is_dataset(data):
+    """A `tf.data.Dataset` (without importing TensorFlow for other data)."""
+    return type(data).__module__.startswith("tensorflow") and hasattr(data, "cardinality")
+
+
+class _AsNumpy:
+    """A `tf.data.Dataset` read as numpy batches, afresh on every pass."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __iter__(self):
+        return self.dataset.as_numpy_iterator()
+
+
 def _batches(data, batch_size, strategy):
     """Input batches; under a strategy, distributed ones."""
     if strategy is not None:
+        tf = _tensorflow()
         if isinstance(data, np.ndarray):
             data = tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
         if not isinstance(data, tf.data.Dataset):
@@ -200,7 +283,7 @@ def _inputs_of(*element):
 def _length(data, batch_size):
     if isinstance(data, np.ndarray):
         return -(-len(data) // batch_size)
-    if isinstance(data, tf.data.Dataset):
+    if _is_dataset(data):
         n = int(data.cardinality())
         return n if n >= 0 else None
     return len(data) if hasattr(data, "__len__") else None

@@ -53,7 +53,8 @@ Which inputs: the model runs in inference mode, so while the layers are measured
     consistently. Every other weight is left alone. The variance stored is the unbiased
     one (`ddof=1`, keras_bn's convention) for every layer.
 
-    Cost: one forward pass in inference mode per pass, compiled with `tf.function`.
+    Cost: one forward pass in inference mode per pass, compiled with `tf.function` on
+    TensorFlow, `jax.jit` on Keras 3's JAX backend.
     Each pass settles one more BN of every chain, and one more pass sees nothing move:
     an MLP with 2 BNs took 3 passes, the demo's CNN with 4 BNs in a row 5 (at most 6).
     Under a
@@ -61,9 +62,8 @@ Which inputs: the model runs in inference mode, so while the layers are measured
     its share of every batch and the shares are merged exactly.
 
     Args:
-      model: A tf-keras model, or a Keras 3 model on the TensorFlow backend (any
-        structure: nested models, shared layers), with its flavour's or keras_bn's
-        BatchNormalization layers.
+      model: A tf-keras model, or a Keras 3 model on the TensorFlow or JAX backend (any
+        structure: nested models, shared layers, BNs inside custom layers), with its flavour's or keras_bn's BatchNormalization layers.
       data: A numpy array of inputs (batched by `batch_size`), a `tf.data.Dataset` of
         batches, or any iterable of batches (read once per pass: a generator allows
         `passes=1` only). A tuple element `(inputs, labels)` or

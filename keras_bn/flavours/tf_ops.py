@@ -15,6 +15,7 @@ broadcast_to = tf.broadcast_to
 size = tf.size
 ones = tf.ones
 zeros = tf.zeros
+ones_like = tf.ones_like
 where = tf.where
 maximum = tf.maximum
 clip = tf.clip_by_value

@@ -11,7 +11,7 @@ from keras_bn.folding.plan import Decision, FoldPlan, plan_model
 from keras_bn.folding.rewrite import rewrite, without_batch_norm
 from keras_bn.folding.verify import (VerificationError, compare, default_rtol, predict,
                                      random_inputs)
-from keras_bn.layers.find import batch_norm_paths
+from keras_bn.layers.find import batch_norm_places
 
 
 def fold(model, *, verify: bool = True, rtol: float | None = None, atol: float = 1e-6,
@@ -67,7 +67,7 @@ def fold(model, *, verify: bool = True, rtol: float | None = None, atol: float =
                          "Input shape first, so its BN statistics exist.")
     the_plan = plan_model(model)
     folded = rewrite(model, the_plan)
-    _check_kept(folded, the_plan)
+    _check_kept(model, folded, the_plan)
     if verify:
         inputs = random_inputs(model)
         rtol = default_rtol(model) if rtol is None else rtol
@@ -77,17 +77,16 @@ def fold(model, *, verify: bool = True, rtol: float | None = None, atol: float =
     return (folded, the_plan) if return_plan else folded
 
 
-def _check_kept(folded, plan):
-    """The BN layers left in `folded` are exactly the plan's `kept` (else a bug): the same
-    paths, except that inside a custom layer only their number per layer is compared (a
-    custom layer rebuilt from its config may name its sublayers anew)."""
-    inside = {d.path[:-1] for d in plan.kept if d.category == "custom layer"}
-    key = lambda path: path[:-1] if path[:-1] in inside else path
-    left = sorted(key(path) for path, _ in batch_norm_paths(folded))
-    kept = sorted(key(d.path) for d in plan.kept)
-    if left != kept:  # pragma: no cover - would be a bug in plan or rewrite
+def _check_kept(model, folded, plan):
+    """The BN layers left in `folded` are exactly the plan's `kept` (else a bug), each in
+    its place: its path, cut after the custom layer that holds it (a custom layer rebuilt
+    from its config may name its sublayers anew)."""
+    kept = {d.path for d in plan.kept}
+    want = sorted(place for path, place, _ in batch_norm_places(model) if path in kept)
+    left = sorted(place for _, place, _ in batch_norm_places(folded))
+    if left != want:  # pragma: no cover - would be a bug in plan or rewrite
         raise AssertionError(f"keras_bn bug: the folded model keeps BN layers {left}, the "
-                             f"plan says {kept}. Please report it.")
+                             f"plan says {want}. Please report it.")
 
 
 def fold_plan(model) -> FoldPlan:

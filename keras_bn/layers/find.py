@@ -60,24 +60,35 @@ def batch_norm_paths(model, path=()):
     included. `path` is the tuple of the names of the models and layers that hold it,
     then the layer's own name (names may contain `/`, so a path is never a split
     string)."""
+    for path, _, layer in batch_norm_places(model, path):
+        yield path, layer
+
+
+def batch_norm_places(model, path=()):
+    """`(path, place, layer)` for every BN of `batch_norm_paths`; `place` is its path cut
+    after the first layer that is not a model (the custom layer that holds it, whose
+    sublayers' names are its own business: rebuilt from its config it may name them
+    anew), the full path for a BN of a model's graph."""
     for layer in model.layers:
-        yield from _paths_in(layer, path)
+        yield from _places_in(layer, path, None)
 
 
-def _paths_in(layer, path):
+def _places_in(layer, path, place):
     if is_model(layer):
-        yield from batch_norm_paths(layer, path + (layer.name,))
+        for inner in layer.layers:
+            yield from _places_in(inner, path + (layer.name,), place)
     elif is_batch_norm(layer):
-        yield path + (layer.name,), layer
+        yield path + (layer.name,), place or path + (layer.name,), layer
     else:
         for inner in flavour.of(layer).sublayers(layer):
-            yield from _paths_in(inner, path + (layer.name,))
+            yield from _places_in(inner, path + (layer.name,), place or path + (layer.name,))
 
 
 def batch_norm_paths_in(layer, path=()):
     """`batch_norm_paths` of one layer that is not a model: the BNs it holds."""
     for inner in flavour.of(layer).sublayers(layer):
-        yield from _paths_in(inner, path)
+        for inner_path, _, bn in _places_in(inner, path, path):
+            yield inner_path, bn
 
 
 def batch_norm_layers(model):

@@ -187,6 +187,74 @@ def fold_and_export(out_dir):
     return result
 
 
+def callbacks_in_fit(out_dir):
+    """keras_bn.keras3's PreciseBN and BatchNormMonitor in a `fit` with validation on
+    this backend: when PreciseBN recalibrated, the last validation loss equals an
+    evaluation right after `fit` (it already saw the precise statistics)."""
+    keras.utils.set_random_seed(1)
+    L = keras.layers
+    model = keras.Sequential([keras.Input((8,)), L.Dense(8), kbn.BatchNormalization(),
+                              L.ReLU(), L.Dense(8), kbn.BatchRenormalization(), L.Dense(1)])
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    rs = np.random.RandomState(1)
+    x, y = (rs.randn(96, 8) * 2 + 1).astype("float32"), rs.randn(96, 1).astype("float32")
+    precise = kbn.PreciseBN(x, batch_size=32)
+    monitor = kbn.BatchNormMonitor(x[:32], log_path=os.path.join(out_dir, f"{BACKEND}_bn"))
+    history = model.fit(x, y, epochs=2, batch_size=16, verbose=0, validation_data=(x, y),
+                        callbacks=[precise, monitor])
+    return {"is_keras_callback": isinstance(precise, keras.callbacks.Callback),
+            "recalibrated_epochs": [epoch for epoch, _ in precise.history],
+            "val_loss_gap": abs(history.history["val_loss"][-1]
+                                - float(model.evaluate(x, y, verbose=0))),
+            "monitor_rows": len(monitor.rows)}
+
+
+def freeze_and_summary():
+    """`freeze` (gamma and beta still training) and `summary` on this backend: a fit
+    leaves the moving statistics as they were and moves gamma; `unfreeze` clears it."""
+    import keras_bn
+
+    keras.utils.set_random_seed(2)
+    L = keras.layers
+    model = keras.Sequential([keras.Input((8,)), L.Dense(8), kbn.BatchNormalization(name="a"),
+                              L.ReLU(), L.Dense(4), kbn.BatchRenormalization(name="b"),
+                              L.Dense(1)])
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    rs = np.random.RandomState(2)
+    x, y = (rs.randn(64, 8) * 2 + 1).astype("float32"), rs.randn(64, 1).astype("float32")
+    frozen = keras_bn.freeze(model, train_gamma_beta=True)
+    bn = model.get_layer("a")
+    mean, gamma = np.array(bn.moving_mean), np.array(bn.gamma)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    return {"frozen": frozen,
+            "mean_moved": float(np.max(np.abs(np.array(bn.moving_mean) - mean))),
+            "gamma_moved": float(np.max(np.abs(np.array(bn.gamma) - gamma))),
+            "unfrozen": keras_bn.unfreeze(model), "frozen_after": bool(bn.frozen),
+            "summary": [row["foldable"] for row in keras_bn.summary(
+                model, print_fn=lambda *_: None)]}
+
+
+def recalibrate_exactly():
+    """`keras_bn.recalibrate` on this backend (its compiled step: `tf.function` or
+    `jax.jit`), on class-sorted data: max error of each BN's statistics against numpy's,
+    relative to their scale, and whether TensorFlow got imported."""
+    import keras_bn
+
+    L = keras.layers
+    model = keras.Sequential([keras.Input((4,)), L.Dense(3), kbn.BatchNormalization(),
+                              L.BatchNormalization(renorm=True)])
+    x = (np.random.RandomState(0).randn(64, 4) * 3 + 1).astype("float32")
+    keras_bn.recalibrate(model, x[np.argsort(x[:, 0])], batch_size=16, verbose=0)
+    h = np.asarray(model.layers[0](x), np.float64)
+    first, second = model.layers[1], model.layers[2]
+    y = (h - h.mean(0)) / np.sqrt(h.var(0, ddof=1) + first.epsilon)
+    y = y * np.asarray(first.gamma) + np.asarray(first.beta)
+    errors = {"mean": relative(first.moving_mean, h.mean(0)),
+              "variance": relative(first.moving_variance, h.var(0, ddof=1)),
+              "second_variance": relative(second.moving_variance, y.var(0, ddof=1))}
+    return {"errors": errors, "tensorflow_imported": "tensorflow" in sys.modules}
+
+
 def main(out_dir):
     results, arrays = {}, {}
     for kind in ("bn", "brn"):
@@ -196,7 +264,10 @@ def main(out_dir):
             results[f"{kind}_{name}"] = errors
             for i, value in enumerate(outputs):
                 arrays[f"{kind}_{name}_{i}"] = value
+    results["recalibrate"] = recalibrate_exactly()  # before fit: Keras's fit imports TF
     results["fit"] = fit_and_reload(out_dir)
+    results["callbacks"] = callbacks_in_fit(out_dir)
+    results["freeze"] = freeze_and_summary()
     results["fold"] = fold_and_export(out_dir)
     try:  # a clear error, not a silent single-device statistic
         kbn.BatchNormalization(synchronized=True)

@@ -74,11 +74,21 @@ def test_fold_on_each_backend(parity, backend):
     # conv->BN, depthwise->BRN and BN->Dense fold; the tolerance is 1e-5 of the scale.
     assert fold["folded"] == 3 and fold["kept"] == 0 and fold["class"] == "Functional"
     assert fold["max_error"] <= fold["tolerance"]
+    assert fold["recalibrate"] == "recalibrated"
     if backend == "tensorflow":
-        assert fold["export"] == "exported" and fold["recalibrate"] == "recalibrated"
+        assert fold["export"] == "exported"
     else:  # the converters read TensorFlow graphs: a clear error, not a traceback
         assert "needs the TensorFlow backend" in fold["export"]
-        assert "KERAS_BACKEND=tensorflow" in fold["recalibrate"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_recalibrate_is_exact_on_each_backend(parity, backend):
+    """The compiled step of each backend (`jax.jit` of `stateless_call` on JAX) measures
+    the exact statistics: float32 rounding of the sums, 1e-5 of the scale."""
+    result = parity[backend]["recalibrate"]
+    assert all(e <= RTOL for e in result["errors"].values()), result
+    if backend == "jax":
+        assert result["tensorflow_imported"] is False
 
 
 def test_synchronized_is_a_clear_error_on_jax_only(parity):
@@ -109,3 +119,33 @@ def test_same_numbers_as_the_tf_keras_layer(options):
     for name in ("moving_mean", "moving_variance", "renorm_mean", "renorm_stddev"):
         np.testing.assert_allclose(getattr(ours3, name), getattr(ours2, name), rtol=1e-5)
     assert int(ours3.renorm_step) == int(ours2.renorm_step) == 6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_callbacks_in_a_fit_on_each_backend(parity, backend):
+    result = parity[backend]["callbacks"]
+    assert result["is_keras_callback"] and result["recalibrated_epochs"] == [0, 1]
+    assert result["val_loss_gap"] <= 1e-5 and result["monitor_rows"] == 4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_freeze_unfreeze_and_summary_on_each_backend(parity, backend):
+    result = parity[backend]["freeze"]
+    assert result["frozen"] == ["a", "b"] == result["unfrozen"]
+    assert result["mean_moved"] == 0 and result["gamma_moved"] > 0
+    assert result["frozen_after"] is False
+    assert len(result["summary"]) == 2  # each folds after its Dense
+    assert all(foldable.endswith("(after)") for foldable in result["summary"])
+
+
+def test_keras3_namespace_on_jax_imports_no_tensorflow():
+    """`import keras_bn.keras3` and a layer call on the JAX backend import neither
+    TensorFlow nor tf-keras (~3 s)."""
+    code = ("import sys, numpy as np\nimport keras_bn.keras3 as kbn\n"
+            "kbn.BatchRenormalization()(np.ones((4, 3), 'float32'), training=True)\n"
+            "print(sorted(m for m in ('tensorflow', 'tf_keras') if m in sys.modules))")
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "[]"
