@@ -63,7 +63,8 @@ Which inputs: the model runs in inference mode, so while the layers are measured
 
     Args:
       model: A tf-keras model, or a Keras 3 model on the TensorFlow or JAX backend (any
-        structure: nested models, shared layers, BNs inside custom layers), with its flavour's or keras_bn's BatchNormalization layers.
+        structure: nested models, shared layers, BNs inside custom layers), with its
+        flavour's or keras_bn's BatchNormalization layers.
       data: A numpy array of inputs (batched by `batch_size`), a `tf.data.Dataset` of
         batches, or any iterable of batches (read once per pass: a generator allows
         `passes=1` only). A tuple element `(inputs, labels)` or
