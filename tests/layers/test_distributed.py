@@ -1,4 +1,5 @@
-"""Synchronized BN across tf.distribute replicas equals one device on the global batch."""
+"""Synchronized BN across tf.distribute replicas, and the Keras 3 layers under Keras 3's
+distribution API on JAX, equal one device on the global batch."""
 
 import json
 import os
@@ -100,3 +101,19 @@ def test_multi_worker_sync_equals_single_device(layer):
         assert_close(a["dgamma"], b["dgamma"], 0, "both workers reduce the same gradient")
     assert_close(first["moving_variance"], second["moving_variance"], 0)
     _assert_same(merged, _run("single", layer, "sync"))
+
+
+def test_keras3_data_parallel_on_jax_equals_one_device(tmp_path):
+    """`keras.distribution.DataParallel` over 4 virtual CPU devices (JAX): outputs,
+    gradients (one SGD step with learning rate 1) and moving statistics as on one
+    device, so the statistics are the global batch's; recalibrate runs under it and is
+    exact."""
+    script = os.path.join(os.path.dirname(SCRIPT), "data_parallel.py")
+    env = _env(KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    out = tmp_path / "data_parallel.json"
+    run = subprocess.run([sys.executable, "-W", "ignore", script, str(out)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert "'batch': 4" in result.pop("variables_sharded")
+    assert all(error <= RTOL for error in result.values()), result
