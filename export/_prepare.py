@@ -3,20 +3,13 @@
 import tensorflow as tf
 
 from keras_bn import flavour
-from keras_bn.errors import InputError
 from keras_bn.folding import fold as _fold
 
 
 def prepare(model, fold, verify=True):
     """`(model to convert, FoldPlan or None)`: the folded (and, with `verify`, checked)
-    model when `fold`."""
-    plumbing = flavour.of(model)
-    if plumbing.backend() != "tensorflow":
-        raise InputError(
-            f"Export of Keras 3 model '{model.name}' needs the TensorFlow backend (both "
-            f"converters read TensorFlow graphs); this process runs {plumbing.backend()}. "
-            "Save the model (model.save('m.keras')) and export the file with `keras-bn "
-            "export` or with KERAS_BACKEND=tensorflow: the weights are the same.")
+    model when `fold`. The model runs on TensorFlow (a Keras 3 model on another backend
+    goes through `through_tensorflow` first)."""
     if not fold:
         return model, None
     return _fold(model, verify=verify, return_plan=True)

@@ -9,7 +9,7 @@ import numpy as np
 from keras_bn import flavour
 from keras_bn.errors import InputError
 from keras_bn.files.output import atomic_path, check_output
-from keras_bn.export import checks
+from keras_bn.export import checks, through_tensorflow
 from keras_bn.export._prepare import input_signature, prepare
 from keras_bn.export.isolated import IsolatedRuntime
 
@@ -26,8 +26,9 @@ def to_onnx(model, path: str | os.PathLike, *, fold: bool = True, opset: int | N
     passed: it is written to a temporary file and renamed.
 
     Args:
-      model: A built Sequential or functional model, tf-keras or Keras 3 (TensorFlow
-        backend); it is not changed.
+      model: A built Sequential or functional model, tf-keras or Keras 3 (on JAX it is
+        converted by a TensorFlow process and the file verified against it here, see
+        `through_tensorflow`); it is not changed.
       path: Where to write the `.onnx` file.
       fold: Fold BN layers first (the exported graph then has no BN and no per-channel
         Mul/Add left from one).
@@ -55,6 +56,10 @@ def to_onnx(model, path: str | os.PathLike, *, fold: bool = True, opset: int | N
     import onnx
 
     check_output(path, (".onnx",))  # before minutes of conversion
+    if flavour.of(model).backend() != "tensorflow":
+        return through_tensorflow.export("onnx", model, path, dict(
+            fold=fold, opset=opset, verify=verify, samples=samples, labels=labels,
+            rtol=rtol, atol=atol, latency_batch=latency_batch))
     converted, plan = prepare(model, fold, verify)
     proto = _convert(converted, input_signature(model), opset)
     _check(proto, model.name)
@@ -62,20 +67,27 @@ def to_onnx(model, path: str | os.PathLike, *, fold: bool = True, opset: int | N
     result.op_counts = dict(collections.Counter(node.op_type for node in proto.graph.node))
     with atomic_path(path, (".onnx",)) as tmp:
         onnx.save(proto, tmp)
-        if verify or labels is not None or latency_batch:
-            with IsolatedRuntime("onnx", tmp) as runtime:  # a crash is a result, not ours
-                names = [name for name, _ in runtime.inputs]
-
-                def run(inputs):
-                    got = runtime({n: np.asarray(x) for n, x in zip(names, inputs)})
-                    return [got[name] for name in runtime.outputs]
-
-                run.seconds = lambda: runtime.seconds
-                checks.measure(result, model, run, samples, labels, verify,
-                                checks.export_rtol(model, rtol), atol,
-                                latency_batch, f"ONNX export of '{model.name}'")
-        result.size_bytes = os.path.getsize(tmp)
+        verify_file(result, model, tmp, samples, labels, verify, rtol, atol, latency_batch)
     return result
+
+
+def verify_file(result, model, file, samples, labels, verify, rtol, atol, latency_batch):
+    """Runs the ONNX `file` in onnxruntime (a child process: a crash is a result, not
+    ours) against `model` in inference mode, into `result` (error, accuracy, latency,
+    size); raises VerificationError beyond tolerance."""
+    if verify or labels is not None or latency_batch:
+        with IsolatedRuntime("onnx", file) as runtime:
+            names = [name for name, _ in runtime.inputs]
+
+            def run(inputs):
+                got = runtime({n: np.asarray(x) for n, x in zip(names, inputs)})
+                return [got[name] for name in runtime.outputs]
+
+            run.seconds = lambda: runtime.seconds
+            checks.measure(result, model, run, samples, labels, verify,
+                            checks.export_rtol(model, rtol), atol,
+                            latency_batch, f"ONNX export of '{model.name}'")
+    result.size_bytes = os.path.getsize(file)
 
 
 def _check(proto, name):

@@ -10,7 +10,7 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from keras_bn import flavour
 from keras_bn.errors import InputError, VerificationError
 from keras_bn.files.output import atomic_path, check_output
-from keras_bn.export import checks
+from keras_bn.export import checks, through_tensorflow
 from keras_bn.export._prepare import input_signature, prepare
 from keras_bn.export.isolated import IsolatedRuntime
 
@@ -34,8 +34,9 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
     of that passed (temporary file, then rename).
 
     Args:
-      model: A built Sequential or functional model, tf-keras or Keras 3 (TensorFlow
-        backend); it is not changed.
+      model: A built Sequential or functional model, tf-keras or Keras 3 (on JAX it is
+        converted by a TensorFlow process and the file verified against it here, see
+        `through_tensorflow`); it is not changed.
       path: Where to write the `.tflite` file.
       fold: Fold BN layers first.
       quantize: None (float32), "float16" (float16 weights) or "int8" (full integer
@@ -67,6 +68,11 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
     if quantize == "int8":
         representative_data = calibration_data(model, representative_data)
     check_output(path, (".tflite",))  # before minutes of conversion
+    if flavour.of(model).backend() != "tensorflow":
+        return through_tensorflow.export("tflite", model, path, dict(
+            fold=fold, quantize=quantize, representative_data=representative_data,
+            verify=verify, samples=samples, labels=labels, rtol=rtol, atol=atol,
+            representative_steps=representative_steps, latency_batch=latency_batch))
     converted, plan = prepare(model, fold, verify)
     content = _convert(converted, model, quantize, representative_data, representative_steps)
     if quantize == "int8" and not tensor_types(content) & {"INT8", "UINT8"}:
@@ -78,23 +84,32 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
     with atomic_path(path, (".tflite",)) as tmp:
         with open(tmp, "wb") as f:
             f.write(content)
-        if verify or labels is not None or latency_batch:
-            with IsolatedRuntime("tflite", tmp) as runtime:  # a LiteRT abort is a result
-                names = flavour.of(model).input_names(model)
-                outputs = _output_keys(model, [name for name in runtime.outputs])
-                dtypes = dict(runtime.inputs)
-
-                def run(inputs):  # each input in the file's own dtype (float64, int32...)
-                    got = runtime({n: np.asarray(x, dtypes[n]) for n, x in zip(names, inputs)})
-                    return [got[name] for name in outputs]
-
-                run.seconds = lambda: runtime.seconds
-                checks.measure(result, model, run, samples, labels, verify,
-                                checks.export_rtol(model, rtol), atol,
-                                latency_batch, f"TFLite export of '{model.name}'",
-                                check=quantize is None)
-        result.size_bytes = os.path.getsize(tmp)
+        verify_file(result, model, tmp, samples, labels, verify, rtol, atol, latency_batch,
+                    check=quantize is None)
     return result
+
+
+def verify_file(result, model, file, samples, labels, verify, rtol, atol, latency_batch,
+                check=True):
+    """Runs the TFLite `file` in LiteRT (a child process: a LiteRT abort is a result)
+    against `model` in inference mode, into `result` (error, accuracy, latency, size);
+    with `check` (a float32 file), raises VerificationError beyond tolerance."""
+    if verify or labels is not None or latency_batch:
+        with IsolatedRuntime("tflite", file) as runtime:
+            names = flavour.of(model).input_names(model)
+            outputs = _output_keys(model, [name for name in runtime.outputs])
+            dtypes = dict(runtime.inputs)
+
+            def run(inputs):  # each input in the file's own dtype (float64, int32...)
+                got = runtime({n: np.asarray(x, dtypes[n]) for n, x in zip(names, inputs)})
+                return [got[name] for name in outputs]
+
+            run.seconds = lambda: runtime.seconds
+            checks.measure(result, model, run, samples, labels, verify,
+                            checks.export_rtol(model, rtol), atol,
+                            latency_batch, f"TFLite export of '{model.name}'",
+                            check=check)
+    result.size_bytes = os.path.getsize(file)
 
 
 def _output_keys(model, keys):

@@ -153,7 +153,8 @@ def fit_and_reload(out_dir):
 
 def fold_and_export(out_dir):
     """`keras_bn.fold` on this backend (functional model with Keras 3's and our BNs and an
-    op node), and what exporting it does here."""
+    op node), and its ONNX and TFLite exports (on JAX converted by a TensorFlow process,
+    the file verified here against this backend's model)."""
     import keras_bn
     from keras_bn import export
 
@@ -173,11 +174,13 @@ def fold_and_export(out_dir):
     result = {"folded": len(plan.folded), "kept": len(plan.kept),
               "max_error": plan.max_error, "tolerance": plan.tolerance,
               "class": type(folded).__name__}
-    try:
-        export.to_onnx(model, os.path.join(out_dir, f"{BACKEND}.onnx"))
-        result["export"] = "exported"
-    except ValueError as error:
-        result["export"] = str(error)
+    exports = {}
+    for fmt, function in (("onnx", export.to_onnx), ("tflite", export.to_tflite)):
+        written = function(model, os.path.join(out_dir, f"{BACKEND}.{fmt}"))
+        exports[fmt] = {"max_error": written.max_error, "tolerance": written.tolerance,
+                        "folded": len(written.fold_plan.folded),
+                        "size": os.path.getsize(written.path)}
+    result["export"] = exports
     data = rs.randn(40, 10, 10, 3).astype("float32")
     try:
         keras_bn.recalibrate(model, data, batch_size=16, passes=1)
