@@ -40,6 +40,9 @@ bench: install
 	$(PY) -m benchmarks
 
 # Every tf_keras.applications constructor folded (float64 parity), one per family and the
-# hand-built models exported to ONNX and TFLite; writes benchmarks/results/zoo.md.
+# hand-built models exported to ONNX and TFLite; writes benchmarks/results/zoo.md; then
+# Keras 3's applications (zoo_keras3.md) and keras-hub's vision models (zoo_keras_hub.md).
 zoo: install
 	$(PY) -m benchmarks.zoo
+	$(PY) -m benchmarks.zoo --flavour keras3
+	$(PY) -m benchmarks.zoo --flavour keras_hub

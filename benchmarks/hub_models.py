@@ -114,3 +114,4 @@ BACKBONES = {"ResNetV1": resnet_v1, "ResNetV2": resnet_v2, "MobileNetV3": mobile
 TASKS = {"ResNetImageClassifier": resnet_classifier,
          "DeepLabV3ImageSegmenter": deeplab_segmenter,
          "RetinaNetObjectDetector": retinanet_detector}
+ALL = {**BACKBONES, **TASKS}

@@ -28,6 +28,7 @@ import time
 import numpy as np
 import tf_keras
 
+from benchmarks import hub_models
 from benchmarks.models import realistic_bn
 
 #: Inputs: 32x32, or the smallest size the constructor accepts (Inception* 75, Xception 71).
@@ -38,12 +39,14 @@ FLOAT32_ONLY = {"channels_first CNN (hand-built)":
 DEFAULT_SIZE = 32
 
 
-FLAVOURS = ("tf_keras", "keras3")
+#: `keras_hub`: keras-hub's vision models (Keras 3) built from their constructors
+#: (`benchmarks/hub_models.py`), one per family.
+FLAVOURS = ("tf_keras", "keras3", "keras_hub")
 
 
 def keras_module(flavour="tf_keras"):
-    """`tf_keras`, or Keras 3's `keras`."""
-    if flavour == "keras3":
+    """`tf_keras`, or Keras 3's `keras` (keras-hub's models are Keras 3 models)."""
+    if flavour in ("keras3", "keras_hub"):
         import keras
 
         return keras
@@ -52,7 +55,9 @@ def keras_module(flavour="tf_keras"):
 
 def constructors(flavour="tf_keras"):
     """Every model constructor of the flavour's `applications` (71 in tf-keras 2.21, 40
-    in Keras 3.15)."""
+    in Keras 3.15), or keras-hub's models of `hub_models`."""
+    if flavour == "keras_hub":
+        return sorted(hub_models.ALL)
     apps = keras_module(flavour).applications
     return sorted(name for name in dir(apps)
                   if name[:1].isupper() and callable(getattr(apps, name)))
@@ -76,6 +81,8 @@ def representatives(flavour="tf_keras"):
     smallest = {"ResNet": "ResNet50", "ResNetV2": "ResNet50V2", "ResNetRS": "ResNetRS50",
                 "ConvNeXt": "ConvNeXtTiny", "EfficientNetV2": "EfficientNetV2B0",
                 "MobileNetV3": "MobileNetV3Small", "NASNet": "NASNetMobile"}
+    if flavour == "keras_hub":  # one per family already
+        return constructors(flavour)
     chosen = {}
     for name in constructors(flavour):
         chosen.setdefault(family(name), smallest.get(family(name), name))
@@ -106,6 +113,8 @@ def build(name, dtype="float32", size=None, flavour="tf_keras"):
     try:
         if name in HAND_BUILT:
             return HAND_BUILT[name]()
+        if flavour == "keras_hub":  # their own small configurations, 64x64 images
+            return hub_models.ALL[name]()
         size = size or SIZES.get(name, DEFAULT_SIZE)
         return getattr(keras.applications, name)(
             weights=None, input_shape=(size, size, 3), classes=10,
@@ -304,11 +313,48 @@ def export_case(name, folder, flavour="tf_keras"):
     return row
 
 
+def recalibrate_case(name, flavour="keras_hub", rows=48):
+    """`keras_bn.recalibrate(passes=1)` of `name` against numpy: each BN layer's new
+    statistics are compared with the mean and variance numpy computes from that layer's
+    inputs (every BN, custom layers' included, recorded eagerly by patching its call
+    here, independently of keras_bn's measurement), relative to their scale."""
+    import keras_bn
+    from keras_bn.folding import random_inputs
+    from keras_bn.layers.find import bn_axes, distinct_batch_norm_layers
+
+    model = realistic_bn(build(name, flavour=flavour))
+    data = random_inputs(model, batch=rows, seed=7)
+    data = data if len(data) > 1 else data[0]
+    layers = list(distinct_batch_norm_layers(model))
+    seen = {name: [] for name, _ in layers}
+    for bn_name, layer in layers:
+        def call(inputs, *args, _layer=layer, _name=bn_name, **kwargs):
+            seen[_name].append(np.asarray(inputs, np.float64))
+            return type(_layer).call(_layer, inputs, *args, **kwargs)
+        layer.call = call
+    try:
+        model(data, training=False)
+    finally:
+        for _, layer in layers:
+            del layer.call
+    keras_bn.recalibrate(model, data, batch_size=16, passes=1, verbose=0)
+    worst = 0.0
+    for bn_name, layer in layers:
+        x = np.concatenate([np.moveaxis(v, bn_axes(layer), range(-len(bn_axes(layer)), 0))
+                            .reshape(-1, *np.shape(layer.moving_mean)) for v in seen[bn_name]])
+        for got, want in ((layer.moving_mean, x.mean(0)), (layer.moving_variance, x.var(0, ddof=1))):
+            got = np.asarray(got, np.float64)
+            worst = max(worst, float(np.max(np.abs(got - want)) / max(1.0, np.max(np.abs(want)))))
+    return {"model": name, "bn": len(layers), "recalibrate_error": worst}
+
+
 def table(fold_rows, export_rows):
     exports = {r["model"]: r for r in export_rows}
+    recal = any("recalibrate_error" in r for r in fold_rows)
     lines = ["| model | BN | folded | kept (reason) | fold s | fold error (dtype) | float32 | "
-             "ONNX error | TFLite error | ONNX BatchNormalization ops |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             + ("recalibrate error | " if recal else "")
+             + "ONNX error | TFLite error | ONNX BatchNormalization ops |",
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if recal else "")]
     for r in fold_rows:
         e = exports.get(r["model"])
         if e and "error" in e:
@@ -316,10 +362,12 @@ def table(fold_rows, export_rows):
         else:
             export_cells = (f"{e['onnx_error']:.1e} | {e['tflite_error']:.1e} | "
                             f"{e['onnx_bn_ops']}" if e else "| |")
+        recal_cell = f"{r['recalibrate_error']:.1e} | " if recal else ""
         lines.append(f"| {r['model']} | {r['bn']} | {r['folded']} | {r['kept']} "
                      f"({r['kept_reasons']}) | {r['fold_s']:.2f} | {r['fold_error']:.1e} "
                      f"({r['parity_dtype']}) "
-                     f"| {r.get('fold_error_f32', float('nan')):.1e} | {export_cells} |")
+                     f"| {r.get('fold_error_f32', float('nan')):.1e} | {recal_cell}"
+                     f"{export_cells} |")
     return "\n".join(lines)
 
 
@@ -329,7 +377,8 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     parser.add_argument("--no-export", action="store_true", help="fold only")
     parser.add_argument("--flavour", choices=FLAVOURS, default="tf_keras",
-                        help="tf_keras.applications (default) or Keras 3's keras.applications")
+                        help="tf_keras.applications (default), Keras 3's keras.applications, "
+                             "or keras-hub's vision models")
     args = parser.parse_args(argv)
     import tempfile
 
@@ -339,6 +388,8 @@ def main(argv=None):
     fold_rows, export_rows = [], []
     for name in names:
         fold_rows.append(fold_case(name, float32=True, flavour=args.flavour))
+        if args.flavour == "keras_hub":  # BNs in custom layers: measured all the same
+            fold_rows[-1]["recalibrate_error"] = recalibrate_case(name)["recalibrate_error"]
         print(json.dumps(fold_rows[-1]), flush=True)
     with tempfile.TemporaryDirectory() as folder:
         exported = [] if args.no_export else representatives(args.flavour) + hand_built
@@ -351,7 +402,8 @@ def main(argv=None):
             print(json.dumps(export_rows[-1]), flush=True)
     wall = time.perf_counter() - start
     os.makedirs(args.out, exist_ok=True)
-    stem = "zoo" if args.flavour == "tf_keras" else "zoo_keras3"
+    stem = {"tf_keras": "zoo", "keras3": "zoo_keras3", "keras_hub": "zoo_keras_hub"}[
+        args.flavour]
     with open(os.path.join(args.out, f"{stem}.json"), "w") as f:
         json.dump({"wall_s": wall, "fold": fold_rows, "export": export_rows}, f, indent=1)
     text = table(fold_rows, export_rows) + f"\n\nWall time: {wall:.0f} s\n"
