@@ -114,12 +114,17 @@ def verify_file(result, model, file, samples, labels, verify, rtol, atol, latenc
 
 def _output_keys(model, keys):
     """The file's output names `keys` in the model's output order: the model's output
-    names (our tf-keras signature), or Keras 3's `output_0`, `output_1`, ..."""
+    names (our tf-keras signature), Keras 3's `output_0`, `output_1`, ..., or a dict
+    output's keys (keras-hub's feature pyramids), in the sorted order in which Keras
+    flattens a dict."""
     names = flavour.of(model).output_names(model)
     keys = set(keys)
     if set(names) == keys:
         return names
-    return sorted(keys, key=lambda k: int(k.rsplit("_", 1)[1]) if k[-1:].isdigit() else 0)
+    numbered = all(k.startswith("output_") and k[len("output_"):].isdigit() for k in keys)
+    if numbered:
+        return sorted(keys, key=lambda k: int(k[len("output_"):]))
+    return sorted(keys)
 
 
 def _converter_options(quantize, model, data, steps):

@@ -113,11 +113,10 @@ def main(request_path):
         request = json.load(f)
     for module in request["modules"]:
         importlib.import_module(module)
-    import keras
-
     import keras_bn.keras3  # noqa: F401 -- registers keras_bn's Keras 3 layers
     from keras_bn.export import to_onnx, to_tflite
 
+    keras = flavour.named("keras3").keras
     try:
         model = keras.saving.load_model(request["model"], safe_mode=False)
         options = dict(request["options"], verify=False, latency_batch=None)
