@@ -89,12 +89,6 @@ def representatives(flavour="tf_keras"):
     return sorted(chosen.values())
 
 
-#: Exports that fail for reasons outside keras_bn, measured (see docs/zoo.md).
-EXPORT_LIMITS = {
-    "ConvNeXt": "tf2onnx 1.17 cannot convert Erfc (the exact GELU)",
-    "RegNetX": "tf2onnx 1.17 leaves the grouped convolutions' PartitionedCall unconverted",
-    "RegNetY": "tf2onnx 1.17 leaves the grouped convolutions' PartitionedCall unconverted",
-}
 #: Export tolerance of the zoo, relative to the output scale. The exporters' own 1e-4
 #: fits trained float32 networks; on these random-weight ones conditioning amplifies the
 #: runtimes' other summation order to just above it (measured: InceptionV3 ONNX 1.1e-4,

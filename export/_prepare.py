@@ -1,4 +1,7 @@
-"""The step every exporter starts with: the model to convert and its input signature."""
+"""The step every exporter starts with: the model to convert, its input signature and the
+names its outputs get in the files."""
+
+import collections
 
 import tensorflow as tf
 
@@ -19,3 +22,36 @@ def input_signature(model):
     """One TensorSpec per model input, batch dimension left dynamic, named as the input."""
     return [tf.TensorSpec((None,) + tuple(spec.shape[1:]), spec.dtype, name=name)
             for spec, name in zip(model.inputs, flavour.of(model).input_names(model))]
+
+
+def output_names(model) -> list[str]:
+    """The name of each output in the written files, in the order of `model.outputs`.
+
+    A model that returns a dict (keras-hub's feature pyramids, detection heads) names
+    each output by its key, a nested one by its keys and positions joined with "_"
+    ("boxes", "pyramid_P3", "heads_0"); otherwise an output is named after the layer
+    that makes it. A name that repeats gets "_1", "_2", ...
+    """
+    plumbing = flavour.of(model)
+    paths = _paths(plumbing.output_structure(model))
+    layers = plumbing.output_names(model)
+    names = ["_".join(str(p) for p in path) if any(isinstance(p, str) for p in path)
+             else layer for path, layer in zip(paths, layers)]
+    unique, counts = [], collections.Counter()
+    for name in names:
+        new = name
+        while new in unique:
+            counts[name] += 1
+            new = f"{name}_{counts[name]}"
+        unique.append(new)
+    return unique
+
+
+def _paths(structure, path=()):
+    """The key/index path of each leaf, in the order Keras flattens (a dict by sorted
+    keys, a list or tuple by position)."""
+    if isinstance(structure, dict):
+        return [p for key in sorted(structure) for p in _paths(structure[key], path + (key,))]
+    if isinstance(structure, (list, tuple)):
+        return [p for i, item in enumerate(structure) for p in _paths(item, path + (i,))]
+    return [path]

@@ -10,7 +10,8 @@ from keras_bn import flavour
 from keras_bn.errors import InputError
 from keras_bn.files.output import atomic_path, check_output
 from keras_bn.export import checks, through_tensorflow
-from keras_bn.export._prepare import input_signature, prepare
+from keras_bn.export._prepare import input_signature, output_names, prepare
+from keras_bn.export.frozen_graph import frozen_graph
 from keras_bn.export.isolated import IsolatedRuntime
 
 
@@ -61,7 +62,7 @@ def to_onnx(model, path: str | os.PathLike, *, fold: bool = True, opset: int | N
             fold=fold, opset=opset, verify=verify, samples=samples, labels=labels,
             rtol=rtol, atol=atol, latency_batch=latency_batch))
     converted, plan = prepare(model, fold, verify)
-    proto = _convert(converted, input_signature(model), opset)
+    proto = _convert(converted, input_signature(model), output_names(model), opset)
     _check(proto, model.name)
     result = checks.ExportResult(path=os.fspath(path), format="onnx", fold_plan=plan)
     result.op_counts = dict(collections.Counter(node.op_type for node in proto.graph.node))
@@ -77,11 +78,12 @@ def verify_file(result, model, file, samples, labels, verify, rtol, atol, latenc
     size); raises VerificationError beyond tolerance."""
     if verify or labels is not None or latency_batch:
         with IsolatedRuntime("onnx", file) as runtime:
-            names = [name for name, _ in runtime.inputs]
+            names = flavour.of(model).input_names(model)
+            outputs = output_names(model)
 
             def run(inputs):
                 got = runtime({n: np.asarray(x) for n, x in zip(names, inputs)})
-                return [got[name] for name in runtime.outputs]
+                return [got[name] for name in outputs]
 
             run.seconds = lambda: runtime.seconds
             checks.measure(result, model, run, samples, labels, verify,
@@ -99,9 +101,9 @@ def _check(proto, name):
     if unconverted:
         raise InputError(
             f"tf2onnx could not convert these TensorFlow ops of '{name}': "
-            f"{', '.join(unconverted)}. tf-keras runs some layers as compiled functions "
-            "(a Conv with groups > 1 on CPU is one), which tf2onnx cannot read: export "
-            "that model to TFLite, or rebuild the layer without them.")
+            f"{', '.join(unconverted)}: tf2onnx {_tf2onnx_version()} has no ONNX "
+            "conversion for them. Export that model to TFLite, or build the layer from "
+            "other ops.")
     onnx.checker.check_model(proto)
 
 
@@ -121,8 +123,10 @@ def _environment(name, value):
             os.environ[name] = old
 
 
-def _convert(model, signature, opset):
-    """tf2onnx's `from_keras`, without its per-optimizer safety copies when it can.
+def _convert(model, signature, names, opset):
+    """tf2onnx's conversion of the model's frozen serving function (calls inlined, see
+    `frozen_graph`; inputs and outputs named as the model's, `names`), without its
+    per-optimizer safety copies when it can.
 
     By default tf2onnx deep-copies the whole graph, weights included, before each of its
     graph optimizers so it can skip one that fails; on ResNet50 that is half the
@@ -130,14 +134,47 @@ def _convert(model, signature, opset):
     off (tf2onnx 1.17 tests only that the variable is set); should an optimizer then fail,
     the conversion is simply run again in tf2onnx's safe default mode.
     """
+    function = flavour.of(model).serving_function(model, signature, names)
+    graph_def, inputs, outputs = frozen_graph(function)
+    # The function returns a dict, whose outputs TensorFlow orders by sorted key.
+    renames = dict(zip(inputs, [spec.name for spec in signature]))
+    renames.update(zip(outputs, sorted(names)))
+    arguments = dict(input_names=inputs, output_names=outputs, opset=opset,
+                     tensors_to_rename=renames, custom_op_handlers=CUSTOM_OPS)
     try:
         with _environment("TF2ONNX_CATCH_ERRORS", "false"):
-            return _tf2onnx(model, signature, opset)
+            return _tf2onnx(graph_def, arguments)
     except Exception:  # noqa: BLE001 - any optimizer failure: retry the safe way
         with _environment("TF2ONNX_CATCH_ERRORS", None):
-            return _tf2onnx(model, signature, opset)
+            return _tf2onnx(graph_def, arguments)
 
 
-def _tf2onnx(model, signature, opset):
-    """The ONNX proto of `model`, by the route its flavour takes to tf2onnx."""
-    return flavour.of(model).onnx_proto(model, signature, opset)
+def _tf2onnx_version():
+    import tf2onnx
+
+    return tf2onnx.__version__
+
+
+def _tf2onnx(graph_def, arguments):
+    import tf2onnx
+
+    return tf2onnx.convert.from_graph_def(graph_def, **arguments)[0]
+
+
+def _erfc(ctx, node, name, args):
+    """TensorFlow's Erfc (the exact GELU's, in ConvNeXt) as ONNX `1 - Erf(x)`: ONNX has
+    Erf (opset 9) but no Erfc, and tf2onnx 1.17 no handler for it. In float32,
+    1 - erf(x) is exact to the rounding of 1 (6e-8) in absolute terms, not relative to
+    erfc's tail; GELU, x/2 * erfc(-x/sqrt 2), keeps that absolute bound times |x|/2."""
+    del name, args
+    from tf2onnx import utils
+
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    erf = ctx.make_node("Erf", [node.input[0]])
+    one = ctx.make_const(utils.make_name(node.name + "_one"), np.array(1, dtype))
+    node.type = "Sub"
+    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+
+
+#: tf2onnx handlers for TensorFlow ops it does not convert itself.
+CUSTOM_OPS = {"Erfc": (_erfc, [])}

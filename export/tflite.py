@@ -11,7 +11,7 @@ from keras_bn import flavour
 from keras_bn.errors import InputError, VerificationError
 from keras_bn.files.output import atomic_path, check_output
 from keras_bn.export import checks, through_tensorflow
-from keras_bn.export._prepare import input_signature, prepare
+from keras_bn.export._prepare import input_signature, output_names, prepare
 from keras_bn.export.isolated import IsolatedRuntime
 
 QUANTIZE = (None, "float16", "int8")
@@ -97,7 +97,7 @@ def verify_file(result, model, file, samples, labels, verify, rtol, atol, latenc
     if verify or labels is not None or latency_batch:
         with IsolatedRuntime("tflite", file) as runtime:
             names = flavour.of(model).input_names(model)
-            outputs = _output_keys(model, [name for name in runtime.outputs])
+            outputs = output_names(model)
             dtypes = dict(runtime.inputs)
 
             def run(inputs):  # each input in the file's own dtype (float64, int32...)
@@ -110,21 +110,6 @@ def verify_file(result, model, file, samples, labels, verify, rtol, atol, latenc
                             latency_batch, f"TFLite export of '{model.name}'",
                             check=check)
     result.size_bytes = os.path.getsize(file)
-
-
-def _output_keys(model, keys):
-    """The file's output names `keys` in the model's output order: the model's output
-    names (our tf-keras signature), Keras 3's `output_0`, `output_1`, ..., or a dict
-    output's keys (keras-hub's feature pyramids), in the sorted order in which Keras
-    flattens a dict."""
-    names = flavour.of(model).output_names(model)
-    keys = set(keys)
-    if set(names) == keys:
-        return names
-    numbered = all(k.startswith("output_") and k[len("output_"):].isdigit() for k in keys)
-    if numbered:
-        return sorted(keys, key=lambda k: int(k[len("output_"):]))
-    return sorted(keys)
 
 
 def _converter_options(quantize, model, data, steps):
@@ -147,9 +132,18 @@ def _converter_options(quantize, model, data, steps):
 
 def _convert(converted, model, quantize, representative_data, steps):
     options = _converter_options(quantize, model, representative_data, steps)
+
+    def configure(converter):
+        for name, value in options.items():
+            if name == "target_spec":
+                for key, item in value.items():
+                    setattr(converter.target_spec, key, item)
+            else:
+                setattr(converter, name, value)
+
     try:
         return flavour.of(converted).tflite_content(
-            converted, input_signature(model), flavour.of(model).output_names(model), options)
+            converted, input_signature(model), output_names(model), configure)
     except ConverterError as error:  # an op or dtype TFLite has no kernel for
         lines = [line.split("error: ", 1)[1].strip() for line in str(error).splitlines()
                  if "error: " in line]

@@ -52,14 +52,7 @@ def test_fold(name):
     _check_fold(row)
 
 
-def _export_params():
-    for name in zoo.representatives() + list(zoo.HAND_BUILT):
-        limit = zoo.EXPORT_LIMITS.get(zoo.family(name))
-        yield pytest.param(name, marks=[pytest.mark.xfail(reason=limit, strict=False)]
-                           if limit else [])
-
-
-@pytest.mark.parametrize("name", list(_export_params()))
+@pytest.mark.parametrize("name", zoo.representatives() + list(zoo.HAND_BUILT))
 def test_export_one_per_family(name, tmp_path):
     _check_export(zoo.export_case(name, str(tmp_path)))
 
@@ -95,13 +88,6 @@ def test_foldable_left_counts_keras3_bns():
     assert zoo.foldable_left(model) == 53  # every conv -> BN pair of an unfolded ResNet50
 
 
-#: keras-hub models whose ONNX export fails today, and why (issue: export coverage).
-HUB_EXPORT_LIMITS = {
-    "MobileNetV3": "its custom blocks trace to StatefulPartitionedCall, which tf2onnx 1.17 "
-                   "leaves unconverted",
-}
-
-
 @pytest.mark.parametrize("name", zoo.constructors("keras_hub"))
 def test_fold_keras_hub(name):
     row = zoo.fold_case(name, flavour="keras_hub")
@@ -118,19 +104,13 @@ def test_recalibrate_keras_hub(name):
 
 
 #: keras-hub exports in `make test` (the three vision tasks, a backbone with dict outputs, an
-#: SE/SiLU backbone, and one known limit); every model's is in `make zoo`.
+#: SE/SiLU backbone, the two whose blocks call compiled functions); every model's is in
+#: `make zoo`.
 HUB_EXPORTS = ("ResNetImageClassifier", "DeepLabV3ImageSegmenter", "RetinaNetObjectDetector",
-               "RetinaNet", "EfficientNet", "MobileNetV3")
+               "RetinaNet", "EfficientNet", "MobileNetV3", "HGNetV2")
 
 
-def _hub_export_params():
-    for name in HUB_EXPORTS:
-        limit = HUB_EXPORT_LIMITS.get(name)
-        yield pytest.param(name, marks=[pytest.mark.xfail(reason=limit, strict=True)]
-                           if limit else [])
-
-
-@pytest.mark.parametrize("name", list(_hub_export_params()))
+@pytest.mark.parametrize("name", HUB_EXPORTS)
 def test_export_keras_hub(name, tmp_path):
     row = zoo.export_case(name, str(tmp_path), flavour="keras_hub")
     _check_export(row)

@@ -328,47 +328,49 @@ def read_call(data: dict, make_ref: Callable[[list], object]) -> tuple[list, dic
 # -- Export: how a model of this flavour reaches the converters (TensorFlow backend) ------
 
 
-def onnx_proto(model, signature: list, opset: int | None):
-    """The ONNX proto of `model`: the frozen graph of a `tf.function` of its inference
-    call. tf2onnx's `from_keras` does not know Keras 3's output names (it fails on a
-    Sequential model), and its `from_function`, which Keras 3's own
-    `model.export(format="onnx")` uses, turns tensors the function captures that are not
-    variables (the mean and variance of EfficientNet's Normalization layer) into graph
-    inputs nobody feeds: freezing the function first makes them constants."""
+def output_structure(model):
+    """The model's outputs as it returns them: a tensor, a list, or a dict (nested)."""
+    structure = getattr(model, "_outputs_struct", None)
+    return model.outputs if structure is None else structure
+
+
+def serving_function(model, signature: list, output_names: list[str]):
+    """The concrete `tf.function` of the model's inference call on `signature` (the
+    TensorFlow backend), returning a dict from `output_names` to the flat outputs."""
     import tensorflow as tf
-    import tf2onnx
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2)
 
     @tf.function(input_signature=signature)
     def serve(*inputs):
-        return model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+        return _named(model(list(inputs) if len(inputs) > 1 else inputs[0],
+                            training=False), output_names)
 
-    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
-    return tf2onnx.convert.from_graph_def(
-        frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
-        output_names=[t.name for t in frozen.outputs], opset=opset)[0]
+    return serve.get_concrete_function()
 
 
-def tflite_content(model, signature: list, output_names: list[str], options: dict) -> bytes:
-    """The TFLite file of `model`: Keras 3's own LiteRT export (its ExportArchive ->
-    SavedModel -> converter: a concrete function of a Keras 3 model converts to a file
-    whose outputs are NaN, measured), limited to LiteRT's built-in ops so the file runs
-    without the Flex delegate, with `options` (converter attributes; outputs keep Keras
-    3's names `output_0`, ..., so `output_names` is not needed)."""
-    import os
+def _named(outputs, output_names):
+    return dict(zip(output_names, keras.tree.flatten(outputs)))
+
+
+def tflite_content(model, signature: list, output_names: list[str],
+                   configure: Callable) -> bytes:
+    """The TFLite file of `model`, by the route of Keras 3's own LiteRT export (an
+    `ExportArchive` -> SavedModel -> converter: a concrete function of a Keras 3 model
+    converts to a file whose outputs are NaN, measured), with the outputs named
+    `output_names`, limited to LiteRT's built-in ops so the file runs without the Flex
+    delegate, once `configure(converter)` has set
+    its options."""
     import tempfile
 
     import tensorflow as tf
 
-    del output_names
-    options = dict(options)
-    target_spec = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS],
-                   **options.pop("target_spec", {})}
     with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "model.tflite")
-        model.export(path, format="litert", verbose=False, target_spec=target_spec,
-                     input_signature=[signature if len(signature) > 1 else signature[0]],
-                     **options)
-        with open(path, "rb") as f:
-            return f.read()
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serve", lambda *inputs: _named(
+            model(list(inputs) if len(inputs) > 1 else inputs[0], training=False),
+            output_names), input_signature=signature)
+        archive.write_out(folder, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        configure(converter)
+        return converter.convert()

@@ -379,30 +379,30 @@ def read_call(data: dict, make_ref: Callable[[list], object]) -> tuple[list, dic
 # -- Export: how a model of this flavour reaches the converters ---------------------------
 
 
-def onnx_proto(model, signature: list, opset: int | None):
-    """The ONNX proto of `model` from tf2onnx's `from_keras` (which knows tf-keras)."""
-    import tf2onnx
+def output_structure(model):
+    """The model's outputs as it returns them: a tensor, a list, or a dict (nested)."""
+    structure = getattr(model, "_nested_outputs", None)
+    return model.outputs if structure is None else structure
 
-    return tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)[0]
 
-
-def tflite_content(model, signature: list, output_names: list[str], options: dict) -> bytes:
-    """The TFLite file of `model`: the concrete function of its inference call, outputs
-    named `output_names`, through `tf.lite.TFLiteConverter` with `options` (converter
-    attributes; `target_spec` a dict of its attributes)."""
+def serving_function(model, signature: list, output_names: list[str]):
+    """The concrete `tf.function` of the model's inference call on `signature`, returning
+    a dict from `output_names` to the flat outputs (in the order of `model.outputs`)."""
 
     @tf.function(input_signature=signature)
     def serve(*inputs):
         outputs = model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        return dict(zip(output_names, outputs))
+        return dict(zip(output_names, tf.nest.flatten(outputs)))
 
+    return serve.get_concrete_function()
+
+
+def tflite_content(model, signature: list, output_names: list[str],
+                   configure: Callable) -> bytes:
+    """The TFLite file of `model`: its serving function (outputs named `output_names`)
+    through `tf.lite.TFLiteConverter` once `configure(converter)`
+    has set its options."""
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [serve.get_concrete_function()], model)
-    for name, value in options.items():
-        if name == "target_spec":
-            for key, item in value.items():
-                setattr(converter.target_spec, key, item)
-        else:
-            setattr(converter, name, value)
+        [serving_function(model, signature, output_names)], model)
+    configure(converter)
     return converter.convert()

@@ -131,17 +131,6 @@ def test_float16_and_int8_report_error_and_accuracy(tmp_path):
     assert full.size_bytes < export.to_tflite(model, tmp_path / "f.tflite").size_bytes
 
 
-def test_grouped_conv_exports_to_tflite_and_names_the_onnx_limit(tmp_path):
-    inputs = tf_keras.Input((8, 8, 4))
-    x = keras_bn.BatchNormalization()(L.Conv2D(8, 3, groups=2, name="grouped")(inputs))
-    model = randomize_bn(tf_keras.Model(inputs, x))
-    result = export.to_tflite(model, tmp_path / "g.tflite")
-    assert result.op_counts == {"CONV_2D": 1} and result.max_error <= result.tolerance
-    with pytest.raises(ValueError, match=r"could not convert.*PartitionedCall.*groups > 1"):
-        export.to_onnx(model, tmp_path / "g.onnx")
-    assert not (tmp_path / "g.onnx").exists()
-
-
 def test_int8_without_representative_data_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="int8.*needs representative_data"):
         export.to_tflite(_small(), tmp_path / "q.tflite", quantize="int8")
