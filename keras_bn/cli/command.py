@@ -26,7 +26,8 @@ output files:
   written only once complete and verified (a temporary file, then renamed); never over
   the input model; the extension must match the format (.keras/.h5, .onnx, .tflite);
   permissions as for any new file under your umask (an overwritten file keeps its own);
-  missing parent folders are created.
+  missing parent folders are created. With --onnx and --tflite both files are written or
+  neither: when one step fails, the message names it and no output is left.
 
 exit status:
   0 done, 1 a numerical verification failed, 2 bad input (one line on stderr),
@@ -129,7 +130,7 @@ def _fold(args):
 
 def _export(args):
     from keras_bn import export
-    from keras_bn.files.output import check_output
+    from keras_bn.files.output import all_or_nothing, check_output
     from keras_bn.files import load_arrays
 
     if not (args.onnx or args.tflite):
@@ -149,14 +150,21 @@ def _export(args):
         data = export.calibration_data(model, data)  # checked before any conversion
     results = []
     fold = not args.no_fold
-    if args.onnx:
-        results.append(steps.run(f"fold, convert, verify {args.onnx}", export.to_onnx, model,
-                                 args.onnx, fold=fold, opset=args.opset))
-    if args.tflite:
-        quantize = "int8" if args.int8 else "float16" if args.float16 else None
-        results.append(steps.run(f"fold, convert, verify {args.tflite}", export.to_tflite,
-                                 model, args.tflite, fold=fold, quantize=quantize,
-                                 representative_data=data))
+    outputs = [path for path in (args.onnx, args.tflite) if path]
+    try:
+        with all_or_nothing():  # one failed file: none is written
+            if args.onnx:
+                results.append(steps.run(f"fold, convert, verify {args.onnx}", export.to_onnx,
+                                         model, args.onnx, fold=fold, opset=args.opset))
+            if args.tflite:
+                quantize = "int8" if args.int8 else "float16" if args.float16 else None
+                results.append(steps.run(f"fold, convert, verify {args.tflite}",
+                                         export.to_tflite, model, args.tflite, fold=fold,
+                                         quantize=quantize, representative_data=data))
+    except Exception as error:
+        if len(outputs) > 1:
+            error.keras_bn_outcome = f"none of {', '.join(outputs)} was written"
+        raise
     print(results_table(results))
 
 
@@ -210,10 +218,11 @@ def _run(handler, args, debug):
     try:
         handler(args)
     except VerificationError as error:  # the check did its job: a result, not bad input
-        print(f"{name}: verification failed: {error}", file=sys.stderr)
+        print(f"{name}: verification failed{_where(error)}: {error}{_outcome(error)}",
+              file=sys.stderr)
         return EXIT_FAILED_CHECK
     except (UserError, InputError, OSError) as error:  # bad input: one line
-        print(f"{name}: error: {error}", file=sys.stderr)
+        print(f"{name}: error{_where(error)}: {error}{_outcome(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
@@ -226,6 +235,18 @@ def _run(handler, args, debug):
               + ("" if debug else " (run with --debug for the traceback)"), file=sys.stderr)
         return EXIT_BUG
     return EXIT_OK
+
+
+def _where(error):
+    """' in step "<label>"' for an error raised inside a `Steps` step."""
+    step = getattr(error, "keras_bn_step", None)
+    return f' in step "{step}"' if step else ""
+
+
+def _outcome(error):
+    """'; <what was and was not written>' where a command said it."""
+    outcome = getattr(error, "keras_bn_outcome", None)
+    return f"; {outcome}" if outcome else ""
 
 
 @contextlib.contextmanager

@@ -17,8 +17,13 @@ class Steps:
         start = time.perf_counter()
         try:
             result = fn(*args, **kwargs)
-        except BaseException:
+        except BaseException as error:
             print(" failed", file=self.stream, flush=True)
+            if not hasattr(error, "keras_bn_step"):  # the CLI's message names the step
+                try:
+                    error.keras_bn_step = label
+                except AttributeError:  # an exception type without a __dict__
+                    pass
             raise
         print(f" {time.perf_counter() - start:.1f} s", file=self.stream, flush=True)
         return result

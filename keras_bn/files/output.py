@@ -5,11 +5,14 @@ Every file keras_bn writes (a folded model, an ONNX or TFLite file) goes through
 inputs (same path, a link to it, or the same inode), the file is written to a temporary
 name next to its destination and renamed only once complete and verified, and it gets the
 permissions `open()` would give a new file under the user's umask (an overwritten file
-keeps its own). Missing parent folders are created.
+keeps its own). Missing parent folders are created. Within `all_or_nothing`, the files
+of several steps are renamed into place together at the end, or none is.
 """
 
 import contextlib
+import contextvars
 import os
+import secrets
 import tempfile
 
 from keras_bn.errors import InputError
@@ -72,14 +75,80 @@ def atomic_path(path, suffixes=(), inputs=()):
     path = os.fspath(path)
     check_output(path, suffixes, inputs)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:  # a file where a folder should be, no permission...
+        raise InputError(f"{path}: cannot create its folder {directory} "
+                         f"({error.strerror}: {error.filename})") from error
     fd, tmp = tempfile.mkstemp(prefix=".keras_bn-", suffix=os.path.splitext(path)[1],
                                dir=directory)
     os.close(fd)
+    batch, handed_over = _BATCH.get(), False
     try:
         yield tmp
         os.chmod(tmp, new_file_mode(path))  # mkstemp made it 0o600
-        os.replace(tmp, path)
+        if batch is None:
+            os.replace(tmp, path)
+        else:  # all_or_nothing renames it with the others, or removes it
+            batch.append((tmp, path))
+            handed_over = True
     finally:
-        if os.path.exists(tmp):
+        if not handed_over and os.path.exists(tmp):
             os.remove(tmp)
+
+
+#: The files verified so far inside `all_or_nothing`: (temporary path, destination).
+_BATCH = contextvars.ContextVar("keras_bn_output_batch", default=None)
+
+
+@contextlib.contextmanager
+def all_or_nothing():
+    """Every file `atomic_path` completes inside the block stays under its temporary name
+    until the block ends: then all are renamed into place, or, when the block raises,
+    none is (each temporary file is removed and any earlier file at a destination is
+    left as it was). Should a rename itself fail at the end, the destinations already
+    replaced get their earlier files back (or are removed where there was none).
+
+    Raises:
+      OSError: a rename at the end failed (after the rollback).
+    """
+    batch = []
+    token = _BATCH.set(batch)
+    try:
+        yield
+    except BaseException:
+        _remove(tmp for tmp, _ in batch)
+        raise
+    finally:
+        _BATCH.reset(token)
+    _commit(batch)
+
+
+def _commit(batch):
+    """Renames each (temporary, destination) of `batch`; on a failure, undoes those done."""
+    backups, done = {}, []
+    try:
+        for tmp, path in batch:
+            if os.path.exists(path):  # a hard link keeps the old file for a rollback
+                backup = os.path.join(os.path.dirname(os.path.abspath(path)),
+                                      f".keras_bn-old-{secrets.token_hex(8)}")
+                os.link(path, backup)  # fails rather than replace an existing name
+                backups[path] = backup
+            os.replace(tmp, path)
+            done.append(path)
+    except OSError:
+        for path in done:
+            if path in backups:
+                os.replace(backups.pop(path), path)
+            else:
+                os.remove(path)
+        raise
+    finally:
+        _remove(tmp for tmp, _ in batch)
+        _remove(backups.values())
+
+
+def _remove(paths):
+    for path in list(paths):
+        if os.path.exists(path):
+            os.remove(path)

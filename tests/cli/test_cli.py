@@ -53,6 +53,22 @@ def test_export_onnx_and_tflite(model_file, tmp_path):
     assert "max abs error" in result.stdout
 
 
+def test_export_writes_every_output_or_none(model_file, tmp_path):
+    """The ONNX file converts and verifies, then the TFLite one cannot be written (its
+    folder is a file): exit 2, the message names the failed step and says nothing was
+    written, and the ONNX path keeps its earlier file."""
+    (tmp_path / "m.onnx").write_bytes(b"previous file")
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    result = keras_bn_cli("export", model_file, "--onnx", tmp_path / "m.onnx",
+                          "--tflite", tmp_path / "blocker" / "m.tflite")
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert 'in step "fold, convert, verify' in line and "m.tflite" in line, line
+    assert "none of" in line and "was written" in line, line
+    assert (tmp_path / "m.onnx").read_bytes() == b"previous file"
+    assert sorted(os.listdir(tmp_path)) == ["blocker", "m.onnx"]
+
+
 def test_export_int8_with_calibration_data(model_file, tmp_path):
     np.save(tmp_path / "data.npy", np.random.RandomState(0).rand(32, 8, 8, 3).astype("f4"))
     result = keras_bn_cli("export", model_file, "--tflite", tmp_path / "q.tflite",

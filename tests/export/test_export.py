@@ -155,6 +155,31 @@ def test_failed_verification_leaves_no_file_and_keeps_the_old_one(tmp_path, expo
     assert os.listdir(tmp_path) == [name]
 
 
+def test_all_or_nothing_writes_both_files_or_neither(tmp_path):
+    """A verified ONNX file is not written when the TFLite file of the same batch fails
+    (an earlier file at its path stays as it was); a batch that passes writes both."""
+    from keras_bn.files.output import all_or_nothing
+
+    model = _small()
+    onnx_path, tflite_path = tmp_path / "m.onnx", tmp_path / "m.tflite"
+    onnx_path.write_bytes(b"previous file")
+    nan = np.full((2, 10, 10, 3), np.nan, "float32")
+    with pytest.raises(keras_bn.VerificationError, match="NaN/Inf"):
+        with all_or_nothing():
+            assert export.to_onnx(model, onnx_path).max_error is not None
+            export.to_tflite(model, tflite_path, samples=nan)
+    assert onnx_path.read_bytes() == b"previous file"
+    assert os.listdir(tmp_path) == ["m.onnx"]
+    with all_or_nothing():
+        export.to_onnx(model, onnx_path)
+        export.to_tflite(model, tflite_path)
+        waiting = [p for p in os.listdir(tmp_path) if p.startswith(".keras_bn-")]
+        assert len(waiting) == 2  # renamed only at the end
+        assert sorted(os.listdir(tmp_path)) == sorted(waiting + ["m.onnx"])
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m.tflite"]
+    assert onnx_path.read_bytes() != b"previous file"
+
+
 def test_input_model_is_not_changed(tmp_path):
     model = _small()
     before = [w.copy() for w in model.get_weights()]
