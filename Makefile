@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# oneDNN's CPU kernels (NCHW convolutions: the channels_first models) on any x86 CPU, not
+# only on those with AVX-512 where TensorFlow enables them by itself.
+export TF_ENABLE_ONEDNN_OPTS ?= 1
 export PYTHONDONTWRITEBYTECODE = 1
 
 .PHONY: install test demo bench zoo clean

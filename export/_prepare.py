@@ -9,13 +9,14 @@ from keras_bn import flavour
 from keras_bn.folding import fold as _fold
 
 
-def prepare(model, fold, verify=True):
-    """`(model to convert, FoldPlan or None)`: the folded (and, with `verify`, checked)
+def prepare(model, fold, verify=True, samples=None):
+    """`(model to convert, FoldPlan or None)`: the folded (and, with `verify`, checked
+    on `samples` or the default random batch, the inputs the file is checked on too)
     model when `fold`. The model runs on TensorFlow (a Keras 3 model on another backend
     goes through `through_tensorflow` first)."""
     if not fold:
         return model, None
-    return _fold(model, verify=verify, return_plan=True)
+    return _fold(model, verify=verify, samples=samples, return_plan=True)
 
 
 def input_signature(model):

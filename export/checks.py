@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from keras_bn.folding import compare, default_rtol, predict, random_inputs
+from keras_bn.folding import check_outputs, default_rtol, predict, random_inputs
+from keras_bn.folding import verification_batches
 
 
 @dataclass
@@ -19,10 +20,14 @@ class ExportResult:
       format: "onnx", "tflite", "tflite-float16" or "tflite-int8".
       size_bytes: the file's size.
       op_counts: operator type -> count in the exported graph.
-      max_error: max abs difference from the Keras model in inference mode, over the
-        random verification batch and `samples` (None without verification).
+      max_error: max abs difference from the Keras model in inference mode, on `samples`
+        or, without them, a random batch in the model's input range (None without
+        verification).
       tolerance: the bound `max_error` was checked against (None for quantized files,
-        which are measured, not checked).
+        which are measured, not checked): `rtol * scale + atol` plus 4x `noise`.
+      noise: the model's own float32 rounding noise on the same inputs (the model in
+        float32 against its weights in float64; None when not measured).
+      verified_on: which inputs were used.
       accuracy: argmax accuracy on `samples`/`labels` when labels were given.
       keras_accuracy: the Keras model's accuracy on the same samples.
       latency_ms: median wall time of one batch of `latency_batch` in the runtime (None
@@ -37,6 +42,8 @@ class ExportResult:
     op_counts: dict = field(default_factory=dict)
     max_error: float = None
     tolerance: float = None
+    noise: float = None
+    verified_on: str = ""
     accuracy: float = None
     keras_accuracy: float = None
     latency_ms: float = None
@@ -53,34 +60,6 @@ def export_rtol(model, rtol=None):
     """`rtol`, or by default 1e-4 for a float32 model and the fold's mixed-precision
     tolerance (10 units in the last place of the compute dtype) for a float16 one."""
     return rtol if rtol is not None else max(FILE_RTOL, default_rtol(model))
-
-
-def verification_inputs(model, samples):
-    """A random batch of the model's input shapes, plus the user's `samples` if any."""
-    batches = [random_inputs(model, batch=2)]
-    if samples is not None:
-        batches.append([np.asarray(s) for s in (samples if isinstance(samples, (list, tuple))
-                                                 else [samples])])
-    return batches
-
-
-def parity(model, run, batches, rtol, atol, what, check=True):
-    """Max abs error of `run(inputs) -> [outputs]` against the Keras model on `batches`.
-
-    Raises:
-      keras_bn.VerificationError: with `check`, when it exceeds `rtol * scale + atol`.
-    """
-    errors, tolerance = [], None
-    for inputs in batches:
-        expected = predict(model, inputs)
-        actual = run(inputs)
-        if check:
-            error, tolerance = compare(expected, actual, rtol, atol, what)
-        else:
-            error = max(float(np.max(np.abs(np.asarray(a, np.float64).reshape(e.shape) - e)))
-                        for e, a in zip(expected, actual))
-        errors.append(error)
-    return max(errors), tolerance
 
 
 def accuracy(outputs, labels):
@@ -104,19 +83,21 @@ def latency_ms(run, inputs, repeats=10):
 
 def measure(result, model, run, samples, labels, verify, rtol, atol, latency_batch, what,
              check=True):
-    """Fills in errors, accuracy and latency; raises through `parity` when `check`."""
+    """Fills in errors, accuracy and latency; with `check`, raises VerificationError
+    beyond tolerance. The inputs are those the fold was verified on, so the model's noise
+    the fold measured (`result.fold_plan`) serves here too."""
+    batches, described = verification_batches(model, samples)
     if verify:
-        batches = verification_inputs(model, samples)
-        if not check and samples is not None:
-            # A quantized file is calibrated for real data: random inputs would only
-            # measure saturation, so its error is reported on the samples alone.
-            batches = batches[1:]
-        result.max_error, result.tolerance = parity(model, run, batches, rtol, atol, what,
-                                                    check)
+        plan = result.fold_plan
+        known = (None if plan is None or plan.verdict is None or plan.verdict.inputs != described
+                 else (plan.verdict.noise, plan.verdict.noise_note))
+        verdict = check_outputs(model, run, batches, rtol, atol, what, noise=known,
+                                check=check, inputs=described)
+        result.max_error, result.tolerance = verdict.max_error, verdict.tolerance
+        result.noise, result.verified_on = verdict.noise, verdict.inputs
     if labels is not None and samples is not None:
-        batch = verification_inputs(model, samples)[-1]
-        result.accuracy = accuracy(run(batch), labels)
-        result.keras_accuracy = accuracy(predict(model, batch), labels)
+        result.accuracy = accuracy(run(batches[0]), labels)
+        result.keras_accuracy = accuracy(predict(model, batches[0]), labels)
     if latency_batch:
         result.latency_batch = latency_batch
         result.latency_ms = latency_ms(run, random_inputs(model, batch=latency_batch, seed=1))

@@ -61,7 +61,7 @@ def to_onnx(model, path: str | os.PathLike, *, fold: bool = True, opset: int | N
         return through_tensorflow.export("onnx", model, path, dict(
             fold=fold, opset=opset, verify=verify, samples=samples, labels=labels,
             rtol=rtol, atol=atol, latency_batch=latency_batch))
-    converted, plan = prepare(model, fold, verify)
+    converted, plan = prepare(model, fold, verify, samples)
     proto = _convert(converted, input_signature(model), output_names(model), opset)
     _check(proto, model.name)
     result = checks.ExportResult(path=os.fspath(path), format="onnx", fold_plan=plan)

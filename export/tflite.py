@@ -13,6 +13,7 @@ from keras_bn.files.output import atomic_path, check_output
 from keras_bn.export import checks, through_tensorflow
 from keras_bn.export._prepare import input_signature, output_names, prepare
 from keras_bn.export.isolated import IsolatedRuntime
+from keras_bn.folding import model_inputs
 
 QUANTIZE = (None, "float16", "int8")
 
@@ -73,7 +74,7 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
             fold=fold, quantize=quantize, representative_data=representative_data,
             verify=verify, samples=samples, labels=labels, rtol=rtol, atol=atol,
             representative_steps=representative_steps, latency_batch=latency_batch))
-    converted, plan = prepare(model, fold, verify)
+    converted, plan = prepare(model, fold, verify, samples)
     content = _convert(converted, model, quantize, representative_data, representative_steps)
     if quantize == "int8" and not tensor_types(content) & {"INT8", "UINT8"}:
         raise VerificationError(f"TFLite int8 export of '{model.name}': the converter "
@@ -153,7 +154,7 @@ def _convert(converted, model, quantize, representative_data, steps):
 
 def calibration_data(model, data):
     """int8 calibration inputs as a list in the model's input order, each in its input's
-    dtype, checked against the model's input shapes (None matches any size).
+    dtype, checked against the model's input shapes (`keras_bn.folding.model_inputs`).
 
     `data` is one array (a single-input model), a list with one array per input, or a
     dict from input name to array.
@@ -162,47 +163,11 @@ def calibration_data(model, data):
       InputError: no data, no rows, a missing or unknown input, a shape that does not
         fit, or inputs with different numbers of rows.
     """
-    names = flavour.of(model).input_names(model)
     if data is None:
         raise InputError(
             "to_tflite(quantize='int8') needs representative_data: typical inputs (a few "
             "hundred rows of the training data) to calibrate the int8 ranges.")
-    if isinstance(data, dict):
-        unknown, missing = set(data) - set(names), [n for n in names if n not in data]
-        if unknown or missing:
-            raise InputError(f"int8 calibration data has arrays {sorted(data)}; the model's "
-                             f"inputs are {names}: give one array per input, by name.")
-        data = [data[n] for n in names]
-    elif not isinstance(data, (list, tuple)):
-        data = [data]
-    if len(data) != len(names):
-        raise InputError(f"int8 calibration data has {len(data)} array(s); '{model.name}' "
-                         f"has {len(names)} inputs {names}: give one array per input.")
-    numpy_dtype = flavour.of(model).numpy_dtype
-    arrays = [_fitting(np.asarray(d), spec, name, numpy_dtype)
-              for d, spec, name in zip(data, model.inputs, names)]
-    rows = {len(a) for a in arrays}
-    if len(rows) > 1:
-        raise InputError(f"int8 calibration arrays have different numbers of rows {sorted(rows)}"
-                         f" for inputs {names}: row i of each is one sample.")
-    return arrays
-
-
-def _fitting(array, spec, name, numpy_dtype):
-    """`array` as calibration rows for the input `spec`, or an InputError saying why not."""
-    want = tuple(spec.shape[1:])
-    shown = "(rows, " + ", ".join("any" if d is None else str(d) for d in want) + ")"
-    if array.ndim != len(want) + 1 or any(
-            w is not None and w != got for w, got in zip(want, array.shape[1:])):
-        raise InputError(f"int8 calibration data for input '{name}' has shape {array.shape}; "
-                         f"the input takes {shown}.")
-    if len(array) == 0:
-        raise InputError(f"int8 calibration data for input '{name}' has no rows; give a "
-                         "few hundred typical inputs.")
-    if array.dtype.kind not in "biuf":  # bool, integers, floats: what a model input takes
-        raise InputError(f"int8 calibration data for input '{name}' holds {array.dtype} "
-                         "values; give numbers (integers or floats).")
-    return array.astype(numpy_dtype(spec))
+    return model_inputs(model, data, "int8 calibration data")
 
 
 def tensor_types(content):

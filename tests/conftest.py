@@ -1,6 +1,10 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's own CPU kernels run convolutions in NHWC only; its oneDNN ones take NCHW
+# too (the channels_first tests need them). TensorFlow turns oneDNN on by itself only on
+# CPUs with AVX-512; this asks for it on any x86 CPU (AVX2 ones included), as CI's.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

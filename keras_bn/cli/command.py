@@ -79,6 +79,11 @@ def _parser():
                                     help="load whatever the file asks for (Lambda layers, "
                                     "modules it names, file ops): runs code stored in the "
                                     "file; only for files you trust")
+    for name in ("fold", "export"):
+        made[name].add_argument(
+            "--samples", metavar="DATA", help="verify on DATA (typical inputs: a .npy "
+            "array for a one-input model, or a .npz with one array per input, named as "
+            "the input; rows are samples) instead of random inputs in the model's range")
     made["fold"].add_argument("out", metavar="OUT", help="where to write the folded model "
                               "(.keras or .h5; not MODEL; missing folders are created)")
     made["fold"].add_argument("--no-verify", action="store_true",
@@ -112,11 +117,14 @@ def _fold(args):
     from keras_bn.files.output import atomic_path, check_output
     from keras_bn.folding import fold
 
-    check_output(args.out, (".keras", ".h5"), inputs=[args.model])
+    from keras_bn.files import load_arrays
+
+    check_output(args.out, (".keras", ".h5"), inputs=[args.model] + _given(args.samples))
+    samples = load_arrays(args.samples) if args.samples else None
     steps = Steps(3)
     model = _load(args, steps)
     folded, plan = steps.run("fold" + ("" if args.no_verify else " and verify"),
-                             fold, model, verify=not args.no_verify,
+                             fold, model, verify=not args.no_verify, samples=samples,
                              return_plan=True)
 
     def save():
@@ -139,15 +147,20 @@ def _export(args):
         raise UserError("--int8 quantizes the TFLite file: give --tflite PATH too")
     if args.int8 and args.float16:
         raise UserError("choose one of --int8 and --float16")
-    inputs = [args.model] + ([args.int8] if args.int8 else [])
+    inputs = [args.model] + _given(args.int8) + _given(args.samples)
     for path, suffix in ((args.onnx, ".onnx"), (args.tflite, ".tflite")):
         if path:
             check_output(path, (suffix,), inputs)
     data = load_arrays(args.int8) if args.int8 else None
+    samples = load_arrays(args.samples) if args.samples else None
     steps = Steps(1 + bool(args.onnx) + bool(args.tflite))
     model = _load(args, steps)
     if data is not None:
         data = export.calibration_data(model, data)  # checked before any conversion
+    if samples is not None:
+        from keras_bn.folding import model_inputs
+
+        samples = model_inputs(model, samples, f"--samples {args.samples}")
     results = []
     fold = not args.no_fold
     outputs = [path for path in (args.onnx, args.tflite) if path]
@@ -155,12 +168,14 @@ def _export(args):
         with all_or_nothing():  # one failed file: none is written
             if args.onnx:
                 results.append(steps.run(f"fold, convert, verify {args.onnx}", export.to_onnx,
-                                         model, args.onnx, fold=fold, opset=args.opset))
+                                         model, args.onnx, fold=fold, opset=args.opset,
+                                         samples=samples))
             if args.tflite:
                 quantize = "int8" if args.int8 else "float16" if args.float16 else None
                 results.append(steps.run(f"fold, convert, verify {args.tflite}",
                                          export.to_tflite, model, args.tflite, fold=fold,
-                                         quantize=quantize, representative_data=data))
+                                         quantize=quantize, representative_data=data,
+                                         samples=samples))
     except Exception as error:
         if len(outputs) > 1:
             error.keras_bn_outcome = f"none of {', '.join(outputs)} was written"
@@ -168,13 +183,20 @@ def _export(args):
     print(results_table(results))
 
 
+def _given(path):
+    return [path] if path else []
+
+
 def results_table(results):
-    """One line per export: format, size, max error, latency, ops."""
-    rows = [("format", "file", "size", "max abs error", "latency / batch", "ops")]
+    """One line per export: format, size, max error, its tolerance, the model's own
+    float32 noise on the same inputs, latency, ops."""
+    figure = lambda value: "-" if value is None else f"{value:.2e}"
+    rows = [("format", "file", "size", "max abs error", "tolerance", "float32 noise",
+             "latency / batch", "ops")]
     for r in results:
         ops = sum(r.op_counts.values())
-        rows.append((r.format, r.path, f"{r.size_bytes / 1024:.1f} KiB",
-                     "-" if r.max_error is None else f"{r.max_error:.2e}",
+        rows.append((r.format, r.path, f"{r.size_bytes / 1024:.1f} KiB", figure(r.max_error),
+                     figure(r.tolerance), figure(r.noise),
                      "-" if r.latency_ms is None else
                      f"{r.latency_ms:.2f} ms (batch {r.latency_batch})", str(ops)))
     from keras_bn.tools.table import aligned

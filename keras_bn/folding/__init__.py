@@ -9,13 +9,13 @@ classes that absorb a BN, `math` the pure numpy per layer kind.
 from keras_bn.errors import InputError
 from keras_bn.folding.plan import Decision, FoldPlan, plan_model
 from keras_bn.folding.rewrite import rewrite, without_batch_norm
-from keras_bn.folding.verify import (VerificationError, compare, default_rtol, predict,
-                                     random_inputs)
+from keras_bn.folding.verify import (Verdict, VerificationError, check_outputs, compare,
+                                     default_rtol, model_inputs, predict, random_inputs)
 from keras_bn.layers.find import batch_norm_places
 
 
-def fold(model, *, verify: bool = True, rtol: float | None = None, atol: float = 1e-6,
-         return_plan: bool = False):
+def fold(model, *, verify: bool = True, samples=None, rtol: float | None = None,
+         atol: float = 1e-6, return_plan: bool = False):
     """A new inference model with every foldable BatchNormalization merged into weights.
 
     Works on tf-keras and Keras 3 models (any backend) alike. Handles the built-in
@@ -45,11 +45,18 @@ def fold(model, *, verify: bool = True, rtol: float | None = None, atol: float =
     Args:
       model: A built Sequential or functional model, or a functional subclass (tf-keras
         or Keras 3).
-      verify: Run both models in inference mode on random inputs of the model's input
-        shapes (batch 2, unknown dimensions 32) and raise if they differ.
-      rtol: Tolerance relative to the output scale (max |output|). None: 1e-5 for a
-        float32 model, 10 units in the last place of the compute dtype under mixed
-        precision (float16: 9.8e-3); see `default_rtol`.
+      verify: Run both models in inference mode on `samples` (or, without them, on a
+        random batch of 2 in the model's input range, see `random_inputs`) and raise if
+        they differ by more than the tolerance: `rtol * scale + atol` plus
+        `NOISE_MULTIPLE` (4) times the model's own float32 rounding noise on the same
+        inputs (the original in float32 against the same weights in float64; a deep
+        network whose BN statistics do not fit the inputs can move by more than 1e-5
+        of its scale from rounding alone, and a fold cannot be held to better).
+      samples: Inputs to verify on (typical rows of the user's data): an array, a list
+        with one array per input, or a dict by input name.
+      rtol: Tolerance relative to the output scale (max |output|), on top of the noise.
+        None: 1e-5 for a float32 model, 10 units in the last place of the compute dtype
+        under mixed precision (float16: 9.8e-3); see `default_rtol`.
       atol: Absolute slack added to the tolerance, for outputs near zero.
       return_plan: Also return the FoldPlan that was executed (with the measured error).
 
@@ -69,12 +76,21 @@ def fold(model, *, verify: bool = True, rtol: float | None = None, atol: float =
     folded = rewrite(model, the_plan)
     _check_kept(model, folded, the_plan)
     if verify:
-        inputs = random_inputs(model)
-        rtol = default_rtol(model) if rtol is None else rtol
-        the_plan.max_error, the_plan.tolerance = compare(
-            predict(model, inputs), predict(folded, inputs), rtol, atol,
-            f"folded model '{model.name}'")
+        batches, described = verification_batches(model, samples)
+        the_plan.verdict = check_outputs(
+            model, lambda inputs: predict(folded, inputs), batches,
+            default_rtol(model) if rtol is None else rtol, atol,
+            f"folded model '{model.name}'", inputs=described)
     return (folded, the_plan) if return_plan else folded
+
+
+def verification_batches(model, samples):
+    """`(batches, description)`: `[samples]` as the model's inputs, or one random batch
+    of 2 in the model's input range (`random_inputs`)."""
+    if samples is None:
+        return [random_inputs(model)], "random (batch 2, in the model's input range)"
+    arrays = model_inputs(model, samples, "samples")
+    return [arrays], f"samples ({len(arrays[0])} rows)"
 
 
 def _check_kept(model, folded, plan):
@@ -102,5 +118,5 @@ def fold_plan(model) -> FoldPlan:
     return plan_model(model)
 
 
-__all__ = ["fold", "fold_plan", "FoldPlan", "Decision", "VerificationError",
+__all__ = ["fold", "fold_plan", "verification_batches", "FoldPlan", "Decision", "VerificationError",
            "without_batch_norm"]

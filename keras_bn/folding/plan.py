@@ -49,12 +49,24 @@ class Decision:
 class FoldPlan:
     """The decision for every BN layer of a model, in graph order; prints as a table.
 
-    `max_error` and `tolerance` are filled in by a verified `fold`.
+    `verdict` (a `Verdict`: `max_error`, `tolerance`, the model's own float32 `noise`,
+    the `inputs` used) is filled in by a verified `fold`.
     """
 
     decisions: list = field(default_factory=list)
-    max_error: float = None
-    tolerance: float = None
+    verdict: object = None
+
+    @property
+    def max_error(self):
+        return None if self.verdict is None else self.verdict.max_error
+
+    @property
+    def tolerance(self):
+        return None if self.verdict is None else self.verdict.tolerance
+
+    @property
+    def noise(self):
+        return None if self.verdict is None else self.verdict.noise
 
     @property
     def folded(self):
@@ -75,8 +87,10 @@ class FoldPlan:
             rows.append((d.bn, d.kind, result, d.reason))
         summary = f"{len(self.folded)} folded, {len(self.kept)} kept"
         if self.max_error is not None:
-            summary += (f"; verified: max abs error {self.max_error:.3g} "
-                        f"(tolerance {self.tolerance:.3g})")
+            noise = ("not measured" if self.noise is None else f"{self.noise:.3g}")
+            summary += (f"; verified on {self.verdict.inputs}: max abs error "
+                        f"{self.max_error:.3g} (tolerance {self.tolerance:.3g}; the "
+                        f"model's own float32 noise {noise})")
         return aligned(rows, rule=True) + "\n" + summary
 
     def __str__(self):

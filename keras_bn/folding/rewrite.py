@@ -196,3 +196,54 @@ def _copy_or_fill(twin, model, config, rs):
             if value is None or value.shape != tuple(weight.shape):
                 value = (rs.randn(*weight.shape) * 0.01).astype(plumbing.numpy_dtype(weight))
             yield weight, value
+
+
+#: Float dtypes (and mixed-precision policies) a float64 twin computes in float64 instead.
+_WIDENED = {"float16", "bfloat16", "float32", "mixed_float16", "mixed_bfloat16"}
+
+
+def in_float64(model):
+    """The same model, every float layer computing in float64, with the same weights: the
+    reference against which `verify` measures what float32 rounding alone does to the
+    model's outputs. The model is only read.
+
+    Raises:
+      Exception: whatever Keras or TensorFlow raise where a layer cannot be built or run
+        in float64 (an op without a float64 kernel, a custom layer that hard-codes
+        float32); the caller reports the noise as not measured.
+    """
+    config = _widened(Graph(model).without({}))
+    twin = _rebuild(model, config)
+    plumbing = flavour.of(model)
+
+    def pairs(new_model, original, entry_config):
+        for _, layer, source, entry in _matched(new_model, original, entry_config):
+            if is_model(layer):
+                yield from pairs(layer, source, entry["config"])
+                continue
+            for weight, value in zip(getattr(layer, "weights", []),
+                                     source.get_weights() if getattr(source, "weights", None)
+                                     else []):
+                yield weight, np.asarray(value).astype(plumbing.numpy_dtype(weight))
+
+    plumbing.set_values(pairs(twin, model, config))
+    return twin
+
+
+def _widened(value):
+    """A copy of a config with every float dtype (a name, or a dtype policy's) float64."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key == "dtype" and isinstance(item, str) and item in _WIDENED:
+                item = "float64"
+            elif key == "dtype" and isinstance(item, dict) and item.get("config", {}).get(
+                    "name") in _WIDENED:
+                item = {**item, "config": {**item["config"], "name": "float64"}}
+            out[key] = _widened(item)
+        return out
+    if isinstance(value, list):
+        return [_widened(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_widened(item) for item in value)
+    return value

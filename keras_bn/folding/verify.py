@@ -1,25 +1,60 @@
 """Numerical check of a rewritten model against the original, in inference mode."""
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from keras_bn import flavour
-from keras_bn.errors import VerificationError  # noqa: F401  (raised here, re-exported)
+from keras_bn.errors import InputError, VerificationError
 from keras_bn.layers.find import all_layers
 
 
 def random_inputs(model, batch=2, unknown_dim=32, seed=0):
-    """Random inputs of the model's input shapes: normal floats, small integers for int
-    inputs; unknown non-batch dimensions become `unknown_dim`."""
+    """Random inputs of the model's input shapes, in the range the model says it takes:
+    uniform over the range a first Rescaling layer maps to [0, 1] or [-1, 1] (images in
+    [0, 255] for `Rescaling(1/255)` or `Rescaling(1/127.5, offset=-1)`), normal with the
+    mean and variance of a first Normalization layer, else standard normal floats; small
+    integers for integer inputs. Unknown non-batch dimensions become `unknown_dim`."""
     rs = np.random.RandomState(seed)
     arrays = []
-    for spec in model.inputs:
+    for spec, first in zip(model.inputs, _first_layers(model)):
         shape = [batch] + [unknown_dim if d is None else d for d in spec.shape[1:]]
         dtype = spec.dtype.as_numpy_dtype if hasattr(spec.dtype, "as_numpy_dtype") else spec.dtype
         if np.issubdtype(dtype, np.integer):
             arrays.append(rs.randint(0, 2, shape).astype(dtype))
         else:
-            arrays.append(rs.randn(*shape).astype(dtype))
+            arrays.append(_draw(first, shape, rs).astype(dtype))
     return arrays
+
+
+def _first_layers(model):
+    """For each model input, the one layer that reads it (None where several do)."""
+    readers, plumbing = {}, flavour.of(model)
+    for layer in model.layers:
+        if plumbing.is_input_layer(layer):
+            continue
+        for node in getattr(layer, "_inbound_nodes", []):
+            tensors = node.input_tensors
+            for tensor in tensors if isinstance(tensors, (list, tuple)) else [tensors]:
+                readers.setdefault(id(tensor), []).append(layer)
+    return [found[0] if len(found := readers.get(id(t), [])) == 1 else None
+            for t in model.inputs]
+
+
+def _draw(first, shape, rs):
+    """Floats of `shape` in the input range of the layer `first` (see `random_inputs`)."""
+    layers = flavour.of(first).keras.layers if first is not None else None
+    if layers is not None and isinstance(first, layers.Rescaling):
+        scale = np.abs(np.asarray(first.scale, np.float64))
+        offset = np.asarray(first.offset, np.float64)
+        width = np.where(offset == 0, 1.0, 2.0 * np.abs(offset))  # onto [0,1] or [-1,1]
+        return rs.uniform(0, 1, shape) * (width / np.maximum(scale, 1e-30))  # per channel
+    if (layers is not None and isinstance(first, layers.Normalization)
+            and not getattr(first, "invert", False) and getattr(first, "mean", None) is not None):
+        mean = np.asarray(first.mean, np.float64)
+        std = np.sqrt(np.maximum(np.asarray(first.variance, np.float64), 0))
+        return mean + std * rs.randn(*shape)
+    return rs.randn(*shape)
 
 
 def predict(model, inputs):
@@ -59,13 +94,157 @@ def default_rtol(model):
     both models round every activation to it, and the folded one rounds its weights'
     products in another order.
     """
-    eps = max([_EPS.get(str(getattr(layer, "compute_dtype", None)), 0.0)
-               for layer in all_layers(model)] + [0.0])
-    return max(FLOAT32_RTOL, 10 * eps)  # 10 float32 ulps (1.2e-6) stay below 1e-5
+    return max(FLOAT32_RTOL, 10 * _compute_eps(model))  # 10 float32 ulps (1.2e-6) stay below 1e-5
 
 
-def compare(expected, actual, rtol, atol, what):
-    """Max abs error over all outputs, against `rtol * max|expected| + atol`.
+#: How many times the model's own float32 rounding noise a result may differ by, on top
+#: of `rtol * scale + atol`: a folded model (or an exported file) rounds as much as the
+#: original does, in another order, so it can be off by the original's noise plus its
+#: own (2x); the rest is margin for its own being the larger.
+NOISE_MULTIPLE = 4
+
+
+@dataclass
+class Verdict:
+    """What a numerical check measured.
+
+    Attributes:
+      max_error: max abs difference from the model's outputs over every batch.
+      tolerance: the bound it was held to (None when only measured).
+      noise: the model's own float32 rounding noise on the same inputs (see
+        `float32_noise`), None when not measured.
+      noise_note: how the noise was measured, or why it could not be.
+      inputs: which inputs were used ("samples (N rows)" or "random ...").
+      scale: the largest |output| of the model on them.
+    """
+
+    max_error: float = None
+    tolerance: float = None
+    scale: float = None
+    noise: float = None
+    noise_note: str = ""
+    inputs: str = ""
+
+
+def check_outputs(model, run, batches, rtol, atol, what, noise=None, check=True,
+                  inputs=""):
+    """Runs `run(inputs) -> [outputs]` on `batches` against `model` in inference mode.
+
+    With `check`, the model's float32 noise on `batches` is measured (unless given) and
+    each batch held to `compare`'s tolerance; without, the error is only measured.
+
+    Returns:
+      A `Verdict`.
+
+    Raises:
+      VerificationError: beyond tolerance, a shape mismatch, or NaN/Inf outputs.
+    """
+    expected = [predict(model, b) for b in batches]
+    verdict = Verdict(inputs=inputs)
+    if check and noise is None:
+        verdict.noise, verdict.noise_note = float32_noise(model, batches, expected)
+    elif check:
+        verdict.noise, verdict.noise_note = noise
+    errors = []
+    for want, batch in zip(expected, batches):
+        got = run(batch)
+        if check:
+            error, verdict.tolerance = compare(want, got, rtol, atol, what, verdict.noise)
+        else:
+            error = max((float(np.max(np.abs(np.asarray(a, np.float64).reshape(e.shape) - e)))
+                         if e.size else 0.0) for e, a in zip(want, got))
+        errors.append(error)
+    verdict.max_error = max(errors)
+    verdict.scale = max((float(np.max(np.abs(e))) if e.size else 0.0)
+                        for want in expected for e in want)
+    return verdict
+
+
+def model_inputs(model, data, what):
+    """`data` as a list of arrays in the model's input order, each in its input's dtype,
+    checked against the model's input shapes (None matches any size).
+
+    `data` is one array (a single-input model), a list with one array per input, or a
+    dict from input name to array (an `.npz` file's arrays). `what` names the data in
+    messages ("samples", "int8 calibration data").
+
+    Raises:
+      InputError: a missing or unknown input, a shape that does not fit, no rows, values
+        that are not numbers, or inputs with different numbers of rows.
+    """
+    plumbing = flavour.of(model)
+    names = plumbing.input_names(model)
+    if isinstance(data, dict):
+        unknown, missing = set(data) - set(names), [n for n in names if n not in data]
+        if unknown or missing:
+            raise InputError(f"{what} has arrays {sorted(data)}; the model's inputs are "
+                             f"{names}: give one array per input, by name.")
+        data = [data[n] for n in names]
+    elif not isinstance(data, (list, tuple)):
+        data = [data]
+    if len(data) != len(names):
+        raise InputError(f"{what} has {len(data)} array(s); '{model.name}' has "
+                         f"{len(names)} inputs {names}: give one array per input.")
+    arrays = [_fitting(np.asarray(d), spec, name, plumbing.numpy_dtype, what)
+              for d, spec, name in zip(data, model.inputs, names)]
+    rows = {len(a) for a in arrays}
+    if len(rows) > 1:
+        raise InputError(f"{what}: the arrays have different numbers of rows "
+                         f"{sorted(rows)} for inputs {names}: row i of each is one sample.")
+    return arrays
+
+
+def _fitting(array, spec, name, numpy_dtype, what):
+    """`array` as rows for the input `spec`, or an InputError saying why not."""
+    want = tuple(spec.shape[1:])
+    shown = "(rows, " + ", ".join("any" if d is None else str(d) for d in want) + ")"
+    if array.ndim != len(want) + 1 or any(
+            w is not None and w != got for w, got in zip(want, array.shape[1:])):
+        raise InputError(f"{what} for input '{name}' has shape {array.shape}; the input "
+                         f"takes {shown}.")
+    if len(array) == 0:
+        raise InputError(f"{what} for input '{name}' has no rows; give a few hundred "
+                         "typical inputs.")
+    if array.dtype.kind not in "biuf":  # bool, integers, floats: what a model input takes
+        raise InputError(f"{what} for input '{name}' holds {array.dtype} values; give "
+                         "numbers (integers or floats).")
+    return array.astype(numpy_dtype(spec))
+
+
+def float32_noise(model, batches, expected=None):
+    """`(noise, note)`: how far float32 rounding alone moves the model's outputs on
+    `batches` (lists of input arrays): the max abs difference between the model and the
+    same weights computing in float64 (`rewrite.in_float64`). 0.0 for a model that
+    computes in float64 already; None, with the reason as `note`, where the float64 twin
+    cannot be built or run. `expected`: the model's outputs on `batches`, if known."""
+    if _compute_eps(model) <= _EPS["float64"]:
+        return 0.0, "computes in float64"
+    from keras_bn.folding.rewrite import in_float64
+
+    try:
+        twin = in_float64(model)
+        noise = 0.0
+        for k, inputs in enumerate(batches):
+            ours = expected[k] if expected is not None else predict(model, inputs)
+            wide = [np.asarray(x).astype(np.float64) if np.issubdtype(np.asarray(x).dtype,
+                                                                      np.floating) else x
+                    for x in inputs]
+            for a, b in zip(ours, predict(twin, wide)):
+                noise = max(noise, float(np.max(np.abs(a - b))) if a.size else 0.0)
+    except Exception as error:  # noqa: BLE001 - any layer that cannot run in float64
+        return None, f"float64 twin failed: {type(error).__name__}: {str(error)[:200]}"
+    return noise, "float32 against float64, same weights and inputs"
+
+
+def _compute_eps(model):
+    """Machine epsilon of the narrowest float dtype the model computes in."""
+    return max([_EPS.get(str(getattr(layer, "compute_dtype", None)), 0.0)
+                for layer in all_layers(model)] + [0.0])
+
+
+def compare(expected, actual, rtol, atol, what, noise=None):
+    """Max abs error over all outputs, against `rtol * max|expected| + atol`, plus
+    `NOISE_MULTIPLE` times the model's own float32 `noise` when it was measured.
 
     Returns:
       `(max_error, tolerance)`.
@@ -75,7 +254,7 @@ def compare(expected, actual, rtol, atol, what):
         exceeds tolerance.
     """
     scale = max(float(np.max(np.abs(e))) if e.size else 0.0 for e in expected)
-    tolerance = rtol * scale + atol
+    tolerance = rtol * scale + atol + NOISE_MULTIPLE * (noise or 0.0)
     error = 0.0
     for i, (e, a) in enumerate(zip(expected, actual)):
         a = np.asarray(a, np.float64).reshape(e.shape) if np.size(a) == e.size else a
@@ -88,7 +267,10 @@ def compare(expected, actual, rtol, atol, what):
                                     "either model), so the two cannot be compared.")
         error = max(error, float(np.max(np.abs(a - e))) if e.size else 0.0)
     if not error <= tolerance:
+        noise_part = (f" + {NOISE_MULTIPLE} x the model's own float32 noise {noise:.3g}"
+                      if noise is not None else "")
         raise VerificationError(
             f"{what}: outputs differ by up to {error:.3g}, beyond the tolerance "
-            f"{tolerance:.3g} (rtol {rtol:g} x output scale {scale:.3g} + atol {atol:g}).")
+            f"{tolerance:.3g} (rtol {rtol:g} x output scale {scale:.3g} + atol {atol:g}"
+            f"{noise_part}).")
     return error, tolerance
