@@ -1,5 +1,6 @@
-"""Every `tf_keras.applications` constructor folded, and one model per family (plus the
-hand-built ones) exported to ONNX and TFLite and run (`heavy`: runs in `make test`).
+"""One `tf_keras.applications` model per family (plus the hand-built ones) folded,
+exported to ONNX and TFLite and run (`heavy`: runs in `make test`; every constructor is
+folded by `make zoo`).
 Keras 3's `keras.applications`: one model per family folded, three exported (the whole
 Keras 3 zoo is `python -m benchmarks.zoo --flavour keras3`). keras-hub's vision models
 (`benchmarks/hub_models.py`, built from their constructors): every one folded in float64
@@ -7,9 +8,10 @@ and four recalibrated against numpy, six exported (`make zoo`: every one).
 
 Fold parity is 1e-5 of the output scale in float64 (see `benchmarks/zoo.py`: random
 weights make deep float32 networks too ill-conditioned for a float32 check to test the
-fold); measured errors are 1e-10 or smaller. Export parity is the exporters' check at
-1e-3 of the output scale in float32 (`zoo.EXPORT_RTOL`: measured errors of 1e-7 to
-1.3e-4 on these random-weight networks; a wrong conversion is off by O(1)).
+fold); measured errors are 1e-10 or smaller. Export parity is the exporters' default
+check in float32: 1e-4 of the output scale plus 4x the model's own float32 noise on the
+same inputs (a wrong conversion is off by O(1)). The deepest models are also folded in
+float32 with the default check, which the fixed 1e-5 of earlier versions refused.
 """
 
 import numpy as np
@@ -30,10 +32,10 @@ def _check_fold(row):
 
 
 def _check_export(row):
-    """A `zoo.export_case` row: both files within EXPORT_RTOL (1e-3, see zoo.py) of the
-    output scale, every folded BN gone from them (TFLite lowers kept ones to MUL/ADD, so
-    only ONNX's BatchNormalization ops can be counted)."""
-    assert row["onnx_error"] <= zoo.EXPORT_RTOL and row["tflite_error"] <= zoo.EXPORT_RTOL, row
+    """A `zoo.export_case` row: the fold and both files passed the exporters' default
+    checks (they raise otherwise), every folded BN gone from the files (TFLite lowers kept
+    ones to MUL/ADD, so only ONNX's BatchNormalization ops can be counted)."""
+    assert row["onnx_error"] < 1e-2 and row["tflite_error"] < 1e-2, row  # not O(1)
     assert row["onnx_bn_ops"] <= row["kept"] and row["tflite_bn_ops"] == 0, row
 
 
@@ -46,7 +48,7 @@ def test_the_zoo_is_every_constructor():
     assert len(zoo.representatives()) == len(families)
 
 
-@pytest.mark.parametrize("name", zoo.constructors() + list(zoo.HAND_BUILT))
+@pytest.mark.parametrize("name", zoo.representatives() + list(zoo.HAND_BUILT))
 def test_fold(name):
     row = zoo.fold_case(name)
     _check_fold(row)
@@ -55,6 +57,23 @@ def test_fold(name):
 @pytest.mark.parametrize("name", zoo.representatives() + list(zoo.HAND_BUILT))
 def test_export_one_per_family(name, tmp_path):
     _check_export(zoo.export_case(name, str(tmp_path)))
+
+
+#: Deep float32 models whose own rounding noise exceeds a fixed 1e-5 of their output
+#: scale (measured: ResNet50 6.3e-5, EfficientNetV2B0 2.0e-5, DenseNet121's is near it).
+DEEP_FLOAT32 = ("ResNet50", "EfficientNetV2B0")
+
+
+@pytest.mark.parametrize("name", DEEP_FLOAT32)
+def test_deep_float32_fold_passes_the_default_check(name):
+    """A correct fold of a deep float32 network passes `keras_bn.fold`'s default check:
+    its error exceeds the old fixed tolerance (1e-5 of the scale + 1e-6, which refused
+    it) but stays within 2x the model's own float32 noise, the tolerance 4x."""
+    row = zoo.float32_case(name)
+    assert row["f32_verified"], row
+    # Beyond the old fixed check, 1e-5 + 1e-6 / scale (these scales are above 1).
+    assert row["fold_error_f32"] > 1e-5 + 1e-6, row
+    assert row["fold_error_f32"] <= 2 * row["noise_f32"], row
 
 
 def test_foldable_left_counts_an_unfolded_bn():

@@ -130,8 +130,10 @@ def check_outputs(model, run, batches, rtol, atol, what, noise=None, check=True,
                   inputs=""):
     """Runs `run(inputs) -> [outputs]` on `batches` against `model` in inference mode.
 
-    With `check`, the model's float32 noise on `batches` is measured (unless given) and
-    each batch held to `compare`'s tolerance; without, the error is only measured.
+    With `check`, the model's float32 noise on `batches` is measured (unless `noise`
+    gives it: `(noise, note)` as `float32_noise` returned them for the same model and
+    batches) and each batch held to `compare`'s tolerance; without, the error is only
+    measured. `inputs` describes the batches for the verdict.
 
     Returns:
       A `Verdict`.
@@ -219,10 +221,8 @@ def float32_noise(model, batches, expected=None):
     cannot be built or run. `expected`: the model's outputs on `batches`, if known."""
     if _compute_eps(model) <= _EPS["float64"]:
         return 0.0, "computes in float64"
-    from keras_bn.folding.rewrite import in_float64
-
     try:
-        twin = in_float64(model)
+        twin = _float64_twin(model)
         noise = 0.0
         for k, inputs in enumerate(batches):
             ours = expected[k] if expected is not None else predict(model, inputs)
@@ -234,6 +234,37 @@ def float32_noise(model, batches, expected=None):
     except Exception as error:  # noqa: BLE001 - any layer that cannot run in float64
         return None, f"float64 twin failed: {type(error).__name__}: {str(error)[:200]}"
     return noise, "float32 against float64, same weights and inputs"
+
+
+#: The float64 twin of the last model measured: `(weak reference to the model, digest of
+#: its weights, twin)`. One entry, so a second check of the same model (the CLI's ONNX and
+#: TFLite files, `to_onnx` then `to_tflite`) does not rebuild it, and at most one twin is
+#: held; it goes with its model, and a change of the model's weights rebuilds it.
+_LAST_TWIN = [None]
+
+
+def _float64_twin(model):
+    import hashlib
+    import weakref
+
+    from keras_bn.folding.rewrite import in_float64
+
+    digest = hashlib.blake2b(digest_size=16)
+    for value in flavour.of(model).get_values(model.weights):
+        digest.update(np.ascontiguousarray(value).tobytes())
+    digest = digest.digest()
+    last = _LAST_TWIN[0]
+    if last is not None and last[0]() is model and last[1] == digest:
+        return last[2]
+    _LAST_TWIN[0] = None  # the old twin goes before the new one is built
+    twin = in_float64(model)
+
+    def forget(ref):  # the model is gone: so is its twin (not a newer model's)
+        if _LAST_TWIN[0] is not None and _LAST_TWIN[0][0] is ref:
+            _LAST_TWIN[0] = None
+
+    _LAST_TWIN[0] = (weakref.ref(model, forget), digest, twin)
+    return twin
 
 
 def _compute_eps(model):

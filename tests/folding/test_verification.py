@@ -70,6 +70,24 @@ def test_tolerance_is_the_floor_plus_the_models_own_noise(flavour):
     assert "float32 noise" in plan.table()
 
 
+def test_the_float64_twin_is_built_once_per_model_and_weights():
+    """A second check of the same model reuses its float64 twin; a change of its weights
+    rebuilds it, and the noise follows the new weights."""
+    from keras_bn.folding import verify
+
+    model = _image_model(tf_keras, keras_bn, tf_keras.layers.Rescaling(1 / 255))
+    batches, _ = verification_batches(model, None)
+    first, _ = verify.float32_noise(model, batches)
+    twin = verify._LAST_TWIN[0][2]
+    assert verify.float32_noise(model, batches)[0] == first
+    assert verify._LAST_TWIN[0][2] is twin
+    head = model.layers[-1]
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * 3, bias])
+    assert verify.float32_noise(model, batches)[0] != first
+    assert verify._LAST_TWIN[0][2] is not twin
+
+
 def test_a_planted_error_of_1e4_of_the_scale_is_caught_on_a_shallow_model(flavour):
     """The noise a shallow float32 net has (~1e-7 of its scale) leaves the tolerance near
     the 1e-5 floor, so an error of 1e-4 of the output scale (one bias off) still fails,

@@ -1,0 +1,198 @@
+"""Export coverage per family: keras_bn's exporters, tf2onnx called directly, and the
+framework's own export, on one model per family of each zoo.
+
+    python -m benchmarks.export_coverage [--flavour tf_keras keras3 keras_hub] [--only ...]
+
+For each model (the zoo's smallest of each family, 96x96 inputs for the applications,
+BN statistics measured on data, `realistic_bn`), every route writes a file that is then
+checked the same way: `onnx.checker` and onnxruntime (ONNX) or LiteRT (TFLite) on the
+fold's verification batch, against the Keras model in inference mode, relative to the
+output scale. A file that converts and runs but is wrong shows its error; "ok" means
+within 1e-3 of the output scale (a wrong conversion is off by O(1)).
+
+Routes: `keras_bn` (`to_onnx`, `to_tflite` float32, float16 and int8, each with its own
+checks); `tf2onnx` (`tf2onnx.convert.from_keras` for tf-keras, `from_function` of the
+model's call for Keras 3, which is what Keras 3's `model.export(format="onnx")` hands it
+on the TensorFlow backend); `Keras` (Keras 3's `model.export(format="onnx")` and
+`format="litert"`; tf-keras has no ONNX export, its TFLite route is
+`TFLiteConverter.from_keras_model`). Writes benchmarks/results/export_coverage.{md,json}.
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks import zoo
+from benchmarks.models import realistic_bn
+
+#: Relative error above which a file that runs is counted wrong.
+WRONG = 1e-3
+
+
+def _relative(model, outputs, inputs):
+    """Max abs error of `outputs` against the model on `inputs`, over the output scale."""
+    from keras_bn.folding import predict
+
+    expected = predict(model, inputs)
+    scale = max(float(np.max(np.abs(e))) for e in expected) or 1.0
+    flat = [np.asarray(o, np.float64) for o in outputs]
+    if len(flat) != len(expected):
+        raise ValueError(f"{len(flat)} outputs, the model has {len(expected)}")
+    matched = []
+    for e in expected:  # files may order (or name) outputs otherwise: match by shape
+        same = [o for o in flat if o.size == e.size]
+        matched.append(min(same, key=lambda o: float(np.max(np.abs(o.reshape(e.shape) - e)))))
+    return max(float(np.max(np.abs(o.reshape(e.shape) - e))) for o, e in
+               zip(matched, expected)) / scale
+
+
+def _run_onnx(path, inputs):
+    from keras_bn.export.isolated import IsolatedRuntime
+
+    with IsolatedRuntime("onnx", path) as runtime:
+        names = [name for name, _ in runtime.inputs]
+        got = runtime({n: np.asarray(x) for n, x in zip(names, inputs)})
+        return [got[name] for name in runtime.outputs]
+
+
+def _run_tflite(path, inputs):
+    from keras_bn.export.isolated import IsolatedRuntime
+
+    with IsolatedRuntime("tflite", path) as runtime:
+        names = [name for name, _ in runtime.inputs]
+        dtypes = dict(runtime.inputs)
+        got = runtime({n: np.asarray(x, dtypes[n]) for n, x in zip(names, inputs)})
+        return [got[name] for name in runtime.outputs]
+
+
+def _tf2onnx_direct(model, flavour, path):
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    from keras_bn.export._prepare import input_signature
+
+    signature = input_signature(model)
+    if flavour == "tf_keras":
+        proto = tf2onnx.convert.from_keras(model, input_signature=signature)[0]
+    else:
+        @tf.function(input_signature=signature)
+        def serve(*inputs):
+            return model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+        proto = tf2onnx.convert.from_function(serve, input_signature=signature)[0]
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)
+
+
+def _keras_onnx(model, flavour, path):
+    if flavour == "tf_keras":
+        raise NotImplementedError("tf-keras has no ONNX export")
+    model.export(path, format="onnx", verbose=False)
+
+
+def _keras_tflite(model, flavour, path):
+    import tensorflow as tf
+
+    if flavour == "tf_keras":
+        with open(path, "wb") as f:
+            f.write(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    else:
+        model.export(path, format="litert", verbose=False)
+
+
+def _cell(fn, check):
+    """'ok (err)', 'wrong (err)' or 'failed: reason' for one route."""
+    try:
+        fn()
+        error = check()
+    except Exception as error:  # noqa: BLE001 - every failure is a row, not a stop
+        text = " ".join(f"{type(error).__name__}: {error}".split())
+        return {"status": "failed", "detail": text[:160]}
+    return {"status": "ok" if error <= WRONG else "wrong", "error": error}
+
+
+def case(name, flavour, folder):
+    """One model's row: every route, each file checked the same way."""
+    from keras_bn import export
+    from keras_bn.folding import random_inputs
+
+    model = realistic_bn(zoo.build(name, size=None if flavour == "keras_hub"
+                                   else zoo.EXPORT_SIZE, flavour=flavour))
+    inputs = random_inputs(model)
+    data = random_inputs(model, batch=32, seed=5)
+    path = lambda route, ext: os.path.join(folder, f"{name}-{route}.{ext}")
+    onnx_check = lambda p: lambda: _relative(model, _run_onnx(p, inputs), inputs)
+    tflite_check = lambda p: lambda: _relative(model, _run_tflite(p, inputs), inputs)
+    row = {"model": name, "family": zoo.family(name), "flavour": flavour}
+    start = time.perf_counter()
+    row["keras_bn onnx"] = _cell(lambda: export.to_onnx(model, path("ours", "onnx")),
+                                 onnx_check(path("ours", "onnx")))
+    row["keras_bn tflite"] = _cell(lambda: export.to_tflite(model, path("ours", "tflite")),
+                                   tflite_check(path("ours", "tflite")))
+    row["keras_bn float16"] = _cell(
+        lambda: export.to_tflite(model, path("ours16", "tflite"), quantize="float16"),
+        tflite_check(path("ours16", "tflite")))
+    row["keras_bn int8"] = _cell(  # measured, not checked: int8 error is the point of it
+        lambda: export.to_tflite(model, path("ours8", "tflite"), quantize="int8",
+                                 representative_data=data), lambda: 0.0)
+    row["tf2onnx onnx"] = _cell(lambda: _tf2onnx_direct(model, flavour, path("t2o", "onnx")),
+                                onnx_check(path("t2o", "onnx")))
+    row["keras onnx"] = _cell(lambda: _keras_onnx(model, flavour, path("keras", "onnx")),
+                              onnx_check(path("keras", "onnx")))
+    row["keras tflite"] = _cell(lambda: _keras_tflite(model, flavour, path("keras", "tflite")),
+                                tflite_check(path("keras", "tflite")))
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+ROUTES = ("keras_bn onnx", "keras_bn tflite", "keras_bn float16", "keras_bn int8",
+          "tf2onnx onnx", "keras onnx", "keras tflite")
+
+
+def _shown(cell):
+    if cell["status"] == "failed":
+        return "failed: " + cell["detail"][:60]
+    return f"{cell['status']} ({cell['error']:.1e})" if cell.get("error") else cell["status"]
+
+
+def table(rows):
+    lines = ["| zoo | family (model) | " + " | ".join(ROUTES) + " |",
+             "|---|---|" + "---|" * len(ROUTES)]
+    for r in rows:
+        lines.append(f"| {r['flavour']} | {r['family']} ({r['model']}) | "
+                     + " | ".join(_shown(r[k]) for k in ROUTES) + " |")
+    totals = {k: sum(r[k]["status"] == "ok" for r in rows) for k in ROUTES}
+    lines.append(f"| all | {len(rows)} models | "
+                 + " | ".join(f"{totals[k]}/{len(rows)}" for k in ROUTES) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--flavour", nargs="*", default=list(zoo.FLAVOURS),
+                        choices=zoo.FLAVOURS)
+    parser.add_argument("--only", nargs="*", help="model names (default: one per family)")
+    parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+    args = parser.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for flavour in args.flavour:
+            for name in args.only or zoo.representatives(flavour):
+                if name not in zoo.constructors(flavour):
+                    continue
+                rows.append(case(name, flavour, folder))
+                print(json.dumps(rows[-1]), flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "export_coverage.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    with open(os.path.join(args.out, "export_coverage.md"), "w") as f:
+        f.write(table(rows) + "\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
