@@ -287,7 +287,7 @@ EXPORT_SIZE = 96
 def export_case(name, folder, flavour="tf_keras"):
     """ONNX and TFLite float32 export of `name` as a user runs it: the exporters' default
     fold, conversion and checks (the fold and each file held to the default tolerance:
-    the floor plus 4x the model's own float32 noise, which on these random-weight
+    the floor plus 8x the model's own float32 noise, which on these random-weight
     networks can exceed the floor by far, ResNetRS420's 2.8e-2 of its scale). Errors and
     the noise are relative to the output scale."""
     from keras_bn import export

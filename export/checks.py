@@ -24,7 +24,7 @@ class ExportResult:
         or, without them, a random batch in the model's input range (None without
         verification).
       tolerance: the bound `max_error` was checked against (None for quantized files,
-        which are measured, not checked): `rtol * scale + atol` plus 4x `noise`.
+        which are measured, not checked): `rtol * scale + atol` plus 8x `noise`.
       noise: the model's own float32 rounding noise on the same inputs (the model in
         float32 against its weights in float64; None when not measured).
       verified_on: which inputs were used.

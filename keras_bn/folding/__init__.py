@@ -48,7 +48,7 @@ def fold(model, *, verify: bool = True, samples=None, rtol: float | None = None,
       verify: Run both models in inference mode on `samples` (or, without them, on a
         random batch of 2 in the model's input range, see `random_inputs`) and raise if
         they differ by more than the tolerance: `rtol * scale + atol` plus
-        `NOISE_MULTIPLE` (4) times the model's own float32 rounding noise on the same
+        `NOISE_MULTIPLE` (8) times the model's own float32 rounding noise on the same
         inputs (the original in float32 against the same weights in float64; a deep
         network whose BN statistics do not fit the inputs can move by more than 1e-5
         of its scale from rounding alone, and a fold cannot be held to better).
@@ -65,9 +65,10 @@ def fold(model, *, verify: bool = True, samples=None, rtol: float | None = None,
       `return_plan=True`.
 
     Raises:
-      ValueError: a subclassed or unbuilt model.
-      VerificationError: (a ValueError) the folded model's outputs differ beyond
-        `rtol * scale + atol`.
+      ValueError: a subclassed or unbuilt model, or `samples` that do not fit its inputs
+        (`keras_bn.InputError`, naming the input, the shape and what it takes).
+      VerificationError: (a ValueError) the folded model's outputs differ beyond the
+        tolerance; the message gives the error, the floor and the measured noise.
     """
     if not model.built:
         raise InputError(f"Model '{model.name}' is not built: call it on data or give it an "

@@ -101,7 +101,7 @@ def test_a_planted_error_of_1e4_of_the_scale_is_caught_on_a_shallow_model(flavou
     kernel, bias = head.get_weights()
     head.set_weights([kernel, bias + np.float32(1e-4 * scale)])
     with pytest.raises(VerificationError, match=r"differ by up to .*rtol 1e-05 x output "
-                       r"scale .* \+ 4 x the model's own float32 noise"):
+                       r"scale .* \+ 8 x the model's own float32 noise"):
         check_outputs(model, lambda x: predict(folded, x), batches, default_rtol(model),
                       1e-6, "planted")
     head.set_weights([kernel, bias])
