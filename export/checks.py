@@ -26,7 +26,8 @@ class ExportResult:
       tolerance: the bound `max_error` was checked against (None for quantized files,
         which are measured, not checked): `rtol * scale + atol` plus 8x `noise`.
       noise: the model's own float32 rounding noise on the same inputs (the model in
-        float32 against its weights in float64; None when not measured).
+        float32 against its weights in float64), measured where the error exceeds the
+        floor (`rtol * scale + atol`); None where the floor sufficed.
       verified_on: which inputs were used.
       accuracy: argmax accuracy on `samples`/`labels` when labels were given.
       keras_accuracy: the Keras model's accuracy on the same samples.
@@ -84,12 +85,13 @@ def latency_ms(run, inputs, repeats=10):
 def measure(result, model, run, samples, labels, verify, rtol, atol, latency_batch, what,
              check=True):
     """Fills in errors, accuracy and latency; with `check`, raises VerificationError
-    beyond tolerance. The inputs are those the fold was verified on, so the model's noise
-    the fold measured (`result.fold_plan`) serves here too."""
+    beyond tolerance. The inputs are those the fold was verified on, so the model's noise,
+    where the fold measured it (`result.fold_plan`), serves here too."""
     batches, described = verification_batches(model, samples)
     if verify:
         plan = result.fold_plan
-        known = (None if plan is None or plan.verdict is None or plan.verdict.inputs != described
+        known = (None if plan is None or plan.verdict is None or plan.verdict.noise is None
+                 or plan.verdict.inputs != described
                  else (plan.verdict.noise, plan.verdict.noise_note))
         verdict = check_outputs(model, run, batches, rtol, atol, what, noise=known,
                                 check=check, inputs=described)

@@ -47,9 +47,10 @@ def fold(model, *, verify: bool = True, samples=None, rtol: float | None = None,
         or Keras 3).
       verify: Run both models in inference mode on `samples` (or, without them, on a
         random batch of 2 in the model's input range, see `random_inputs`) and raise if
-        they differ by more than the tolerance: `rtol * scale + atol` plus
-        `NOISE_MULTIPLE` (8) times the model's own float32 rounding noise on the same
-        inputs (the original in float32 against the same weights in float64; a deep
+        they differ by more than the tolerance: `rtol * scale + atol`, and where the
+        error exceeds that, plus `NOISE_MULTIPLE` (8) times the model's own float32
+        rounding noise on the same inputs (measured then: the original in float32
+        against the same weights in float64; a deep
         network whose BN statistics do not fit the inputs can move by more than 1e-5
         of its scale from rounding alone, and a fold cannot be held to better).
       samples: Inputs to verify on (typical rows of the user's data): an array, a list

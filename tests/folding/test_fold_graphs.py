@@ -235,10 +235,10 @@ def test_mixed_float16_model_folds_and_exports_with_its_own_tolerance(mixed_floa
     folded, plan = keras_bn.fold(model, return_plan=True)
     assert len(plan.folded) == 2 and plan.max_error <= plan.tolerance
     scale = max(float(np.max(np.abs(o))) for o in predict(model, random_inputs(model)))
-    # 10 float16 ulps of the output scale (2^-10 each), plus atol, plus 8x the model's
-    # own rounding noise (float16 activations against float64: well above float32's).
-    assert plan.noise > 2.0 ** -23 * scale
-    assert plan.tolerance == pytest.approx(10 * 2.0 ** -10 * scale + 1e-6 + 8 * plan.noise,
+    # 10 float16 ulps of the output scale (2^-10 each), plus atol (plus 8x the model's
+    # own rounding noise, had the error exceeded that).
+    noise = plan.noise or 0.0  # measured only where the error exceeds the floor
+    assert plan.tolerance == pytest.approx(10 * 2.0 ** -10 * scale + 1e-6 + 8 * noise,
                                            rel=1e-6)
     from keras_bn import export
     result = export.to_onnx(model, str(tmp_path / "m.onnx"))
