@@ -215,18 +215,8 @@ def in_float64(model):
     config = _widened(Graph(model).without({}))
     twin = _rebuild(model, config)
     plumbing = flavour.of(model)
-
-    def pairs(new_model, original, entry_config):
-        for _, layer, source, entry in _matched(new_model, original, entry_config):
-            if is_model(layer):
-                yield from pairs(layer, source, entry["config"])
-                continue
-            for weight, value in zip(getattr(layer, "weights", []),
-                                     source.get_weights() if getattr(source, "weights", None)
-                                     else []):
-                yield weight, np.asarray(value).astype(plumbing.numpy_dtype(weight))
-
-    plumbing.set_values(pairs(twin, model, config))
+    plumbing.set_values((weight, np.asarray(value).astype(plumbing.numpy_dtype(weight)))
+                        for weight, value in _weight_pairs(twin, model, {}, config))
     return twin
 
 
