@@ -8,14 +8,18 @@ BN statistics measured on data, `realistic_bn`), every route writes a file that 
 checked the same way: `onnx.checker` and onnxruntime (ONNX) or LiteRT (TFLite) on the
 fold's verification batch, against the Keras model in inference mode, relative to the
 output scale. A file that converts and runs but is wrong shows its error; "ok" means
-within 1e-3 of the output scale (a wrong conversion is off by O(1)).
+within 1e-3 of the output scale, 5e-2 for float16 weights (a wrong conversion is off by
+O(1)); int8 is counted ok when it converts and passes the exporter's own checks (its
+accuracy is the int8 study's subject).
 
 Routes: `keras_bn` (`to_onnx`, `to_tflite` float32, float16 and int8, each with its own
 checks); `tf2onnx` (`tf2onnx.convert.from_keras` for tf-keras, `from_function` of the
 model's call for Keras 3, which is what Keras 3's `model.export(format="onnx")` hands it
 on the TensorFlow backend); `Keras` (Keras 3's `model.export(format="onnx")` and
 `format="litert"`; tf-keras has no ONNX export, its TFLite route is
-`TFLiteConverter.from_keras_model`). Writes benchmarks/results/export_coverage.{md,json}.
+`TFLiteConverter.from_keras_model`). Writes benchmarks/results/export_coverage.{md,json};
+rows of the flavours and models not run this time are kept from the last run's json, so
+the zoos can run one per process (a process's memory grows with each model it builds).
 """
 
 import argparse
@@ -29,8 +33,12 @@ import numpy as np
 from benchmarks import zoo
 from benchmarks.models import realistic_bn
 
-#: Relative error above which a file that runs is counted wrong.
+#: Relative error above which a file that runs is counted wrong: float32 files within
+#: 1e-3 of the output scale, float16-weight files within 5e-2 (float16 resolves 1e-3 of
+#: each weight and deep nets add those up: DenseNet121 5.6e-3); a wrong conversion is off
+#: by O(1).
 WRONG = 1e-3
+WRONG_FLOAT16 = 5e-2
 
 
 def _relative(model, outputs, inputs):
@@ -104,7 +112,7 @@ def _keras_tflite(model, flavour, path):
         model.export(path, format="litert", verbose=False)
 
 
-def _cell(fn, check):
+def _cell(fn, check, wrong=WRONG):
     """'ok (err)', 'wrong (err)' or 'failed: reason' for one route."""
     try:
         fn()
@@ -112,7 +120,7 @@ def _cell(fn, check):
     except Exception as error:  # noqa: BLE001 - every failure is a row, not a stop
         text = " ".join(f"{type(error).__name__}: {error}".split())
         return {"status": "failed", "detail": text[:160]}
-    return {"status": "ok" if error <= WRONG else "wrong", "error": error}
+    return {"status": "ok" if error <= wrong else "wrong", "error": error}
 
 
 def case(name, flavour, folder):
@@ -135,7 +143,7 @@ def case(name, flavour, folder):
                                    tflite_check(path("ours", "tflite")))
     row["keras_bn float16"] = _cell(
         lambda: export.to_tflite(model, path("ours16", "tflite"), quantize="float16"),
-        tflite_check(path("ours16", "tflite")))
+        tflite_check(path("ours16", "tflite")), WRONG_FLOAT16)
     row["keras_bn int8"] = _cell(  # measured, not checked: int8 error is the point of it
         lambda: export.to_tflite(model, path("ours8", "tflite"), quantize="int8",
                                  representative_data=data), lambda: 0.0)
@@ -187,7 +195,14 @@ def main(argv=None):
                 rows.append(case(name, flavour, folder))
                 print(json.dumps(rows[-1]), flush=True)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "export_coverage.json"), "w") as f:
+    saved = os.path.join(args.out, "export_coverage.json")
+    if os.path.exists(saved):  # one flavour per run: the other flavours' rows are kept
+        with open(saved) as f:
+            ran = {(r["flavour"], r["model"]) for r in rows}
+            rows = [r for r in json.load(f) if (r["flavour"], r["model"]) not in ran] + rows
+        order = {flavour: i for i, flavour in enumerate(zoo.FLAVOURS)}
+        rows.sort(key=lambda r: (order[r["flavour"]], r["family"]))
+    with open(saved, "w") as f:
         json.dump(rows, f, indent=1)
     with open(os.path.join(args.out, "export_coverage.md"), "w") as f:
         f.write(table(rows) + "\n")
