@@ -110,6 +110,36 @@ def test_inference_variants_share_the_architecture():
     assert [len(v.layers) for v in variants.values()] == [3, 2, 2, 2]
 
 
+def test_float16_reference_is_the_folded_model_with_float16_weights():
+    from benchmarks.export_coverage import float16_reference
+
+    inputs = tf_keras.Input((6,))
+    model = randomize_bn(tf_keras.Model(inputs, L.BatchNormalization()(L.Dense(3)(inputs))))
+    model.get_layer(index=1).kernel.assign(np.full((6, 3), 0.1, "float32"))  # not in float16
+    reference = float16_reference(model)
+    assert not any(map(is_batch_norm, reference.layers))
+    folded = keras_bn.fold(model)
+    for want, got in zip(folded.get_weights(), reference.get_weights()):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want.astype(np.float16).astype(np.float32))
+    assert np.any(reference.get_weights()[0] != folded.get_weights()[0])
+    np.testing.assert_array_equal(model.get_layer(index=1).kernel.numpy(), np.float32(0.1))
+
+
+def test_coverage_table_counts_ok_cells_and_shows_routes_not_run():
+    from benchmarks.export_coverage import ROUTES, table
+
+    row = {"model": "M", "family": "F", "flavour": "tf_keras",
+           "keras_bn onnx": {"status": "ok", "error": 1e-6},
+           "tf2onnx onnx": {"status": "failed", "detail": "ValidationError: PartitionedCall"},
+           "keras tflite": {"status": "wrong", "error": 0.5}}
+    text = table([row])
+    assert "| tf_keras | F (M) | ok (1.0e-06) |" in text and "wrong (5.0e-01)" in text
+    assert "failed: ValidationError: PartitionedCall" in text
+    assert text.count("not run") == len(ROUTES) - 3
+    assert text.splitlines()[-1].startswith("| all | 1 models | 1/1 | 0/1 |")
+
+
 @pytest.mark.heavy
 def test_quick_run_covers_every_case_and_judges_nothing(tmp_path):
     """`python -m benchmarks --quick` end to end (about a minute): every case group runs,
