@@ -20,7 +20,8 @@ on the TensorFlow backend); `Keras` (Keras 3's `model.export(format="onnx")` and
 `format="litert"`; tf-keras has no ONNX export, its TFLite route is
 `TFLiteConverter.from_keras_model`). Writes benchmarks/results/export_coverage.{md,json};
 rows of the flavours and models not run this time are kept from the last run's json, so
-the zoos can run one per process (a process's memory grows with each model it builds).
+the zoos can run one per process (a process's memory grows with each model it builds);
+the files are rewritten after each model.
 """
 
 import argparse
@@ -220,22 +221,29 @@ def main(argv=None):
                     continue
                 rows.append(case(name, flavour, folder, args.routes))
                 print(json.dumps(rows[-1]), flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    saved = os.path.join(args.out, "export_coverage.json")
-    if os.path.exists(saved):  # one flavour per run: the other flavours' rows are kept
+                save(rows, args.out)  # after each model: a killed run keeps its rows
+    print(table(save(rows, args.out)))
+
+
+def save(rows, out):
+    """Writes `rows` merged into the last run's json (a flavour, model or route not run
+    this time keeps its row or cell) and the table; returns the merged rows."""
+    os.makedirs(out, exist_ok=True)
+    saved = os.path.join(out, "export_coverage.json")
+    merged = {}
+    if os.path.exists(saved):
         with open(saved) as f:
-            last = {(r["flavour"], r["model"]): r for r in json.load(f)}
-        for row in rows:  # a route not run this time keeps its last cell
-            row.update({k: v for k, v in last.pop((row["flavour"], row["model"]), {}).items()
-                        if k not in row})
-        rows += list(last.values())
-        order = {flavour: i for i, flavour in enumerate(zoo.FLAVOURS)}
-        rows.sort(key=lambda r: (order[r["flavour"]], r["family"]))
+            merged = {(r["flavour"], r["model"]): r for r in json.load(f)}
+    for row in rows:
+        merged[row["flavour"], row["model"]] = {**merged.get((row["flavour"], row["model"]),
+                                                             {}), **row}
+    order = {flavour: i for i, flavour in enumerate(zoo.FLAVOURS)}
+    rows = sorted(merged.values(), key=lambda r: (order[r["flavour"]], r["family"]))
     with open(saved, "w") as f:
         json.dump(rows, f, indent=1)
-    with open(os.path.join(args.out, "export_coverage.md"), "w") as f:
+    with open(os.path.join(out, "export_coverage.md"), "w") as f:
         f.write(table(rows) + "\n")
-    print(table(rows))
+    return rows
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ class ExportResult:
 
     Attributes:
       path: the written file.
-      format: "onnx", "tflite", "tflite-float16" or "tflite-int8".
+      format: "onnx", "tflite", or "tflite-" and the quantization mode
+        ("tflite-dynamic", "tflite-float16", "tflite-int8", "tflite-int8-io").
       size_bytes: the file's size.
       op_counts: operator type -> count in the exported graph.
       max_error: max abs difference from the Keras model in inference mode, on `samples`

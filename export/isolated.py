@@ -57,6 +57,9 @@ class IsolatedRuntime:
     Attributes:
       inputs: `[(name, numpy dtype name)]` of the file's inputs, in the file's order.
       outputs: the file's output names.
+      quantization: `{name: (scale, zero_point)}` of the integer inputs and outputs that
+        stand for real values (a TFLite "int8-io" file's), so that
+        `real = scale * (q - zero_point)`; empty for other files.
       seconds: how long the runtime took for the last call (inside the child).
     """
 
@@ -68,6 +71,8 @@ class IsolatedRuntime:
         described = self._reply("loading")
         self.inputs = [tuple(pair) for pair in json.loads(str(described["inputs"]))]
         self.outputs = json.loads(str(described["outputs"]))
+        self.quantization = {name: tuple(pair) for name, pair in
+                             json.loads(str(described["quantization"])).items()}
 
     def __call__(self, feed):
         """Runs one batch: `feed` maps input names to arrays; returns name -> array."""
@@ -112,20 +117,24 @@ class IsolatedRuntime:
 
 
 def _session(kind, path):
-    """`(inputs, outputs, run)` for the file: run(feed) -> {name: array}."""
+    """`(inputs, outputs, quantization, run)` for the file: run(feed) -> {name: array}."""
     if kind == "tflite":
         from ai_edge_litert.interpreter import Interpreter
 
         runner = Interpreter(model_path=path).get_signature_runner()
+        details = {**runner.get_input_details(), **runner.get_output_details()}
         inputs = [(name, detail["dtype"].__name__)
                   for name, detail in runner.get_input_details().items()]
-        return inputs, list(runner.get_output_details()), lambda feed: runner(**feed)
+        quantization = {name: [float(d["quantization"][0]), int(d["quantization"][1])]
+                        for name, d in details.items() if d["quantization"][0]}
+        return (inputs, list(runner.get_output_details()), quantization,
+                lambda feed: runner(**feed))
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     outputs = [o.name for o in session.get_outputs()]
     inputs = [(i.name, i.type) for i in session.get_inputs()]
-    return inputs, outputs, lambda feed: dict(zip(outputs, session.run(None, feed)))
+    return inputs, outputs, {}, lambda feed: dict(zip(outputs, session.run(None, feed)))
 
 
 def _serve(kind, path):
@@ -133,11 +142,12 @@ def _serve(kind, path):
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     try:
-        inputs, outputs, run = _session(kind, path)
+        inputs, outputs, quantization, run = _session(kind, path)
     except Exception as error:  # noqa: BLE001 - reported to the parent as a failure
         _send(stdout, {"__error__": _text(f"{type(error).__name__}: {error}")})
         return
-    _send(stdout, {"inputs": _text(inputs), "outputs": _text(outputs)})
+    _send(stdout, {"inputs": _text(inputs), "outputs": _text(outputs),
+                   "quantization": _text(quantization)})
     while (feed := _receive(stdin)) is not None:
         try:
             start = time.perf_counter()

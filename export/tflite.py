@@ -11,11 +11,12 @@ from keras_bn import flavour
 from keras_bn.errors import InputError, VerificationError
 from keras_bn.files.output import atomic_path, check_output
 from keras_bn.export import checks, through_tensorflow
+from keras_bn.export.quantization import CALIBRATED, MODES, dequantize, quantize as quantized
 from keras_bn.export._prepare import input_signature, output_names, prepare
 from keras_bn.export.isolated import IsolatedRuntime
 from keras_bn.folding import model_inputs
 
-QUANTIZE = (None, "float16", "int8")
+QUANTIZE = tuple(MODES)
 
 
 def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
@@ -27,12 +28,19 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
 
     Folds the BatchNormalization layers first (`keras_bn.fold`, itself verified), converts
     with `tf.lite.TFLiteConverter` (dynamic batch dimension; inputs and outputs keep the
-    model's dtypes in every mode), then runs the written file with `ai_edge_litert`'s
-    Interpreter (in a child process: a LiteRT crash is a VerificationError) on a random
-    batch and on `samples`. float32 files must match the Keras model within tolerance;
-    float16 and int8 files cannot, so their error (and accuracy, with `labels`) is
-    measured and reported instead. The file appears at `path` only once all
-    of that passed (temporary file, then rename).
+    model's dtypes, except in "int8-io"), then runs the written file with
+    `ai_edge_litert`'s Interpreter (in a child process: a LiteRT crash is a
+    VerificationError) on a random batch and on `samples`. float32 files must match the
+    Keras model within tolerance; quantized files cannot, so their error (and accuracy,
+    with `labels`) is measured and reported instead. The file appears at `path` only once
+    all of that passed (temporary file, then rename).
+
+    Modes (`quantize`; `keras_bn.export.quantization.MODES` says what each is for):
+    None (float32); "dynamic" (int8 weights, float activations; no calibration data);
+    "float16" (float16 weights); "int8" (full integer, float inputs and outputs);
+    "int8-io" (full integer, int8 inputs and outputs: the file's input and output
+    scale and zero point say how to quantize and dequantize them, and verification
+    does so).
 
     Args:
       model: A built Sequential or functional model, tf-keras or Keras 3 (on JAX it is
@@ -40,9 +48,9 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
         `through_tensorflow`); it is not changed.
       path: Where to write the `.tflite` file.
       fold: Fold BN layers first.
-      quantize: None (float32), "float16" (float16 weights) or "int8" (full integer
-        kernels, calibrated on `representative_data`).
-      representative_data: int8 calibration inputs: an array (one input), a list with
+      quantize: None (float32), "dynamic", "float16", "int8" or "int8-io" (the last two
+        calibrated on `representative_data`).
+      representative_data: int8/int8-io calibration inputs: an array (one input), a list with
         one array per input, or a dict by input name; rows are samples, and the first
         `representative_steps` are used one at a time. Any size fits a dynamic dimension.
       verify: Run the file in LiteRT and compare with Keras.
@@ -66,8 +74,8 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
     """
     if quantize not in QUANTIZE:
         raise InputError(f"to_tflite got quantize={quantize!r}; use one of {QUANTIZE}.")
-    if quantize == "int8":
-        representative_data = calibration_data(model, representative_data)
+    if quantize in CALIBRATED:
+        representative_data = calibration_data(model, representative_data, quantize)
     check_output(path, (".tflite",))  # before minutes of conversion
     if flavour.of(model).backend() != "tensorflow":
         return through_tensorflow.export("tflite", model, path, dict(
@@ -76,9 +84,11 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
             representative_steps=representative_steps, latency_batch=latency_batch))
     converted, plan = prepare(model, fold, verify, samples)
     content = _convert(converted, model, quantize, representative_data, representative_steps)
-    if quantize == "int8" and not tensor_types(content) & {"INT8", "UINT8"}:
-        raise VerificationError(f"TFLite int8 export of '{model.name}': the converter "
-                                "wrote no int8 tensor; the file would be float.")
+    if quantize in ("dynamic", *CALIBRATED) and not tensor_types(content) & {"INT8", "UINT8"}:
+        small = (" (dynamic-range quantization leaves weights of under 1024 values in "
+                 "float)" if quantize == "dynamic" else "")
+        raise VerificationError(f"TFLite {quantize} export of '{model.name}': the converter "
+                                f"wrote no int8 tensor{small}; the file would be float.")
     result = checks.ExportResult(path=os.fspath(path), fold_plan=plan,
                                   format="tflite" + (f"-{quantize}" if quantize else ""))
     result.op_counts = op_counts(content)
@@ -102,8 +112,9 @@ def verify_file(result, model, file, samples, labels, verify, rtol, atol, latenc
             dtypes = dict(runtime.inputs)
 
             def run(inputs):  # each input in the file's own dtype (float64, int32...)
-                got = runtime({n: np.asarray(x, dtypes[n]) for n, x in zip(names, inputs)})
-                return [got[name] for name in outputs]
+                got = runtime({n: _fed(x, dtypes[n], runtime.quantization.get(n))
+                               for n, x in zip(names, inputs)})
+                return [_read(got[name], runtime.quantization.get(name)) for name in outputs]
 
             run.seconds = lambda: runtime.seconds
             checks.measure(result, model, run, samples, labels, verify,
@@ -113,10 +124,25 @@ def verify_file(result, model, file, samples, labels, verify, rtol, atol, latenc
     result.size_bytes = os.path.getsize(file)
 
 
+def _fed(x, dtype, quantization):
+    """An input batch as the file takes it: quantized where the file's input is an
+    integer tensor standing for real values (int8-io), else cast to its dtype."""
+    if quantization and np.issubdtype(np.asarray(x).dtype, np.floating):
+        return quantized(x, *quantization, dtype)
+    return np.asarray(x, dtype)
+
+
+def _read(y, quantization):
+    """An output as real values: dequantized where the file quantized it (int8-io)."""
+    return dequantize(y, *quantization) if quantization else y
+
+
 def _converter_options(quantize, model, data, steps):
     """The TFLite converter settings of a quantization mode, as attributes."""
     if quantize is None:
         return {}
+    if quantize == "dynamic":  # no representative data: weights only
+        return {"optimizations": [tf.lite.Optimize.DEFAULT]}
     if quantize == "float16":
         return {"optimizations": [tf.lite.Optimize.DEFAULT],
                 "target_spec": {"supported_types": [tf.float16]}}
@@ -126,9 +152,12 @@ def _converter_options(quantize, model, data, steps):
         for i in range(min(steps, len(data[0]))):
             yield {n: d[i:i + 1] for n, d in zip(names, data)}
 
-    return {"optimizations": [tf.lite.Optimize.DEFAULT],
-            "representative_dataset": representative,
-            "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}}
+    options = {"optimizations": [tf.lite.Optimize.DEFAULT],
+               "representative_dataset": representative,
+               "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}}
+    if quantize == "int8-io":  # float inputs and outputs become int8 (integer ids stay)
+        options.update(inference_input_type=tf.int8, inference_output_type=tf.int8)
+    return options
 
 
 def _convert(converted, model, quantize, representative_data, steps):
@@ -152,7 +181,7 @@ def _convert(converted, model, quantize, representative_data, steps):
                          f"{(lines or [str(error)])[0]}") from error
 
 
-def calibration_data(model, data):
+def calibration_data(model, data, quantize: str = "int8"):
     """int8 calibration inputs as a list in the model's input order, each in its input's
     dtype, checked against the model's input shapes (`keras_bn.folding.model_inputs`).
 
@@ -165,8 +194,8 @@ def calibration_data(model, data):
     """
     if data is None:
         raise InputError(
-            "to_tflite(quantize='int8') needs representative_data: typical inputs (a few "
-            "hundred rows of the training data) to calibrate the int8 ranges.")
+            f"to_tflite(quantize={quantize!r}) needs representative_data: typical inputs "
+            "(a few hundred rows of the training data) to calibrate the int8 ranges.")
     return model_inputs(model, data, "int8 calibration data")
 
 

@@ -14,12 +14,16 @@ from keras_bn.cli.progress import Steps
 
 EXIT_OK, EXIT_FAILED_CHECK, EXIT_BAD_INPUT, EXIT_BUG = 0, 1, 2, 3
 
+#: `export --quantize` modes (those of `keras_bn.export.to_tflite`, without importing it).
+QUANTIZE_MODES = ("dynamic", "float16", "int8", "int8-io")
+
 EXAMPLES = """\
 examples:
   keras-bn inspect model.keras
   keras-bn fold model.keras folded.keras
   keras-bn export model.keras --onnx model.onnx --tflite model.tflite
   keras-bn export model.keras --tflite model_int8.tflite --int8 calibration.npy
+  keras-bn export model.keras --tflite edge.tflite --quantize int8-io --calibration x.npy
   keras-bn demo --out demo_results
 
 output files:
@@ -92,12 +96,20 @@ def _parser():
                                 "missing folders are created)")
     made["export"].add_argument("--tflite", metavar="PATH", help="write a TFLite file "
                                 "(.tflite; missing folders are created)")
+    made["export"].add_argument(
+        "--quantize", choices=QUANTIZE_MODES, metavar="MODE",
+        help="quantize the TFLite file: dynamic (int8 weights, float activations), "
+        "float16 (float16 weights), int8 (full integer, float inputs and outputs), "
+        "int8-io (full integer with int8 inputs and outputs); int8 and int8-io need "
+        "--calibration")
+    made["export"].add_argument("--calibration", metavar="DATA",
+                                help="int8 calibration inputs: a .npy array (one-input "
+                                "models) or a .npz with one array per model input, named "
+                                "as the input; rows are samples")
     made["export"].add_argument("--int8", metavar="DATA",
-                                help="quantize the TFLite file to int8, calibrated on DATA: a "
-                                ".npy array (one-input models) or a .npz with one array per "
-                                "model input, named as the input; rows are samples")
+                                help="short for --quantize int8 --calibration DATA")
     made["export"].add_argument("--float16", action="store_true",
-                                help="store the TFLite weights as float16")
+                                help="short for --quantize float16")
     made["export"].add_argument("--no-fold", action="store_true", help="export without folding")
     made["export"].add_argument("--opset", type=int, help="ONNX opset (default: tf2onnx's)")
     made["demo"].add_argument("--epochs", type=int, default=12, help="training epochs")
@@ -137,21 +149,19 @@ def _fold(args):
 
 
 def _export(args):
-    from keras_bn import export
     from keras_bn.files.output import all_or_nothing, check_output
     from keras_bn.files import load_arrays
 
     if not (args.onnx or args.tflite):
         raise UserError("nothing to export: give --onnx PATH and/or --tflite PATH")
-    if args.int8 and not args.tflite:
-        raise UserError("--int8 quantizes the TFLite file: give --tflite PATH too")
-    if args.int8 and args.float16:
-        raise UserError("choose one of --int8 and --float16")
-    inputs = [args.model] + _given(args.int8) + _given(args.samples)
+    quantize, calibration = _quantization(args)
+    inputs = [args.model] + _given(calibration) + _given(args.samples)
     for path, suffix in ((args.onnx, ".onnx"), (args.tflite, ".tflite")):
         if path:
             check_output(path, (suffix,), inputs)
-    data = load_arrays(args.int8) if args.int8 else None
+    from keras_bn import export  # TensorFlow: after the checks that answer at once
+
+    data = load_arrays(calibration) if calibration else None
     samples = load_arrays(args.samples) if args.samples else None
     steps = Steps(1 + bool(args.onnx) + bool(args.tflite))
     model = _load(args, steps)
@@ -171,7 +181,6 @@ def _export(args):
                                          model, args.onnx, fold=fold, opset=args.opset,
                                          samples=samples))
             if args.tflite:
-                quantize = "int8" if args.int8 else "float16" if args.float16 else None
                 results.append(steps.run(f"fold, convert, verify {args.tflite}",
                                          export.to_tflite, model, args.tflite, fold=fold,
                                          quantize=quantize, representative_data=data,
@@ -185,6 +194,26 @@ def _export(args):
 
 def _given(path):
     return [path] if path else []
+
+
+def _quantization(args):
+    """The TFLite mode and calibration file of `export`'s options (--int8 DATA and
+    --float16 being short for --quantize ...)."""
+    given = [flag for flag, on in (("--quantize", args.quantize), ("--int8", args.int8),
+                                   ("--float16", args.float16)) if on]
+    if len(given) > 1:
+        raise UserError(f"choose one of {' and '.join(given)}")
+    quantize = args.quantize or ("int8" if args.int8 else "float16" if args.float16 else None)
+    calibration = args.int8 or args.calibration
+    if quantize and not args.tflite:
+        raise UserError(f"{given[0]} quantizes the TFLite file: give --tflite PATH too")
+    if quantize in ("int8", "int8-io") and not calibration:
+        raise UserError(f"--quantize {quantize} is calibrated on typical inputs: give "
+                        "--calibration DATA (a .npy or .npz of a few hundred rows)")
+    if args.calibration and quantize not in ("int8", "int8-io"):
+        raise UserError("--calibration is for --quantize int8 or int8-io"
+                        + (f", not {quantize}" if quantize else ""))
+    return quantize, calibration
 
 
 def results_table(results):

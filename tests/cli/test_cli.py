@@ -77,6 +77,26 @@ def test_export_int8_with_calibration_data(model_file, tmp_path):
     assert "tflite-int8" in result.stdout
 
 
+def test_export_int8_io_and_dynamic_modes(model_file, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    np.save(tmp_path / "data.npy", np.random.RandomState(0).rand(32, 8, 8, 3).astype("f4"))
+    result = keras_bn_cli("export", model_file, "--tflite", tmp_path / "io.tflite",
+                          "--quantize", "int8-io", "--calibration", tmp_path / "data.npy")
+    assert result.returncode == 0, result.stderr
+    assert "tflite-int8-io" in result.stdout
+    runner = Interpreter(model_path=str(tmp_path / "io.tflite")).get_signature_runner()
+    details = [*runner.get_input_details().values(), *runner.get_output_details().values()]
+    assert [d["dtype"] for d in details] == [np.int8, np.int8]
+    # every weight of this model has under 1024 values: dynamic range leaves it float
+    result = keras_bn_cli("export", model_file, "--tflite", tmp_path / "dyn.tflite",
+                          "--quantize", "dynamic")
+    assert result.returncode == 1, result.stderr
+    assert "wrote no int8 tensor (dynamic-range quantization leaves weights of under 1024 " \
+        "values in float)" in result.stderr
+    assert not (tmp_path / "dyn.tflite").exists()
+
+
 def test_inspect_prints_the_bn_table(model_file):
     result = keras_bn_cli("inspect", model_file)
     assert result.returncode == 0, result.stderr
@@ -89,6 +109,12 @@ def test_inspect_prints_the_bn_table(model_file):
     (("fold", "{model}", "out.onnx"), "out.onnx: the output must end in .keras or .h5"),
     (("export", "{model}"), "nothing to export"),
     (("export", "{model}", "--onnx", "m.onnx", "--int8", "d.npy"), "--int8 quantizes the TFLite"),
+    (("export", "{model}", "--tflite", "m.tflite", "--quantize", "int8-io"),
+     "give --calibration DATA"),
+    (("export", "{model}", "--tflite", "m.tflite", "--quantize", "dynamic", "--calibration",
+      "d.npy"), "--calibration is for --quantize int8 or int8-io, not dynamic"),
+    (("export", "{model}", "--tflite", "m.tflite", "--quantize", "int8", "--float16"),
+     "choose one of --quantize and --float16"),
     (("export", "{model}", "--tflite", "m.tflite", "--int8", "missing.npy"),
      "missing.npy: cannot read"),
     (("inspect", "not_a_model.txt"), "not a tf-keras model file"),
