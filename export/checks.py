@@ -36,6 +36,10 @@ class ExportResult:
         when not measured).
       latency_batch: the batch size timed.
       fold_plan: the FoldPlan when the model was folded first.
+      evaluation: the file scored against the Keras model on data, one
+        `keras_bn.export.evaluation.OutputScore` per output (top-1 agreement, max and
+        mean abs error, SQNR), or None when there were no rows to score it on.
+      evaluated_on: which rows `evaluation` used.
     """
 
     path: str
@@ -51,6 +55,8 @@ class ExportResult:
     latency_ms: float = None
     latency_batch: int = None
     fold_plan: object = None
+    evaluation: list = None
+    evaluated_on: str = ""
 
 
 #: A float32 file's tolerance, relative to the output scale: the runtimes' kernels sum

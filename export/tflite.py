@@ -10,11 +10,11 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from keras_bn import flavour
 from keras_bn.errors import InputError, VerificationError
 from keras_bn.files.output import atomic_path, check_output
-from keras_bn.export import checks, through_tensorflow
+from keras_bn.export import checks, evaluation, through_tensorflow
 from keras_bn.export.quantization import CALIBRATED, MODES, dequantize, quantize as quantized
 from keras_bn.export._prepare import input_signature, output_names, prepare
 from keras_bn.export.isolated import IsolatedRuntime
-from keras_bn.folding import model_inputs
+from keras_bn.folding import model_inputs, predict
 
 QUANTIZE = tuple(MODES)
 
@@ -22,7 +22,8 @@ QUANTIZE = tuple(MODES)
 def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
               quantize: str | None = None, representative_data=None, verify: bool = True,
               samples=None, labels=None, rtol: float | None = None, atol: float = 1e-5,
-              representative_steps: int = 200,
+              representative_steps: int = 200, evaluation_data=None,
+              min_agreement: float | None = None,
               latency_batch: int | None = 1) -> checks.ExportResult:
     """Exports `model` to a TFLite file and runs the file in LiteRT to check it.
 
@@ -32,8 +33,11 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
     `ai_edge_litert`'s Interpreter (in a child process: a LiteRT crash is a
     VerificationError) on a random batch and on `samples`. float32 files must match the
     Keras model within tolerance; quantized files cannot, so their error (and accuracy,
-    with `labels`) is measured and reported instead. The file appears at `path` only once
-    all of that passed (temporary file, then rename).
+    with `labels`) is measured and reported instead, and scored against the Keras model
+    on data (`result.evaluation`: per output, top-1 agreement, max and mean abs error,
+    SQNR): on `evaluation_data`, or by default on a held-out fifth of the calibration
+    data (rows calibration never sees; int8 modes), or on `samples`. The file appears at
+    `path` only once all of that passed (temporary file, then rename).
 
     Modes (`quantize`; `keras_bn.export.quantization.MODES` says what each is for):
     None (float32); "dynamic" (int8 weights, float activations; no calibration data);
@@ -59,6 +63,14 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
       rtol: Tolerance relative to the output scale for float32 files (see `to_onnx`).
       atol: Absolute slack for outputs near zero.
       representative_steps: Calibration rows for int8.
+      evaluation_data: Inputs (as `representative_data`) to score the file on against the
+        Keras model. Without it, int8 and int8-io files are scored on 20 % of the
+        calibration rows, held out at random (seed 0) and not calibrated on (with
+        `verify`; the file is also verified on them unless `samples` are given), and
+        other files on `samples` when given.
+      min_agreement: Fail (VerificationError, no file written) when an output's top-1
+        agreement with the Keras model on the evaluation rows is below this fraction
+        (0.99: 99 %); needs an output with a class axis and evaluation rows.
       latency_batch: Batch size of the latency measurement (median of 10 runs in
         LiteRT); None skips it.
 
@@ -67,21 +79,28 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
 
     Raises:
       keras_bn.errors.InputError: (a ValueError) `path` does not end in .tflite, an
-        unknown `quantize`, or int8 calibration data that is missing, empty or does not
-        fit the model's inputs.
-      keras_bn.VerificationError: a float32 file's outputs differ beyond tolerance; no file
-        is left at `path`.
+        unknown `quantize`, int8 calibration or evaluation data that is missing, empty or
+        does not fit the model's inputs, or a `min_agreement` that cannot be judged.
+      keras_bn.VerificationError: a float32 file's outputs differ beyond tolerance, or an
+        agreement below `min_agreement`; no file is left at `path`.
     """
     if quantize not in QUANTIZE:
         raise InputError(f"to_tflite got quantize={quantize!r}; use one of {QUANTIZE}.")
     if quantize in CALIBRATED:
         representative_data = calibration_data(model, representative_data, quantize)
+    scored, scored_on = _evaluation_rows(model, quantize, representative_data,
+                                         evaluation_data, samples, verify)
+    if scored_on.startswith("held-out"):
+        representative_data, scored = scored
+        samples = scored if samples is None else samples
+    _check_min_agreement(model, min_agreement, scored)
     check_output(path, (".tflite",))  # before minutes of conversion
     if flavour.of(model).backend() != "tensorflow":
         return through_tensorflow.export("tflite", model, path, dict(
             fold=fold, quantize=quantize, representative_data=representative_data,
             verify=verify, samples=samples, labels=labels, rtol=rtol, atol=atol,
-            representative_steps=representative_steps, latency_batch=latency_batch))
+            representative_steps=representative_steps, latency_batch=latency_batch,
+            scoring=(scored, scored_on, min_agreement)))
     converted, plan = prepare(model, fold, verify, samples)
     content = _convert(converted, model, quantize, representative_data, representative_steps)
     if quantize in ("dynamic", *CALIBRATED) and not tensor_types(content) & {"INT8", "UINT8"}:
@@ -96,16 +115,54 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
         with open(tmp, "wb") as f:
             f.write(content)
         verify_file(result, model, tmp, samples, labels, verify, rtol, atol, latency_batch,
-                    check=quantize is None)
+                    check=quantize is None, scoring=(scored, scored_on, min_agreement))
     return result
 
 
+def _evaluation_rows(model, quantize, representative_data, evaluation_data, samples,
+                     verify):
+    """`(rows, description)` the file is scored on: `evaluation_data`, else (int8 modes,
+    with `verify`) `((calibration rows, held-out rows), "held-out ...")`, else
+    `samples`, else `(None, "")`."""
+    if evaluation_data is not None:
+        rows = model_inputs(model, evaluation_data, "evaluation data")
+        return rows, f"evaluation data ({len(rows[0])} rows)"
+    if quantize in CALIBRATED and verify:
+        calibration, held_out = evaluation.held_out_split(representative_data)
+        if held_out is not None:
+            return (calibration, held_out), (f"held-out calibration rows ({len(held_out[0])}"
+                                             f" of {len(representative_data[0])}, not "
+                                             "calibrated on)")
+    if samples is not None:
+        rows = model_inputs(model, samples, "samples")
+        return rows, f"samples ({len(rows[0])} rows)"
+    return None, ""
+
+
+def _check_min_agreement(model, min_agreement, rows):
+    if min_agreement is None:
+        return
+    if not 0 <= min_agreement <= 1:
+        raise InputError(f"min_agreement={min_agreement!r} for '{model.name}': give a "
+                         "fraction between 0 and 1 (0.99 for 99 %).")
+    shapes = [tuple(o.shape) for o in model.outputs]
+    if not any(len(s) >= 2 and (s[-1] or 0) >= 2 for s in shapes):
+        raise InputError(f"min_agreement for '{model.name}': no output has a class axis "
+                         f"(output shapes {shapes}); top-1 agreement cannot be judged.")
+    if rows is None:
+        raise InputError(f"min_agreement for '{model.name}': no rows to judge it on; give "
+                         "evaluation_data (or samples, or int8 calibration data).")
+
+
 def verify_file(result, model, file, samples, labels, verify, rtol, atol, latency_batch,
-                check=True):
+                check=True, scoring=(None, "", None)):
     """Runs the TFLite `file` in LiteRT (a child process: a LiteRT abort is a result)
-    against `model` in inference mode, into `result` (error, accuracy, latency, size);
-    with `check` (a float32 file), raises VerificationError beyond tolerance."""
-    if verify or labels is not None or latency_batch:
+    against `model` in inference mode, into `result` (error, accuracy, latency, size,
+    and the scores on the rows of `scoring`, `(rows, their description, min_agreement)`);
+    raises VerificationError beyond tolerance (with `check`: a float32 file) and below
+    the minimum agreement."""
+    rows, described, min_agreement = scoring
+    if verify or labels is not None or latency_batch or rows is not None:
         with IsolatedRuntime("tflite", file) as runtime:
             names = flavour.of(model).input_names(model)
             outputs = output_names(model)
@@ -121,7 +178,18 @@ def verify_file(result, model, file, samples, labels, verify, rtol, atol, latenc
                             checks.export_rtol(model, rtol), atol,
                             latency_batch, f"TFLite export of '{model.name}'",
                             check=check)
+            if rows is not None:
+                result.evaluation = evaluation.evaluate(lambda b: predict(model, b), run,
+                                                        rows, outputs)
+                result.evaluated_on = described
     result.size_bytes = os.path.getsize(file)
+    lowest = evaluation.lowest_agreement(result.evaluation or [])
+    if min_agreement is not None and lowest is not None and lowest < min_agreement:
+        raise VerificationError(
+            f"TFLite {result.format} export of '{model.name}': top-1 agreement with the "
+            f"Keras model {lowest:.2%} on {described}, below min_agreement "
+            f"{min_agreement:.2%}. Try another mode (quantize='dynamic' keeps float "
+            "activations), more or more typical calibration data, or a lower minimum.")
 
 
 def _fed(x, dtype, quantization):

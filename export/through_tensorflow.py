@@ -66,7 +66,8 @@ def export(fmt: str, model, path, options: dict):
         result = checks.ExportResult(path=os.fspath(path), format=reply["format"],
                                      fold_plan=plan, op_counts=reply["op_counts"])
         verify_file = onnx.verify_file if fmt == "onnx" else tflite.verify_file
-        extra = {} if fmt == "onnx" else {"check": options.get("quantize") is None}
+        extra = {} if fmt == "onnx" else {"check": options.get("quantize") is None,
+                                          "scoring": options["scoring"]}
         with atomic_path(path, (suffix,)) as tmp:
             shutil.copyfile(request["out"], tmp)
             verify_file(result, model, tmp, options["samples"], options["labels"],

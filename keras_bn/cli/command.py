@@ -106,6 +106,14 @@ def _parser():
                                 help="int8 calibration inputs: a .npy array (one-input "
                                 "models) or a .npz with one array per model input, named "
                                 "as the input; rows are samples")
+    made["export"].add_argument("--eval", metavar="DATA",
+                                help="score the TFLite file against the model on DATA (as "
+                                "--calibration; held-out rows of your data): top-1 "
+                                "agreement, errors, SQNR; by default int8 files are scored "
+                                "on a held-out fifth of the calibration data")
+    made["export"].add_argument("--min-agreement", metavar="FRACTION", type=float,
+                                help="exit 1 (no file written) when the TFLite file's top-1 "
+                                "agreement with the model is below FRACTION (0.99)")
     made["export"].add_argument("--int8", metavar="DATA",
                                 help="short for --quantize int8 --calibration DATA")
     made["export"].add_argument("--float16", action="store_true",
@@ -155,13 +163,17 @@ def _export(args):
     if not (args.onnx or args.tflite):
         raise UserError("nothing to export: give --onnx PATH and/or --tflite PATH")
     quantize, calibration = _quantization(args)
-    inputs = [args.model] + _given(calibration) + _given(args.samples)
+    if (args.eval or args.min_agreement is not None) and not args.tflite:
+        raise UserError("--eval and --min-agreement score the TFLite file: give --tflite "
+                        "PATH too")
+    inputs = [args.model] + _given(calibration) + _given(args.samples) + _given(args.eval)
     for path, suffix in ((args.onnx, ".onnx"), (args.tflite, ".tflite")):
         if path:
             check_output(path, (suffix,), inputs)
     from keras_bn import export  # TensorFlow: after the checks that answer at once
 
     data = load_arrays(calibration) if calibration else None
+    held_out = load_arrays(args.eval) if args.eval else None
     samples = load_arrays(args.samples) if args.samples else None
     steps = Steps(1 + bool(args.onnx) + bool(args.tflite))
     model = _load(args, steps)
@@ -184,12 +196,16 @@ def _export(args):
                 results.append(steps.run(f"fold, convert, verify {args.tflite}",
                                          export.to_tflite, model, args.tflite, fold=fold,
                                          quantize=quantize, representative_data=data,
-                                         samples=samples))
+                                         samples=samples, evaluation_data=held_out,
+                                         min_agreement=args.min_agreement))
     except Exception as error:
         if len(outputs) > 1:
             error.keras_bn_outcome = f"none of {', '.join(outputs)} was written"
         raise
     print(results_table(results))
+    scored = [r for r in results if r.evaluation]
+    if scored:
+        print(scores_table(scored))
 
 
 def _given(path):
@@ -230,6 +246,21 @@ def results_table(results):
                      f"{r.latency_ms:.2f} ms (batch {r.latency_batch})", str(ops)))
     from keras_bn.tools.table import aligned
 
+    return aligned(rows)
+
+
+def scores_table(results):
+    """One line per output of each scored file: rows, top-1 agreement, errors, SQNR."""
+    from keras_bn.tools.table import aligned
+
+    rows = [("format", "output", "scored on", "top-1 agreement", "max abs error",
+             "mean abs error", "SQNR")]
+    for r in results:
+        for s in r.evaluation:
+            rows.append((r.format, s.name, r.evaluated_on,
+                         "-" if s.agreement is None else f"{s.agreement:.2%}",
+                         f"{s.max_error:.2e}", f"{s.mean_error:.2e}",
+                         f"{s.sqnr_db:.1f} dB"))
     return aligned(rows)
 
 

@@ -97,6 +97,41 @@ def test_export_int8_io_and_dynamic_modes(model_file, tmp_path):
     assert not (tmp_path / "dyn.tflite").exists()
 
 
+@pytest.fixture(scope="module")
+def digits_file(tmp_path_factory):
+    """A digits MLP with BN trained here (int8 changes a few of its answers), saved, with
+    its calibration and held-out rows."""
+    from sklearn.datasets import load_digits
+    import digits_models
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16).astype("float32")
+    model = digits_models.mlp(tf_keras, keras_bn.BatchNormalization)
+    digits_models.fit(tf_keras, model, x[:1400], y[:1400], 32, epochs=5)
+    folder = tmp_path_factory.mktemp("digits")
+    model.save(folder / "digits.keras")
+    np.save(folder / "calibration.npy", x[:300])
+    np.save(folder / "held.npy", x[1400:])
+    return folder
+
+
+def test_export_scores_the_file_on_eval_data_and_min_agreement_exits_1(digits_file, tmp_path):
+    common = ("--int8", digits_file / "calibration.npy", "--eval", digits_file / "held.npy")
+    result = keras_bn_cli("export", digits_file / "digits.keras", "--tflite",
+                          tmp_path / "q.tflite", *common)
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.strip().splitlines()[-2:]
+    assert "top-1 agreement" in header and "SQNR" in header
+    assert "tflite-int8" in row and "evaluation data (397 rows)" in row
+    agreement = float(row.split("rows)")[1].split("%")[0]) / 100
+    assert 0.9 < agreement < 1, row
+    result = keras_bn_cli("export", digits_file / "digits.keras", "--tflite",
+                          tmp_path / "q2.tflite", *common, "--min-agreement", "1")
+    assert result.returncode == 1, result.stderr
+    assert "below min_agreement 100.00%" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "q2.tflite").exists()
+
+
 def test_inspect_prints_the_bn_table(model_file):
     result = keras_bn_cli("inspect", model_file)
     assert result.returncode == 0, result.stderr
@@ -115,6 +150,8 @@ def test_inspect_prints_the_bn_table(model_file):
       "d.npy"), "--calibration is for --quantize int8 or int8-io, not dynamic"),
     (("export", "{model}", "--tflite", "m.tflite", "--quantize", "int8", "--float16"),
      "choose one of --quantize and --float16"),
+    (("export", "{model}", "--onnx", "m.onnx", "--eval", "d.npy"),
+     "--eval and --min-agreement score the TFLite file"),
     (("export", "{model}", "--tflite", "m.tflite", "--int8", "missing.npy"),
      "missing.npy: cannot read"),
     (("inspect", "not_a_model.txt"), "not a tf-keras model file"),
