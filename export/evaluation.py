@@ -10,6 +10,10 @@ import numpy as np
 #: given (chosen at random with a fixed seed, so sorted data splits fairly).
 HELD_OUT = 0.2
 
+#: Below this many calibration rows none is held out: calibration needs them all, and a
+#: score on a handful of rows says little.
+MIN_ROWS_TO_SPLIT = 50
+
 
 @dataclass
 class OutputScore:
@@ -73,12 +77,12 @@ def score(names, reference, got) -> list[OutputScore]:
     return scores
 
 
-def held_out_split(arrays, fraction=HELD_OUT, seed=0):
+def held_out_split(arrays, fraction=HELD_OUT, seed=0, minimum=MIN_ROWS_TO_SPLIT):
     """`(calibration, held_out)`: the rows of `arrays` (a list, one array per input, rows
-    first) split at random, a `fraction` held out (at least one row); `held_out` is None
-    when there are fewer than 2 rows. Calibration rows keep their order."""
+    first) split at random, a `fraction` held out; `held_out` is None when there are
+    fewer than `minimum` rows. Calibration rows keep their order."""
     rows = len(arrays[0])
-    if rows < 2:
+    if rows < max(2, minimum):
         return arrays, None
     held = max(1, int(round(rows * fraction)))
     order = np.random.RandomState(seed).permutation(rows)

@@ -65,9 +65,9 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
       representative_steps: Calibration rows for int8.
       evaluation_data: Inputs (as `representative_data`) to score the file on against the
         Keras model. Without it, int8 and int8-io files are scored on 20 % of the
-        calibration rows, held out at random (seed 0) and not calibrated on (with
-        `verify`; the file is also verified on them unless `samples` are given), and
-        other files on `samples` when given.
+        calibration rows (given 50 or more), held out at random (seed 0) and not
+        calibrated on (with `verify`; the file is also verified on them unless `samples`
+        are given), and other files on `samples` when given.
       min_agreement: Fail (VerificationError, no file written) when an output's top-1
         agreement with the Keras model on the evaluation rows is below this fraction
         (0.99: 99 %); needs an output with a class axis and evaluation rows.

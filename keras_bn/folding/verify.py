@@ -6,6 +6,7 @@ import numpy as np
 
 from keras_bn import flavour
 from keras_bn.errors import InputError, VerificationError
+from keras_bn.folding.memo import LastModel, weights_digest
 from keras_bn.layers.find import all_layers
 
 
@@ -248,35 +249,17 @@ def float32_noise(model, batches, expected=None):
     return noise, "float32 against float64, same weights and inputs"
 
 
-#: The float64 twin of the last model measured: `(weak reference to the model, digest of
-#: its weights, twin)`. One entry, so a second check of the same model (the CLI's ONNX and
-#: TFLite files, `to_onnx` then `to_tflite`) does not rebuild it, and at most one twin is
-#: held; it goes with its model, and a change of the model's weights rebuilds it.
-_LAST_TWIN = [None]
+#: The float64 twin of the last model measured. One entry, so a second check of the same
+#: model (the CLI's ONNX and TFLite files, `to_onnx` then `to_tflite`) does not rebuild
+#: it, and at most one twin is held; it goes with its model, and a change of the model's
+#: weights rebuilds it.
+_LAST_TWIN = LastModel()
 
 
 def _float64_twin(model):
-    import hashlib
-    import weakref
-
     from keras_bn.folding.rewrite import in_float64
 
-    digest = hashlib.blake2b(digest_size=16)
-    for value in flavour.of(model).get_values(model.weights):
-        digest.update(np.ascontiguousarray(value).tobytes())
-    digest = digest.digest()
-    last = _LAST_TWIN[0]
-    if last is not None and last[0]() is model and last[1] == digest:
-        return last[2]
-    _LAST_TWIN[0] = None  # the old twin goes before the new one is built
-    twin = in_float64(model)
-
-    def forget(ref):  # the model is gone: so is its twin (not a newer model's)
-        if _LAST_TWIN[0] is not None and _LAST_TWIN[0][0] is ref:
-            _LAST_TWIN[0] = None
-
-    _LAST_TWIN[0] = (weakref.ref(model, forget), digest, twin)
-    return twin
+    return _LAST_TWIN.get(model, weights_digest(model), lambda: in_float64(model))
 
 
 def _compute_eps(model):

@@ -46,7 +46,8 @@ def test_held_out_split_is_disjoint_seeded_and_keeps_order():
     assert not set(held[0].ravel()) <= set(range(40, 50))  # at random, not the last rows
     again = evaluation.held_out_split([x, x * 10])
     np.testing.assert_array_equal(again[1][0], held[0])
-    assert evaluation.held_out_split([x[:1]])[1] is None
+    assert evaluation.held_out_split([x[:49]])[1] is None  # too few rows to spare any
+    assert len(evaluation.held_out_split([x[:10]], minimum=2)[1][0]) == 2
 
 
 @pytest.fixture(scope="module")

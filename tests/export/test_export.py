@@ -243,3 +243,25 @@ def test_off_tensorflow_a_layer_class_in_main_is_a_clear_error(monkeypatch, tmp_
     with pytest.raises(keras_bn.InputError, match=r"'Twice'.*__main__.*KERAS_BACKEND"):
         export.to_onnx(model, tmp_path / "never.onnx")
     assert not (tmp_path / "never.onnx").exists()
+
+
+def test_a_second_export_of_the_same_model_reuses_its_fold(tmp_path, monkeypatch):
+    """to_onnx then to_tflite of one model (the CLI's two files) fold and verify it once;
+    new weights or other samples fold again."""
+    import keras_bn.export._prepare as prepare
+
+    calls = []
+    real = prepare._fold
+    monkeypatch.setattr(prepare, "_fold", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = _small()
+    first = export.to_onnx(model, tmp_path / "m.onnx", latency_batch=None)
+    second = export.to_tflite(model, tmp_path / "m.tflite", latency_batch=None)
+    assert len(calls) == 1 and second.fold_plan is first.fold_plan
+    samples = np.random.RandomState(3).rand(4, 10, 10, 3).astype("float32")
+    export.to_tflite(model, tmp_path / "s.tflite", samples=samples, latency_batch=None)
+    assert len(calls) == 2
+    layer = model.get_layer(index=-1)
+    layer.set_weights([w * 2 for w in layer.get_weights()])
+    third = export.to_tflite(model, tmp_path / "m2.tflite", samples=samples,
+                             latency_batch=None)
+    assert len(calls) == 3 and third.max_error < third.tolerance  # the new weights' fold

@@ -91,14 +91,14 @@ def test_the_float64_twin_is_built_once_per_model_and_weights():
     model = _image_model(tf_keras, keras_bn, tf_keras.layers.Rescaling(1 / 255))
     batches, _ = verification_batches(model, None)
     first, _ = verify.float32_noise(model, batches)
-    twin = verify._LAST_TWIN[0][2]
+    twin = verify._LAST_TWIN.entry[2]
     assert verify.float32_noise(model, batches)[0] == first
-    assert verify._LAST_TWIN[0][2] is twin
+    assert verify._LAST_TWIN.entry[2] is twin
     head = model.layers[-1]
     kernel, bias = head.get_weights()
     head.set_weights([kernel * 3, bias])
     assert verify.float32_noise(model, batches)[0] != first
-    assert verify._LAST_TWIN[0][2] is not twin
+    assert verify._LAST_TWIN.entry[2] is not twin
 
 
 def test_a_planted_error_of_1e4_of_the_scale_is_caught_on_a_shallow_model(flavour):
