@@ -101,17 +101,13 @@ def test_export_int8_io_and_dynamic_modes(model_file, tmp_path):
 def digits_file(tmp_path_factory):
     """A digits MLP with BN trained here (int8 changes a few of its answers), saved, with
     its calibration and held-out rows."""
-    from sklearn.datasets import load_digits
     import digits_models
 
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16).astype("float32")
-    model = digits_models.mlp(tf_keras, keras_bn.BatchNormalization)
-    digits_models.fit(tf_keras, model, x[:1400], y[:1400], 32, epochs=5)
+    model, calibration, held_out, _ = digits_models.trained_classifier()
     folder = tmp_path_factory.mktemp("digits")
     model.save(folder / "digits.keras")
-    np.save(folder / "calibration.npy", x[:300])
-    np.save(folder / "held.npy", x[1400:])
+    np.save(folder / "calibration.npy", calibration)
+    np.save(folder / "held.npy", held_out)
     return folder
 
 

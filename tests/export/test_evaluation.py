@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import tf_keras
 from ai_edge_litert.interpreter import Interpreter
-from sklearn.datasets import load_digits
 
 import keras_bn
 from keras_bn import export
@@ -52,11 +51,7 @@ def test_held_out_split_is_disjoint_seeded_and_keeps_order():
 
 @pytest.fixture(scope="module")
 def trained():
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16).astype("float32")
-    model = digits_models.mlp(tf_keras, keras_bn.BatchNormalization)
-    digits_models.fit(tf_keras, model, x[:1400], y[:1400], 32, epochs=5)
-    return model, x[:300], x[1400:]
+    return digits_models.trained_classifier()[:3]
 
 
 def _file_outputs(path, x):
