@@ -23,7 +23,7 @@ L = tf_keras.layers
 def _model(bn):
     inputs = tf_keras.Input((6, 6, 3))
     x = bn(name="bn")(L.Conv2D(4, 3, name="conv")(inputs))
-    return tf_keras.Model(inputs, L.Dense(2, name="head")(L.Flatten()(x)))
+    return tf_keras.Model(inputs, L.Dense(2, name="head")(L.Flatten(name="flatten")(x)))
 
 
 @pytest.fixture(scope="module")
