@@ -40,6 +40,8 @@ class ExportResult:
         `keras_bn.export.evaluation.OutputScore` per output (top-1 agreement, max and
         mean abs error, SQNR), or None when there were no rows to score it on.
       evaluated_on: which rows `evaluation` used.
+      post_training: the `keras_bn.export.post_training.Technique` records of what was
+        done to the folded model before an int8 conversion (empty: nothing).
     """
 
     path: str
@@ -57,6 +59,7 @@ class ExportResult:
     fold_plan: object = None
     evaluation: list = None
     evaluated_on: str = ""
+    post_training: list = field(default_factory=list)
 
 
 #: A float32 file's tolerance, relative to the output scale: the runtimes' kernels sum

@@ -42,3 +42,21 @@ def quantize(x, scale: float, zero_point: int, dtype) -> np.ndarray:
 def dequantize(q, scale: float, zero_point: int) -> np.ndarray:
     """The real values `scale * (q - zero_point)` of integer tensor values `q`."""
     return (scale * (np.asarray(q, np.float64) - zero_point)).astype(np.float32)
+
+
+def fake_quantize(weights, channel_axes, bits: int = 8) -> np.ndarray:
+    """`weights` after TFLite's weight quantization, back in float: symmetric per channel
+    (one scale per index of `channel_axes`, the output channels: `max|w| / 127` over the
+    other axes), narrow range [-127, 127], halves rounded away from zero. Channels that
+    are all zero stay zero. This is what the converter writes for the kernels of
+    convolutions, depthwise convolutions and dense layers in the int8 modes; the
+    difference from `weights` is the error that bias correction takes the mean of."""
+    w = np.asarray(weights, np.float64)
+    axes = tuple(a % w.ndim for a in np.atleast_1d(channel_axes))
+    others = tuple(a for a in range(w.ndim) if a not in axes)
+    levels = 2 ** (bits - 1) - 1
+    scale = np.max(np.abs(w), axis=others, keepdims=True) / levels
+    safe = np.where(scale > 0, scale, 1.0)
+    v = w / safe
+    q = np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5), -levels, levels)
+    return np.where(scale > 0, q * safe, 0.0)

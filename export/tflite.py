@@ -10,7 +10,7 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from keras_bn import flavour
 from keras_bn.errors import InputError, VerificationError
 from keras_bn.files.output import atomic_path, check_output
-from keras_bn.export import checks, evaluation, through_tensorflow
+from keras_bn.export import checks, evaluation, post_training, through_tensorflow
 from keras_bn.export.quantization import CALIBRATED, MODES, dequantize, quantize as quantized
 from keras_bn.export._prepare import input_signature, output_names, prepare
 from keras_bn.export.isolated import IsolatedRuntime
@@ -23,7 +23,8 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
               quantize: str | None = None, representative_data=None, verify: bool = True,
               samples=None, labels=None, rtol: float | None = None, atol: float = 1e-5,
               representative_steps: int = 200, evaluation_data=None,
-              min_agreement: float | None = None,
+              min_agreement: float | None = None, equalization: bool = False,
+              bias_correction: bool = False,
               latency_batch: int | None = 1) -> checks.ExportResult:
     """Exports `model` to a TFLite file and runs the file in LiteRT to check it.
 
@@ -71,6 +72,12 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
       min_agreement: Fail (VerificationError, no file written) when an output's top-1
         agreement with the Keras model on the evaluation rows is below this fraction
         (0.99: 99 %); needs an output with a class axis and evaluation rows.
+      equalization: int8 modes: equalize the channels of consecutive layers on the
+        calibration data's activation ranges before conversion
+        (`keras_bn.export.equalization`; exact in float).
+      bias_correction: int8 modes: remove from each bias the mean shift its int8
+        weights cause (`keras_bn.export.bias_correction`). `result.post_training` says
+        what each technique changed and left alone.
       latency_batch: Batch size of the latency measurement (median of 10 runs in
         LiteRT); None skips it.
 
@@ -88,6 +95,11 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
         raise InputError(f"to_tflite got quantize={quantize!r}; use one of {QUANTIZE}.")
     if quantize in CALIBRATED:
         representative_data = calibration_data(model, representative_data, quantize)
+    applied = post_training.techniques(equalization, bias_correction)
+    if applied and quantize not in CALIBRATED:
+        raise InputError(f"to_tflite(quantize={quantize!r}) of '{model.name}': "
+                         f"{' and '.join(applied)} work on int8 calibration data; use "
+                         f"quantize='int8' or 'int8-io', or leave them off.")
     scored, scored_on = _evaluation_rows(model, quantize, representative_data,
                                          evaluation_data, samples, verify)
     if scored_on.startswith("held-out"):
@@ -100,8 +112,9 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
             fold=fold, quantize=quantize, representative_data=representative_data,
             verify=verify, samples=samples, labels=labels, rtol=rtol, atol=atol,
             representative_steps=representative_steps, latency_batch=latency_batch,
-            scoring=(scored, scored_on, min_agreement)))
+            equalization=equalization, bias_correction=bias_correction, scoring=(scored, scored_on, min_agreement)))
     converted, plan = prepare(model, fold, verify, samples)
+    converted, records = post_training.apply(converted, representative_data, applied)
     content = _convert(converted, model, quantize, representative_data, representative_steps)
     if quantize in ("dynamic", *CALIBRATED) and not tensor_types(content) & {"INT8", "UINT8"}:
         small = (" (dynamic-range quantization leaves weights of under 1024 values in "
@@ -109,7 +122,8 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
         raise VerificationError(f"TFLite {quantize} export of '{model.name}': the converter "
                                 f"wrote no int8 tensor{small}; the file would be float.")
     result = checks.ExportResult(path=os.fspath(path), fold_plan=plan,
-                                  format="tflite" + (f"-{quantize}" if quantize else ""))
+                                  format="tflite" + (f"-{quantize}" if quantize else ""),
+                                  post_training=records)
     result.op_counts = op_counts(content)
     with atomic_path(path, (".tflite",)) as tmp:
         with open(tmp, "wb") as f:

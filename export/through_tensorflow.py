@@ -16,6 +16,7 @@ imported them already) and loads the file with `safe_mode=False`: the file is th
 caller's own in-memory model, just written, not a file from elsewhere.
 """
 
+import dataclasses
 import importlib
 import json
 import os
@@ -32,14 +33,15 @@ from keras_bn.files.output import atomic_path
 
 #: What the child passes on to the exporter, by format.
 _OPTIONS = {"onnx": ("fold", "opset"),
-            "tflite": ("fold", "quantize", "representative_steps")}
+            "tflite": ("fold", "quantize", "representative_steps", "equalization",
+                       "bias_correction")}
 
 
 def export(fmt: str, model, path, options: dict):
     """`to_onnx` / `to_tflite` (`fmt` "onnx" or "tflite") of a Keras 3 `model` on a
     backend other than TensorFlow, with the exporter's `options`; returns its
     `ExportResult`."""
-    from keras_bn.export import checks, onnx, tflite
+    from keras_bn.export import checks, onnx, post_training, tflite
     from keras_bn.folding import fold
 
     modules = _modules(model)
@@ -64,7 +66,9 @@ def export(fmt: str, model, path, options: dict):
                                env=env, capture_output=True, text=True)
         reply = _reply(request["reply"], child, model.name)
         result = checks.ExportResult(path=os.fspath(path), format=reply["format"],
-                                     fold_plan=plan, op_counts=reply["op_counts"])
+                                     fold_plan=plan, op_counts=reply["op_counts"],
+                                     post_training=[post_training.Technique(**record)
+                                                    for record in reply["post_training"]])
         verify_file = onnx.verify_file if fmt == "onnx" else tflite.verify_file
         extra = {} if fmt == "onnx" else {"check": options.get("quantize") is None,
                                           "scoring": options["scoring"]}
@@ -128,7 +132,8 @@ def main(request_path):
             data = [arrays[f"representative_{i}"] for i in range(len(arrays.files))]
             result = to_tflite(model, request["out"], representative_data=data or None,
                                **options)
-        reply = {"format": result.format, "op_counts": result.op_counts}
+        reply = {"format": result.format, "op_counts": result.op_counts,
+                 "post_training": [dataclasses.asdict(r) for r in result.post_training]}
     except ValueError as error:  # InputError, VerificationError: the user's to read
         reply = {"error": type(error).__name__, "message": str(error)}
     with open(request["reply"], "w") as f:

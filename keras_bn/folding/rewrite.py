@@ -153,6 +153,28 @@ def _weight_pairs(new_model, model, updates, config):
         yield from zip(weights, values)
 
 
+def with_weights(model, updates):
+    """A copy of `model` with some layers' weights replaced: `updates` maps a top-level
+    layer name to `{short weight name: array}` (every weight of that layer); the other
+    layers keep theirs. The model is only read (post-training quantization edits the
+    weights of a folded model this way, never the model itself)."""
+    config = Graph(model).without({})
+    new_model = _rebuild(model, config)
+    _set_weights(new_model, model, updates, config)
+    return new_model
+
+
+def weight_arrays(layer) -> dict:
+    """`{short weight name: array}` of `layer` (copies), the form `with_weights` takes."""
+    return _arrays(layer)
+
+
+def set_weight_arrays(layer, arrays: dict) -> None:
+    """Assigns `{short weight name: array}` (`weight_arrays`' form) to every weight of
+    `layer`, a layer this package made (never one of the user's)."""
+    flavour.of(layer).set_values((w, arrays[_short(w)]) for w in layer.weights)
+
+
 def without_batch_norm(model, seed=0):
     """The same architecture built without its BatchNormalization layers.
 
