@@ -24,7 +24,7 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
               samples=None, labels=None, rtol: float | None = None, atol: float = 1e-5,
               representative_steps: int = 200, evaluation_data=None,
               min_agreement: float | None = None, equalization: bool = False,
-              bias_correction: bool = False,
+              bias_correction: bool | None = None,
               latency_batch: int | None = 1) -> checks.ExportResult:
     """Exports `model` to a TFLite file and runs the file in LiteRT to check it.
 
@@ -74,10 +74,14 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
         (0.99: 99 %); needs an output with a class axis and evaluation rows.
       equalization: int8 modes: equalize the channels of consecutive layers on the
         calibration data's activation ranges before conversion
-        (`keras_bn.export.equalization`; exact in float).
+        (`keras_bn.export.equalization`; exact in float). Off by default: in the int8
+        study (README) it helped only with bias correction on separable nets, and cost
+        SQNR alone on a dense net.
       bias_correction: int8 modes: remove from each bias the mean shift its int8
-        weights cause (`keras_bn.export.bias_correction`). `result.post_training` says
-        what each technique changed and left alone.
+        weights cause on the calibration data (`keras_bn.export.bias_correction`).
+        None (default): on in the int8 modes (it raised SQNR on every model of the
+        study), off otherwise. `result.post_training` says what each technique changed
+        and left alone.
       latency_batch: Batch size of the latency measurement (median of 10 runs in
         LiteRT); None skips it.
 
@@ -95,6 +99,8 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
         raise InputError(f"to_tflite got quantize={quantize!r}; use one of {QUANTIZE}.")
     if quantize in CALIBRATED:
         representative_data = calibration_data(model, representative_data, quantize)
+    if bias_correction is None:
+        bias_correction = quantize in CALIBRATED
     applied = post_training.techniques(equalization, bias_correction)
     if applied and quantize not in CALIBRATED:
         raise InputError(f"to_tflite(quantize={quantize!r}) of '{model.name}': "
@@ -112,7 +118,8 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
             fold=fold, quantize=quantize, representative_data=representative_data,
             verify=verify, samples=samples, labels=labels, rtol=rtol, atol=atol,
             representative_steps=representative_steps, latency_batch=latency_batch,
-            equalization=equalization, bias_correction=bias_correction, scoring=(scored, scored_on, min_agreement)))
+            equalization=equalization, bias_correction=bias_correction,
+            scoring=(scored, scored_on, min_agreement)))
     converted, plan = prepare(model, fold, verify, samples)
     converted, records = post_training.apply(converted, representative_data, applied)
     content = _convert(converted, model, quantize, representative_data, representative_steps)

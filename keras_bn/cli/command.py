@@ -118,6 +118,13 @@ def _parser():
                                 help="short for --quantize int8 --calibration DATA")
     made["export"].add_argument("--float16", action="store_true",
                                 help="short for --quantize float16")
+    made["export"].add_argument("--equalize", action="store_true",
+                                help="int8: cross-layer equalization of consecutive layers "
+                                "before conversion (exact in float; helps some "
+                                "depthwise-separable nets, see the README's int8 study)")
+    made["export"].add_argument("--no-bias-correction", action="store_true",
+                                help="int8: leave the biases as they are (by default each "
+                                "is corrected for the mean shift of its int8 weights)")
     made["export"].add_argument("--no-fold", action="store_true", help="export without folding")
     made["export"].add_argument("--opset", type=int, help="ONNX opset (default: tf2onnx's)")
     made["demo"].add_argument("--epochs", type=int, default=12, help="training epochs")
@@ -163,6 +170,7 @@ def _export(args):
     if not (args.onnx or args.tflite):
         raise UserError("nothing to export: give --onnx PATH and/or --tflite PATH")
     quantize, calibration = _quantization(args)
+    techniques = _techniques(args, quantize)
     if (args.eval or args.min_agreement is not None) and not args.tflite:
         raise UserError("--eval and --min-agreement score the TFLite file: give --tflite "
                         "PATH too")
@@ -197,15 +205,31 @@ def _export(args):
                                          export.to_tflite, model, args.tflite, fold=fold,
                                          quantize=quantize, representative_data=data,
                                          samples=samples, evaluation_data=held_out,
-                                         min_agreement=args.min_agreement))
+                                         min_agreement=args.min_agreement,
+                                         **techniques))
     except Exception as error:
         if len(outputs) > 1:
             error.keras_bn_outcome = f"none of {', '.join(outputs)} was written"
         raise
     print(results_table(results))
+    for r in results:
+        for technique in r.post_training:
+            print(f"{r.format} {technique.summary()}")
     scored = [r for r in results if r.evaluation]
     if scored:
         print(scores_table(scored))
+
+
+def _techniques(args, quantize):
+    """`to_tflite`'s post-training options of --equalize and --no-bias-correction."""
+    asked = [f for f, on in (("--equalize", args.equalize),
+                             ("--no-bias-correction", args.no_bias_correction)) if on]
+    if asked and quantize not in ("int8", "int8-io"):
+        raise UserError(f"{' and '.join(asked)} {'is' if len(asked) == 1 else 'are'} for "
+                        "--quantize int8 or int8-io"
+                        + (f", not {quantize}" if quantize else ""))
+    return {"equalization": args.equalize,
+            "bias_correction": False if args.no_bias_correction else None}
 
 
 def _given(path):

@@ -12,6 +12,7 @@ from keras_bn import flavour
 from keras_bn.tools.table import aligned
 from keras_bn.folding.graph import Graph, Ref
 from keras_bn.folding.kinds import channel_axis, kind_of, zero_padded
+from keras_bn.folding.verify import noise_label
 from keras_bn.layers.find import (batch_norm_paths, batch_norm_paths_in, bn_axes, bn_kind,
                                   is_batch_norm, is_model)
 
@@ -90,7 +91,7 @@ class FoldPlan:
             noise = ("not measured" if self.noise is None else f"{self.noise:.3g}")
             summary += (f"; verified on {self.verdict.inputs}: max abs error "
                         f"{self.max_error:.3g} (tolerance {self.tolerance:.3g}; the "
-                        f"model's own float32 noise {noise})")
+                        f"model's own {noise_label(self.verdict)} {noise})")
         return aligned(rows, rule=True) + "\n" + summary
 
     def __str__(self):

@@ -160,7 +160,7 @@ def check_outputs(model, run, batches, rtol, atol, what, noise=None, check=True,
     if noise is not None:
         verdict.noise, verdict.noise_note = noise
     try:
-        results = [compare(w, g, rtol, atol, what, verdict.noise)
+        results = [compare(w, g, rtol, atol, what, verdict.noise, noise_label(verdict))
                    for w, g in zip(expected, actual)]
         if noise is None:
             verdict.noise_note = "not measured: the error is within the floor"
@@ -168,7 +168,7 @@ def check_outputs(model, run, batches, rtol, atol, what, noise=None, check=True,
         if noise is not None:
             raise
         verdict.noise, verdict.noise_note = float32_noise(model, batches, expected)
-        results = [compare(w, g, rtol, atol, what, verdict.noise)
+        results = [compare(w, g, rtol, atol, what, verdict.noise, noise_label(verdict))
                    for w, g in zip(expected, actual)]
     verdict.max_error = max(error for error, _ in results)
     verdict.tolerance = max(tolerance for _, tolerance in results)
@@ -227,13 +227,18 @@ def _fitting(array, spec, name, numpy_dtype, what):
 
 
 def float32_noise(model, batches, expected=None):
-    """`(noise, note)`: how far float32 rounding alone moves the model's outputs on
-    `batches` (lists of input arrays): the max abs difference between the model and the
-    same weights computing in float64 (`rewrite.in_float64`). 0.0 for a model that
-    computes in float64 already; None, with the reason as `note`, where the float64 twin
-    cannot be built or run. `expected`: the model's outputs on `batches`, if known."""
+    """`(noise, note)`: how far rounding alone moves the model's outputs on `batches`
+    (lists of input arrays), as `note` says: for a model computing in float32 (or
+    narrower), the max abs difference between the model and the same weights computing
+    in float64 (`rewrite.in_float64`); for a model computing in float64 already, the max
+    abs change of its outputs when every float input moves by one unit in the last place
+    (`_ulp_noise`: what float64 rounding of the inputs alone does, which a chaotic deep
+    net amplifies as it amplifies its own rounding). None, with the reason as `note`,
+    where the float64 twin cannot be built or run. `expected`: the model's outputs on
+    `batches`, if known."""
     if _compute_eps(model) <= _EPS["float64"]:
-        return 0.0, "computes in float64"
+        return _ulp_noise(model, batches, expected), ("computes in float64: outputs "
+                                                      "moved by a one-ulp change of the inputs")
     try:
         twin = _float64_twin(model)
         noise = 0.0
@@ -242,11 +247,33 @@ def float32_noise(model, batches, expected=None):
             wide = [np.asarray(x).astype(np.float64) if np.issubdtype(np.asarray(x).dtype,
                                                                       np.floating) else x
                     for x in inputs]
-            for a, b in zip(ours, predict(twin, wide)):
-                noise = max(noise, float(np.max(np.abs(a - b))) if a.size else 0.0)
+            noise = max(noise, _max_difference(ours, predict(twin, wide)))
     except Exception as error:  # noqa: BLE001 - any layer that cannot run in float64
         return None, f"float64 twin failed: {type(error).__name__}: {str(error)[:200]}"
     return noise, "float32 against float64, same weights and inputs"
+
+
+def _max_difference(outputs, others):
+    return max([float(np.max(np.abs(a - b))) if a.size else 0.0
+                for a, b in zip(outputs, others)] + [0.0])
+
+
+def _ulp_noise(model, batches, expected=None, seed=0):
+    """Max abs change of `model`'s outputs when each float input value moves one unit in
+    the last place of its dtype, up or down at random (integer inputs stay)."""
+    rs = np.random.RandomState(seed)
+    noise = 0.0
+    for k, inputs in enumerate(batches):
+        ours = expected[k] if expected is not None else predict(model, inputs)
+        moved = []
+        for x in inputs:
+            x = np.asarray(x)
+            if np.issubdtype(x.dtype, np.floating):
+                toward = np.where(rs.rand(*x.shape) < 0.5, -np.inf, np.inf).astype(x.dtype)
+                x = np.nextafter(x, toward)
+            moved.append(x)
+        noise = max(noise, _max_difference(ours, predict(model, moved)))
+    return noise
 
 
 #: The float64 twin of the last model measured. One entry, so a second check of the same
@@ -268,9 +295,17 @@ def _compute_eps(model):
                 for layer in all_layers(model)] + [0.0])
 
 
-def compare(expected, actual, rtol, atol, what, noise=None):
+def noise_label(verdict) -> str:
+    """What a verdict's noise is: "float32 noise", or for a model computing in float64
+    "float64 rounding noise" (`float32_noise`)."""
+    return ("float64 rounding noise" if verdict.noise_note.startswith("computes in float64")
+            else "float32 noise")
+
+
+def compare(expected, actual, rtol, atol, what, noise=None, label="float32 noise"):
     """Max abs error over all outputs, against `rtol * max|expected| + atol`, plus
-    `NOISE_MULTIPLE` times the model's own float32 `noise` when it was measured.
+    `NOISE_MULTIPLE` times the model's own float32 `noise` when it was measured (`label`
+    names it in the message).
 
     Returns:
       `(max_error, tolerance)`.
@@ -293,7 +328,7 @@ def compare(expected, actual, rtol, atol, what, noise=None):
                                     "either model), so the two cannot be compared.")
         error = max(error, float(np.max(np.abs(a - e))) if e.size else 0.0)
     if not error <= tolerance:
-        noise_part = (f" + {NOISE_MULTIPLE} x the model's own float32 noise {noise:.3g}"
+        noise_part = (f" + {NOISE_MULTIPLE} x the model's own {label} {noise:.3g}"
                       if noise is not None else "")
         raise VerificationError(
             f"{what}: outputs differ by up to {error:.3g}, beyond the tolerance "

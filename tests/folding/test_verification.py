@@ -123,6 +123,46 @@ def test_a_planted_error_of_1e4_of_the_scale_is_caught_on_a_shallow_model(flavou
     assert verdict.max_error <= verdict.tolerance < 1e-4 * scale / 2
 
 
+def _chaotic_float64_model(depth=100, gain=3.0, width=32):
+    """Dense + BN + tanh, `depth` times, computing in float64, with BN's gamma `gain`:
+    a chaotic net (nearby inputs diverge by ~e^0.13 a layer), so float64 rounding alone
+    moves its outputs by ~2e-4 of their scale, beyond the 1e-5 floor (as the zoo's
+    random-weight EfficientNetB7 in float64 did on some draws)."""
+    policy = tf_keras.mixed_precision.global_policy()  # a test may have set "float32"
+    tf_keras.mixed_precision.set_global_policy("float64")
+    tf_keras.backend.set_floatx("float64")  # the Input too
+    try:
+        tf_keras.utils.set_random_seed(0)
+        inputs = tf_keras.Input((width,))
+        x = inputs
+        for _ in range(depth):
+            x = tf_keras.layers.Dense(width, use_bias=False)(x)
+            x = tf_keras.layers.BatchNormalization(
+                gamma_initializer=tf_keras.initializers.Constant(gain))(x)
+            x = tf_keras.layers.Activation("tanh")(x)
+        return tf_keras.Model(inputs, tf_keras.layers.Dense(4)(x))
+    finally:
+        tf_keras.backend.set_floatx("float32")
+        tf_keras.mixed_precision.set_global_policy(policy)
+
+
+def test_a_float64_model_is_judged_against_its_own_rounding_noise():
+    """A model computing in float64 has no float32 noise; its rounding noise is measured
+    as the change of its outputs under a one-ulp change of its inputs. A correct fold of
+    a chaotic float64 net (error ~2x that noise, beyond the floor) passes by default,
+    and the plan says which noise it was; 10 x NOISE_MULTIPLE that noise still fails."""
+    model = _chaotic_float64_model()
+    folded, plan = keras_bn.fold(model, return_plan=True)
+    assert plan.max_error > 1e-5 * plan.verdict.scale  # beyond the floor: noise decided
+    assert plan.verdict.noise_note.startswith("computes in float64")
+    assert plan.max_error / 4 < plan.noise < plan.max_error  # tracks the fold's error
+    assert "float64 rounding noise" in plan.table()
+    batches, _ = verification_batches(model, None)
+    off = lambda x: [o + 10 * NOISE_MULTIPLE * plan.noise for o in predict(folded, x)]
+    with pytest.raises(VerificationError, match="8 x the model's own float64 rounding"):
+        check_outputs(model, off, batches, default_rtol(model), 1e-6, "far")
+
+
 def test_exports_record_the_noise_beyond_the_floor(tmp_path):
     """The file is checked on the fold's inputs; where its error exceeds the floor (here
     one set far below float32's resolution) the result records the model's noise and the
