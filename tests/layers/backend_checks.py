@@ -182,6 +182,11 @@ def fold_and_export(out_dir):
                         "size": os.path.getsize(written.path)}
     result["export"] = exports
     data = rs.randn(40, 10, 10, 3).astype("float32")
+    int8 = export.to_tflite(model, os.path.join(out_dir, f"{BACKEND}_int8.tflite"),
+                            quantize="int8", representative_data=data, equalization=True,
+                            latency_batch=None)
+    result["int8_techniques"] = [t.name for t in int8.post_training]
+    result["int8_bias_corrected"] = int8.post_training[-1].changed
     try:
         keras_bn.recalibrate(model, data, batch_size=16, passes=1)
         result["recalibrate"] = "recalibrated"

@@ -80,6 +80,10 @@ def test_fold_on_each_backend(parity, backend):
     for fmt, written in fold["export"].items():
         assert written["folded"] == 3 and written["size"] > 0, fmt
         assert written["max_error"] <= written["tolerance"], (fmt, written)
+    # int8 with equalization asked for and bias correction by default, whose records
+    # come back from the TensorFlow process on JAX
+    assert fold["int8_techniques"] == ["equalization", "bias_correction"]
+    assert len(fold["int8_bias_corrected"]) == 3  # conv, depthwise, dense
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
