@@ -44,6 +44,8 @@ CONFIGS = {
                            "bias_correction": False},
     "int8 +bias correction": {"quantize": "int8", "bias_correction": True},  # the default
     "int8 +both": {"quantize": "int8", "equalization": True, "bias_correction": True},
+    "int8 +bias correction +percentile ranges": {"quantize": "int8", "ranges": "percentile"},
+    "int8 +bias correction +mse ranges": {"quantize": "int8", "ranges": "mse"},
 }
 MODELS = ("digits_mlp", "mini_xception", "mobilenet", "audio_cnn", "audio_regressor")
 _CALIBRATION_ROWS = 300

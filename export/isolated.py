@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 _HEADER = struct.Struct("<Q")
-_RUNTIMES = {"tflite": "LiteRT", "onnx": "onnxruntime"}
+_RUNTIMES = {"tflite": "LiteRT", "tflite-tensors": "LiteRT", "onnx": "onnxruntime"}
 
 
 def _send(stream, arrays):
@@ -116,19 +116,39 @@ class IsolatedRuntime:
         self.close()
 
 
+def _histograms(interpreter, feed, runner):
+    """Runs `feed` and returns, for each `[tensor index, low, high, bins]` of its
+    `__histograms__` entry, the counts of that tensor's values in `bins` equal bins over
+    [low, high] (values outside count in the end bins), as `h<index>`."""
+    import numpy as np
+
+    wanted = json.loads(str(feed.pop("__histograms__")))
+    runner(**feed)
+    counts = {}
+    for index, low, high, bins in wanted:
+        values = np.clip(interpreter.get_tensor(int(index)).ravel(), low, high)
+        counts[f"h{index}"] = np.histogram(values, int(bins), (low, high))[0]
+    return counts
+
+
 def _session(kind, path):
-    """`(inputs, outputs, quantization, run)` for the file: run(feed) -> {name: array}."""
-    if kind == "tflite":
+    """`(inputs, outputs, quantization, run)` for the file: run(feed) -> {name: array}.
+    "tflite-tensors" keeps every intermediate tensor, so that a feed with a
+    `__histograms__` entry returns histograms of them (`_histograms`)."""
+    if kind in ("tflite", "tflite-tensors"):
         from ai_edge_litert.interpreter import Interpreter
 
-        runner = Interpreter(model_path=path).get_signature_runner()
+        interpreter = Interpreter(model_path=path,
+                                  experimental_preserve_all_tensors=kind != "tflite")
+        runner = interpreter.get_signature_runner()
         details = {**runner.get_input_details(), **runner.get_output_details()}
         inputs = [(name, detail["dtype"].__name__)
                   for name, detail in runner.get_input_details().items()]
         quantization = {name: [float(d["quantization"][0]), int(d["quantization"][1])]
                         for name, d in details.items() if d["quantization"][0]}
         return (inputs, list(runner.get_output_details()), quantization,
-                lambda feed: runner(**feed))
+                lambda feed: (_histograms(interpreter, feed, runner)
+                              if "__histograms__" in feed else runner(**feed)))
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])

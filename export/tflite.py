@@ -5,12 +5,14 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.lite.python.convert import deduplicate_readonly_buffers, mlir_quantize
 from tensorflow.lite.python.convert_phase import ConverterError
 
 from keras_bn import flavour
 from keras_bn.errors import InputError, VerificationError
 from keras_bn.files.output import atomic_path, check_output
 from keras_bn.export import checks, evaluation, post_training, through_tensorflow
+from keras_bn.export.ranges import ESTIMATORS, estimate as estimated_ranges, with_ranges
 from keras_bn.export.quantization import CALIBRATED, MODES, dequantize, quantize as quantized
 from keras_bn.export._prepare import input_signature, output_names, prepare
 from keras_bn.export.isolated import IsolatedRuntime
@@ -24,7 +26,7 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
               samples=None, labels=None, rtol: float | None = None, atol: float = 1e-5,
               representative_steps: int = 200, evaluation_data=None,
               min_agreement: float | None = None, equalization: bool = False,
-              bias_correction: bool | None = None,
+              bias_correction: bool | None = None, ranges: str = "minmax",
               latency_batch: int | None = 1) -> checks.ExportResult:
     """Exports `model` to a TFLite file and runs the file in LiteRT to check it.
 
@@ -82,6 +84,9 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
         None (default): on in the int8 modes (it raised SQNR on every model of the
         study), off otherwise. `result.post_training` says what each technique changed
         and left alone.
+      ranges: int8 modes: how each activation's int8 range is estimated from the
+        calibration data (`keras_bn.export.ranges`): "minmax" (the converter's own),
+        "percentile" (0.01 to 99.99 %) or "mse" (least expected squared error).
       latency_batch: Batch size of the latency measurement (median of 10 runs in
         LiteRT); None skips it.
 
@@ -102,6 +107,12 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
     if bias_correction is None:
         bias_correction = quantize in CALIBRATED
     applied = post_training.techniques(equalization, bias_correction)
+    if ranges not in ESTIMATORS:
+        raise InputError(f"to_tflite got ranges={ranges!r}; use one of {ESTIMATORS}.")
+    if ranges != "minmax" and quantize not in CALIBRATED:
+        raise InputError(f"to_tflite(quantize={quantize!r}) of '{model.name}': ranges="
+                         f"{ranges!r} estimates int8 activation ranges; use quantize="
+                         "'int8' or 'int8-io'.")
     if applied and quantize not in CALIBRATED:
         raise InputError(f"to_tflite(quantize={quantize!r}) of '{model.name}': "
                          f"{' and '.join(applied)} work on int8 calibration data; use "
@@ -118,11 +129,13 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
             fold=fold, quantize=quantize, representative_data=representative_data,
             verify=verify, samples=samples, labels=labels, rtol=rtol, atol=atol,
             representative_steps=representative_steps, latency_batch=latency_batch,
-            equalization=equalization, bias_correction=bias_correction,
+            equalization=equalization, bias_correction=bias_correction, ranges=ranges,
             scoring=(scored, scored_on, min_agreement)))
     converted, plan = prepare(model, fold, verify, samples)
     converted, records = post_training.apply(converted, representative_data, applied)
-    content = _convert(converted, model, quantize, representative_data, representative_steps)
+    content, estimated = _convert(converted, model, quantize, representative_data,
+                                  representative_steps, ranges)
+    records += estimated
     if quantize in ("dynamic", *CALIBRATED) and not tensor_types(content) & {"INT8", "UINT8"}:
         small = (" (dynamic-range quantization leaves weights of under 1024 values in "
                  "float)" if quantize == "dynamic" else "")
@@ -249,8 +262,13 @@ def _converter_options(quantize, model, data, steps):
     return options
 
 
-def _convert(converted, model, quantize, representative_data, steps):
+def _convert(converted, model, quantize, representative_data, steps, ranges="minmax"):
+    """`(file content, [Technique])`: the converter's file of `converted` in mode
+    `quantize`; with another `ranges` estimator than "minmax", calibrated only, its
+    activation ranges re-estimated (`keras_bn.export.ranges`), then quantized by the
+    converter's own quantizer, with the record of the new ranges."""
     options = _converter_options(quantize, model, representative_data, steps)
+    calibrate_only = quantize in CALIBRATED and ranges != "minmax"
 
     def configure(converter):
         for name, value in options.items():
@@ -259,10 +277,22 @@ def _convert(converted, model, quantize, representative_data, steps):
                     setattr(converter.target_spec, key, item)
             else:
                 setattr(converter, name, value)
+        converter._experimental_calibrate_only = calibrate_only
 
     try:
-        return flavour.of(converted).tflite_content(
+        content = flavour.of(converted).tflite_content(
             converted, input_signature(model), output_names(model), configure)
+        if not calibrate_only:
+            return content, []
+        names = flavour.of(model).input_names(model)
+        rows = min(steps, len(representative_data[0]))
+        feeds = [{n: d[start:min(start + 32, rows)] for n, d in zip(names, representative_data)}
+                 for start in range(0, rows, 32)]
+        new, record = estimated_ranges(content, feeds, ranges)
+        io = tf.int8 if quantize == "int8-io" else tf.float32
+        content = mlir_quantize(with_ranges(content, new), False, input_data_type=io,
+                                output_data_type=io)
+        return deduplicate_readonly_buffers(content), [record]
     except ConverterError as error:  # an op or dtype TFLite has no kernel for
         lines = [line.split("error: ", 1)[1].strip() for line in str(error).splitlines()
                  if "error: " in line]

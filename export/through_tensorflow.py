@@ -33,7 +33,7 @@ from keras_bn.files.output import atomic_path
 
 #: What the child passes on to the exporter, by format.
 _OPTIONS = {"onnx": ("fold", "opset"),
-            "tflite": ("fold", "quantize", "representative_steps", "equalization",
+            "tflite": ("fold", "quantize", "representative_steps", "equalization", "ranges",
                        "bias_correction")}
 
 

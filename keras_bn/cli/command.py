@@ -125,6 +125,11 @@ def _parser():
     made["export"].add_argument("--no-bias-correction", action="store_true",
                                 help="int8: leave the biases as they are (by default each "
                                 "is corrected for the mean shift of its int8 weights)")
+    made["export"].add_argument("--ranges", choices=("minmax", "percentile", "mse"),
+                                default="minmax",
+                                help="int8: how activation ranges are estimated from the "
+                                "calibration data: minmax (the converter's, default), "
+                                "percentile (0.01-99.99 %%), mse (least squared error)")
     made["export"].add_argument("--no-fold", action="store_true", help="export without folding")
     made["export"].add_argument("--opset", type=int, help="ONNX opset (default: tf2onnx's)")
     made["demo"].add_argument("--epochs", type=int, default=12, help="training epochs")
@@ -221,14 +226,16 @@ def _export(args):
 
 
 def _techniques(args, quantize):
-    """`to_tflite`'s post-training options of --equalize and --no-bias-correction."""
+    """`to_tflite`'s post-training options of --equalize, --no-bias-correction and
+    --ranges."""
     asked = [f for f, on in (("--equalize", args.equalize),
-                             ("--no-bias-correction", args.no_bias_correction)) if on]
+                             ("--no-bias-correction", args.no_bias_correction),
+                             (f"--ranges {args.ranges}", args.ranges != "minmax")) if on]
     if asked and quantize not in ("int8", "int8-io"):
         raise UserError(f"{' and '.join(asked)} {'is' if len(asked) == 1 else 'are'} for "
                         "--quantize int8 or int8-io"
                         + (f", not {quantize}" if quantize else ""))
-    return {"equalization": args.equalize,
+    return {"equalization": args.equalize, "ranges": args.ranges,
             "bias_correction": False if args.no_bias_correction else None}
 
 

@@ -198,14 +198,15 @@ def test_techniques_are_for_int8_and_recorded(mobilenet, tmp_path):
 
 
 def test_cli_technique_flags(mobilenet, tmp_path):
-    """`--equalize` prints what it did; `--no-bias-correction` leaves the biases; either
-    outside int8 is a usage error (exit 2) and writes nothing."""
+    """`--equalize` and `--ranges mse` print what they did; `--no-bias-correction` leaves
+    the biases; any of them outside int8 is a usage error (exit 2) and writes nothing."""
     folded, calibration, _ = mobilenet
     folded.save(tmp_path / "m.keras")
     np.save(tmp_path / "cal.npy", calibration[:100])
     ok = keras_bn_cli("export", tmp_path / "m.keras", "--tflite", tmp_path / "m.tflite",
-                      "--int8", tmp_path / "cal.npy", "--equalize")
+                      "--int8", tmp_path / "cal.npy", "--equalize", "--ranges", "mse")
     assert ok.returncode == 0, ok.stderr
+    assert "tflite-int8 ranges (mse):" in ok.stdout
     assert "tflite-int8 equalization: 9 changed" in ok.stdout
     assert "tflite-int8 bias_correction: 10 changed" in ok.stdout
     off = keras_bn_cli("export", tmp_path / "m.keras", "--tflite", tmp_path / "n.tflite",
