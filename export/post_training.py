@@ -10,6 +10,9 @@ statistics and recorded in a `Technique`:
 - "bias_correction" (`bias_correction.correct_biases`): removes from each bias the
   mean shift that int8 weights put on its channel.
 
+The activation ranges the converter then calibrates can be re-estimated too
+(`keras_bn.export.ranges`); its record joins these.
+
 Reference:
   Markus Nagel, Mart van Baalen, Tijmen Blankevoort, Max Welling. Data-Free
   Quantization Through Weight Equalization and Bias Correction. ICCV 2019.

@@ -77,8 +77,8 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
       equalization: int8 modes: equalize the channels of consecutive layers on the
         calibration data's activation ranges before conversion
         (`keras_bn.export.equalization`; exact in float). Off by default: in the int8
-        study (README) it helped only with bias correction on separable nets, and cost
-        SQNR alone on a dense net.
+        study (README) it helped some nets (the mini-Xception most, with bias
+        correction) and cost SQNR on a dense one.
       bias_correction: int8 modes: remove from each bias the mean shift its int8
         weights cause on the calibration data (`keras_bn.export.bias_correction`).
         None (default): on in the int8 modes (it raised SQNR on every model of the
@@ -86,7 +86,8 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
         and left alone.
       ranges: int8 modes: how each activation's int8 range is estimated from the
         calibration data (`keras_bn.export.ranges`): "minmax" (the converter's own),
-        "percentile" (0.01 to 99.99 %) or "mse" (least expected squared error).
+        "percentile" (0.01 to 99.99 %) or "mse" (least expected squared error),
+        recorded in `result.post_training` as "ranges (...)".
       latency_batch: Batch size of the latency measurement (median of 10 runs in
         LiteRT); None skips it.
 
