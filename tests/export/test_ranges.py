@@ -91,30 +91,37 @@ def test_the_calibrate_then_quantize_route_is_the_converters_file(quantize, monk
     np.testing.assert_array_equal(_run(direct, x), _run(routed, x))
 
 
-def test_mse_ranges_land_in_the_file(tmp_path):
-    """With ranges="mse" each re-estimated activation's int8 scale in the written file is
-    its new range / 255, narrower than min/max's; the record says how much; the inputs
-    and outputs keep their min/max; outside the int8 modes it is the user's error."""
+def test_mse_ranges_land_in_the_file(mobilenet, tmp_path):
+    """On the trained MobileNet-style net, ranges="mse" narrows activation ranges inside
+    the model: in the written file each such tensor's int8 scale is below min/max's; the
+    record says how much; the file still agrees with the float model on held-out rows
+    (98 %: what int8 keeps, see the README's study); outside the int8 modes, or with an
+    unknown estimator, it is the user's error."""
     from ai_edge_litert.interpreter import Interpreter
 
+    folded, calibration, held_out = mobilenet
+    files = {}
+    for estimator in ("mse", "minmax"):
+        files[estimator] = to_tflite(folded, tmp_path / f"{estimator}.tflite",
+                                     quantize="int8", representative_data=calibration,
+                                     evaluation_data=held_out, ranges=estimator,
+                                     latency_batch=None)
+    record = files["mse"].post_training[-1]
+    assert record.name == "ranges (mse)" and record.changed and "of min/max" in record.detail
+    assert files["mse"].evaluation[0].agreement >= 0.98
+    scales = {}
+    for estimator in files:
+        details = Interpreter(str(tmp_path / f"{estimator}.tflite")).get_tensor_details()
+        scales[estimator] = {d["name"]: d["quantization"][0] for d in details
+                             if d["dtype"] == np.int8 and d["quantization"][0]}
+    shared = [n for n in record.changed if n in scales["mse"] and n in scales["minmax"]]
+    narrower = [n for n in shared if scales["mse"][n] < scales["minmax"][n] * (1 - 1e-3)]
+    assert shared and len(narrower) >= len(shared) // 2, (record.changed, scales)
     model = _model()
     rows = np.random.RandomState(1).rand(64, 12, 12, 3).astype("float32")
-    result = to_tflite(model, tmp_path / "m.tflite", quantize="int8",
-                       representative_data=rows, ranges="mse", latency_batch=None)
-    record = result.post_training[-1]
-    assert record.name == "ranges (mse)" and record.changed and "of min/max" in record.detail
-    plain = to_tflite(model, tmp_path / "p.tflite", quantize="int8",
-                      representative_data=rows, latency_batch=None)
-    scales = {}
-    for path in ("m", "p"):
-        details = Interpreter(str(tmp_path / f"{path}.tflite")).get_tensor_details()
-        scales[path] = {d["name"]: d["quantization"][0] for d in details
-                        if d["dtype"] == np.int8 and len(d["shape"]) == 4}
-    narrower = [n for n in record.changed if n in scales["m"]
-                and scales["m"][n] < scales["p"][n] * (1 - 1e-3)]
-    assert len(narrower) >= len(record.changed) // 2, (record.changed, scales)
     with pytest.raises(InputError, match="ranges='mse' estimates int8 activation ranges"):
         to_tflite(model, tmp_path / "f.tflite", quantize="float16", ranges="mse")
     with pytest.raises(InputError, match="ranges='median'"):
         to_tflite(model, tmp_path / "f.tflite", quantize="int8", representative_data=rows,
                   ranges="median")
+    assert not (tmp_path / "f.tflite").exists()
