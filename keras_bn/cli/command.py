@@ -46,7 +46,9 @@ COMMANDS = {
     "export": ("fold, then export to ONNX and/or TFLite and verify each file",
                "  keras-bn export model.keras --onnx model.onnx\n"
                "  keras-bn export model.keras --onnx m.onnx --tflite m.tflite\n"
-               "  keras-bn export model.keras --tflite m8.tflite --int8 calibration.npy"),
+               "  keras-bn export model.keras --tflite m8.tflite --int8 calibration.npy\n"
+               "  keras-bn export model.keras --tflite m8.tflite --int8 calibration.npy "
+               "--ranges mse --equalize"),
     "inspect": ("table of the BN layers: shape, momentum, epsilon, statistics, foldability",
                 "  keras-bn inspect model.keras"),
     "demo": ("train a small CNN with both layers on scikit-learn's digits, fold, export, "
