@@ -251,6 +251,8 @@ def fold_case(name, float32=False, flavour="tf_keras"):
            "folded": len(plan.folded), "kept": len(plan.kept),
            "kept_reasons": _categories(plan), "fold_s": round(seconds, 2),
            "fold_error": plan.max_error / scale if scale else 0.0,
+           "fold_noise": (plan.noise / scale if scale and plan.noise is not None
+                          else None),  # measured only beyond the floor
            "foldable_left": foldable_left(folded), "original_unchanged": unchanged}
     if float32:
         row.update(float32_case(name, flavour))
