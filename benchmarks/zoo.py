@@ -98,13 +98,6 @@ def build(name, dtype="float32", size=None, flavour="tf_keras"):
     keras.backend.clear_session()
     gc.collect()  # the previous model's arrays go before the next one is built
     keras.backend.set_floatx(dtype)
-    # float64: under a float64 policy too, which a test's explicit "float32" policy would
-    # otherwise override (float32 builds leave the policy alone: setting it changes their
-    # random weights)
-    policies = keras.mixed_precision if flavour == "tf_keras" and dtype != "float32" else None
-    policy = policies.global_policy() if policies else None  # a test may have set one
-    if policies:
-        policies.set_global_policy(dtype)
     try:
         if name in HAND_BUILT:
             return HAND_BUILT[name]()
@@ -116,8 +109,6 @@ def build(name, dtype="float32", size=None, flavour="tf_keras"):
             classifier_activation=None)
     finally:
         keras.backend.set_floatx("float32")
-        if policies:
-            policies.set_global_policy(policy)
 
 
 def _conv_bn(x, filters, kernel, data_format="channels_last", dims=2, **kwargs):
