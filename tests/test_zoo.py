@@ -73,8 +73,10 @@ def test_deep_float32_fold_passes_the_default_check(name):
     noise (measured: 1.04 to 3.35 times it)."""
     row = zoo.float32_case(name)
     assert row["f32_verified"], row
-    # Beyond the old fixed check, 1e-5 + 1e-6 / scale (these scales are above 1).
-    assert row["fold_error_f32"] > 1e-5 + 1e-6, row
+    # The model's own noise is beyond the old fixed check, 1e-5 + 1e-6 / scale (these
+    # scales are above 1), so that check could refuse a correct fold; whether this draw's
+    # error lands above it depends on the random weights (ratio 0.4 to 3.4 seen).
+    assert max(row["noise_f32"], row["fold_error_f32"]) > 1e-5 + 1e-6, row
     assert row["fold_error_f32"] <= 8 * row["noise_f32"], row
 
 
