@@ -18,14 +18,10 @@ import numpy as np
 
 from keras_bn import flavour
 from keras_bn.export import kernels
-from keras_bn.export.post_training import Technique
+from keras_bn.export.post_training import Technique, tensor_batches
 from keras_bn.folding.graph import Graph
 from keras_bn.folding.kinds import kind_of
 from keras_bn.folding.rewrite import set_weight_arrays, weight_arrays, with_weights
-
-#: Rows per batch when the calibration data is run through the model.
-_BATCH = 64
-
 
 def _candidates(model):
     """`([layer name], {layer name: why not})` of the top-level layers to correct."""
@@ -84,14 +80,9 @@ def correct_biases(model, rows) -> tuple:
     names, record.skipped = _candidates(model)
     if not names:
         return model, record
-    plumbing = flavour.of(model)
     shifts = [_Shift(model.get_layer(n)) for n in names]
-    probe = plumbing.keras.Model(model.inputs, [model.get_layer(n).input for n in names])
-    for start in range(0, len(rows[0]), _BATCH):
-        feed = [r[start:start + _BATCH] for r in rows]
-        got = probe(feed if len(feed) > 1 else feed[0], training=False)
-        got = got if isinstance(got, (list, tuple)) else [got]
-        for shift, x in zip(shifts, got):
+    for inputs in tensor_batches(model, [model.get_layer(n).input for n in names], rows):
+        for shift, x in zip(shifts, inputs):
             shift.add(x)
     updates, largest = {}, 0.0
     for name, shift in zip(names, shifts):

@@ -21,7 +21,7 @@ import numpy as np
 
 from keras_bn import flavour
 from keras_bn.export import kernels
-from keras_bn.export.post_training import Technique, channel_statistics
+from keras_bn.export.post_training import Technique, channel_statistics, tensor_batches
 from keras_bn.folding.graph import Graph, Ref
 from keras_bn.folding.kinds import kind_of
 from keras_bn.folding.rewrite import weight_arrays, with_weights
@@ -163,14 +163,10 @@ def _depthwise_output(layer, x, kernel):
 def _separable_ranges(model, names, rows):
     """Largest |value| per channel of the tensor inside each separable layer of `names`."""
     layers = [model.get_layer(n) for n in names]
-    probe = flavour.of(model).keras.Model(model.inputs, [layer.input for layer in layers])
+    depthwise = [weight_arrays(layer)["depthwise_kernel"] for layer in layers]
     peaks = [0.0] * len(layers)
-    for start in range(0, len(rows[0]), 64):
-        feed = [r[start:start + 64] for r in rows]
-        got = probe(feed if len(feed) > 1 else feed[0], training=False)
-        got = got if isinstance(got, (list, tuple)) else [got]
-        for i, (layer, x) in enumerate(zip(layers, flavour.of(model).get_values(list(got)))):
-            kernel = weight_arrays(layer)["depthwise_kernel"]
+    for inputs in tensor_batches(model, [layer.input for layer in layers], rows):
+        for i, (layer, kernel, x) in enumerate(zip(layers, depthwise, inputs)):
             y = _depthwise_output(layer, np.asarray(x, np.float32), kernel)
             y = np.abs(y).reshape(-1, y.shape[-1])
             peaks[i] = np.maximum(peaks[i], y.max(axis=0))
