@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tf_keras
 
-import keras_bn
 from keras_bn.errors import InputError
 from keras_bn.export import bias_correction, equalization, kernels, to_tflite
 from keras_bn.export.post_training import channel_statistics
