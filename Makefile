@@ -45,6 +45,8 @@ bench: install
 # Every tf_keras.applications constructor folded (float64 parity), one per family and the
 # hand-built models exported to ONNX and TFLite; writes benchmarks/results/zoo.md; then
 # Keras 3's applications (zoo_keras3.md) and keras-hub's vision models (zoo_keras_hub.md).
+# Each case runs in a child process replaced every 8 cases (benchmarks/worker.py): in one
+# process the run grew to 24 GB and was OOM-killed.
 zoo: install
 	$(PY) -m benchmarks.zoo
 	$(PY) -m benchmarks.zoo --flavour keras3

@@ -30,6 +30,7 @@ import tf_keras
 
 from benchmarks import hub_models
 from benchmarks.models import realistic_bn
+from benchmarks.worker import Worker
 
 #: Inputs: 32x32, or the smallest size the constructor accepts (Inception* 75, Xception 71).
 SIZES = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 75}
@@ -253,6 +254,15 @@ def fold_case(name, float32=False, flavour="tf_keras"):
     return row
 
 
+def fold_row(name, flavour="tf_keras"):
+    """The zoo's fold row of `name`: `fold_case` with the float32 columns, and for
+    keras-hub's models (BNs in custom layers) the recalibration error."""
+    row = fold_case(name, float32=True, flavour=flavour)
+    if flavour == "keras_hub":
+        row["recalibrate_error"] = recalibrate_case(name)["recalibrate_error"]
+    return row
+
+
 def float32_case(name, flavour="tf_keras"):
     """The default `keras_bn.fold` of `name` in float32, as a user runs it: its error and
     the model's own float32 noise on the same inputs, relative to the output scale, and
@@ -396,6 +406,10 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", help="model names (default: all)")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     parser.add_argument("--no-export", action="store_true", help="fold only")
+    parser.add_argument("--cases-per-worker", type=int, default=8,
+                        help="cases each child process runs before a fresh one replaces "
+                             "it (benchmarks/worker.py: bounds the run's memory); 0 runs "
+                             "every case in this process")
     parser.add_argument("--flavour", choices=FLAVOURS, default="tf_keras",
                         help="tf_keras.applications (default), Keras 3's keras.applications, "
                              "or keras-hub's vision models")
@@ -406,20 +420,27 @@ def main(argv=None):
     names = args.only or constructors(args.flavour) + hand_built
     start = time.perf_counter()
     fold_rows, export_rows = [], []
-    for name in names:
-        fold_rows.append(fold_case(name, float32=True, flavour=args.flavour))
-        if args.flavour == "keras_hub":  # BNs in custom layers: measured all the same
-            fold_rows[-1]["recalibrate_error"] = recalibrate_case(name)["recalibrate_error"]
-        print(json.dumps(fold_rows[-1]), flush=True)
+    run = (Worker(args.cases_per_worker) if args.cases_per_worker
+           else lambda fn, *a, **k: fn(*a, **k))
     with tempfile.TemporaryDirectory() as folder:
+        for name in names:
+            try:
+                fold_rows.append(run(fold_row, name, args.flavour))
+            except Exception as error:  # died or raised: a row that says so, run goes on
+                fold_rows.append({"model": name, "flavour": args.flavour, "bn": "?",
+                                  "parity_dtype": "?", "verified": False,
+                                  "failure": f"{type(error).__name__}: {error}"[:300]})
+            print(json.dumps(fold_rows[-1]), flush=True)
         exported = [] if args.no_export else representatives(args.flavour) + hand_built
         for name in [n for n in exported if n in names]:
             try:
-                export_rows.append(export_case(name, folder, args.flavour))
+                export_rows.append(run(export_case, name, folder, args.flavour))
             except Exception as error:  # a row that says so, and the table still written
                 export_rows.append({"model": name, "error": f"{type(error).__name__}: "
                                                             f"{error}"[:300]})
             print(json.dumps(export_rows[-1]), flush=True)
+    if isinstance(run, Worker):
+        run.close()
     wall = time.perf_counter() - start
     os.makedirs(args.out, exist_ok=True)
     stem = {"tf_keras": "zoo", "keras3": "zoo_keras3", "keras_hub": "zoo_keras_hub"}[

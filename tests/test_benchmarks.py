@@ -161,3 +161,21 @@ def test_quick_run_covers_every_case_and_judges_nothing(tmp_path):
     cases = {row["case"].split()[0] for row in data["rows"]}
     assert {"train", "Keras", "MobileNetV2"} <= cases
     assert all(r["met"] is None for r in data["rows"])
+
+
+def test_worker_runs_cases_in_children_it_replaces_and_survives_one_that_dies():
+    """`benchmarks/worker.py`: what bounds `make zoo`'s memory and keeps a dead case a row."""
+    import math
+    import os
+
+    from benchmarks.worker import Worker, WorkerDied
+
+    with Worker(cases_per_worker=2) as run:
+        pids = [run(os.getpid) for _ in range(4)]
+        assert os.getpid() not in pids  # not this process
+        assert pids[0] == pids[1] and pids[2] == pids[3] and pids[1] != pids[2]
+        with pytest.raises(ValueError):  # the case's own error, raised here
+            run(math.sqrt, -1.0)
+        with pytest.raises(WorkerDied, match="abort"):
+            run(os.abort)
+        assert run(math.sqrt, 4.0) == 2.0  # a fresh child for the next case
