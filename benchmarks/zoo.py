@@ -92,12 +92,16 @@ def representatives(flavour="tf_keras"):
 
 
 
-def build(name, dtype="float32", size=None, flavour="tf_keras"):
+def build(name, dtype="float32", size=None, flavour="tf_keras", seed=None):
     """The application with `weights=None`, `classes=10`, logits out, small inputs (or
-    a hand-built tf-keras model of `HAND_BUILT`)."""
+    a hand-built tf-keras model of `HAND_BUILT`). With `seed`, its random weights are that
+    seed's draw (Python, NumPy and TensorFlow seeded first); without, they follow whatever
+    the process drew before."""
     keras = keras_module(flavour)
     keras.backend.clear_session()
     gc.collect()  # the previous model's arrays go before the next one is built
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
     keras.backend.set_floatx(dtype)
     try:
         if name in HAND_BUILT:
@@ -263,13 +267,14 @@ def fold_row(name, flavour="tf_keras"):
     return row
 
 
-def float32_case(name, flavour="tf_keras"):
+def float32_case(name, flavour="tf_keras", seed=None):
     """The default `keras_bn.fold` of `name` in float32, as a user runs it: its error and
     the model's own float32 noise on the same inputs, relative to the output scale, and
-    whether the default check passed (it raises when not; the row then says why)."""
+    whether the default check passed (it raises when not; the row then says why). `seed`:
+    as for `build`."""
     import keras_bn
 
-    model = realistic_bn(build(name, "float32", flavour=flavour))
+    model = realistic_bn(build(name, "float32", flavour=flavour, seed=seed))
     try:
         _, plan = keras_bn.fold(model, return_plan=True)
     except keras_bn.VerificationError as error:

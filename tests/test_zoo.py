@@ -61,22 +61,26 @@ def test_export_one_per_family(name, tmp_path):
 
 
 #: Deep float32 models whose own rounding noise exceeds a fixed 1e-5 of their output
-#: scale (measured: ResNet50 6.3e-5, EfficientNetV2B0 2.0e-5, DenseNet121's is near it).
+#: scale, and the seed of their random weights. Unseeded, the draw followed whatever the
+#: test's worker had drawn before, and EfficientNetV2B0's noise ranged over 1.0e-5 to
+#: 2.0e-5 from run to run (seeds 0 to 3: 2.9e-6 to 3.8e-5), so the premise below held in
+#: some runs only. Seed 2, measured (error, noise): ResNet50 7.5e-5, 6.0e-5;
+#: EfficientNetV2B0 5.6e-5, 3.8e-5.
 DEEP_FLOAT32 = ("ResNet50", "EfficientNetV2B0")
+DEEP_FLOAT32_SEED = 2
 
 
 @pytest.mark.parametrize("name", DEEP_FLOAT32)
 def test_deep_float32_fold_passes_the_default_check(name):
     """A correct fold of a deep float32 network passes `keras_bn.fold`'s default check:
     its error exceeds the old fixed tolerance (1e-5 of the scale + 1e-6, which refused
-    it) but within the noise term alone, NOISE_MULTIPLE (8) times the model's own float32
-    noise (measured: 1.04 to 3.35 times it)."""
-    row = zoo.float32_case(name)
+    it) but is within the noise term alone, NOISE_MULTIPLE (8) times the model's own
+    float32 noise (measured on the zoo: 0.7 to 4.8 times it)."""
+    row = zoo.float32_case(name, seed=DEEP_FLOAT32_SEED)
     assert row["f32_verified"], row
-    # The model's own noise is beyond the old fixed check, 1e-5 + 1e-6 / scale (these
-    # scales are above 1), so that check could refuse a correct fold; whether this draw's
-    # error lands above it depends on the random weights (ratio 0.4 to 3.4 seen).
-    assert max(row["noise_f32"], row["fold_error_f32"]) > 1e-5 + 1e-6, row
+    # The old fixed check, 1e-5 + 1e-6 / scale (these scales are above 1), refuses this
+    # fold, and the model's own float32 rounding is of the same size.
+    assert min(row["noise_f32"], row["fold_error_f32"]) > 1e-5 + 1e-6, row
     assert row["fold_error_f32"] <= 8 * row["noise_f32"], row
 
 
