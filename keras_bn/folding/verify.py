@@ -101,10 +101,10 @@ def default_rtol(model):
 #: How many times the model's own float32 rounding noise a result may differ by, on top
 #: of `rtol * scale + atol`: a folded model (or an exported file) rounds in another order
 #: than the original, so it can be off by the original's noise plus its own, and its own
-#: can be the larger. Measured on deep zoo models in float32 (docs/zoo.md), a correct
-#: fold's error was 1.04 to 3.35 times the original's noise (EfficientNetV2B0 with
-#: TensorFlow's oneDNN kernels); 8 leaves a margin of 2.4 over the worst, and on a
-#: shallow net (noise ~1e-7 of its scale) still keeps the tolerance near the floor.
+#: can be the larger. Measured on every zoo model in float32 (`make zoo`, docs/zoo.md),
+#: a correct fold's error was 0.14 to 4.8 times the original's noise (EfficientNetB2) and
+#: at most 0.65 of its tolerance; 8 leaves that margin, and on a shallow net (noise ~1e-7
+#: of its scale) still keeps the tolerance near the floor.
 NOISE_MULTIPLE = 8
 
 
