@@ -43,7 +43,7 @@ WRONG = 1e-3
 
 def _relative(model, outputs, inputs):
     """Max abs error of `outputs` against the model on `inputs`, over the output scale."""
-    from keras_bn.folding import predict
+    from keras_bn.verification import predict
 
     expected = predict(model, inputs)
     scale = max(float(np.max(np.abs(e))) for e in expected) or 1.0
@@ -151,8 +151,8 @@ def _float16_check(model, path, inputs):
     (fused ones) is another float16 rounding of the same model, and a deep random-weight
     net amplifies any such rounding alike (InceptionV3 at 96x96: the rounded weights move
     it by 0.114 of its scale, a random perturbation of the same size by 0.126)."""
-    from keras_bn.folding import predict
-    from keras_bn.folding.verify import NOISE_MULTIPLE
+    from keras_bn.verification import predict
+    from keras_bn.verification import NOISE_MULTIPLE
 
     reference = float16_reference(model)
     bound = max(WRONG, NOISE_MULTIPLE * _relative(model, predict(reference, inputs), inputs))
@@ -164,7 +164,7 @@ def case(name, flavour, folder, routes=None):
     way: float32 files against the model, float16-weight files against
     `float16_reference`, int8 files only for converting and passing the exporter's checks."""
     from keras_bn import export
-    from keras_bn.folding import random_inputs
+    from keras_bn.verification import random_inputs
 
     model = realistic_bn(zoo.build(name, size=None if flavour == "keras_hub"
                                    else zoo.EXPORT_SIZE, flavour=flavour))
@@ -183,7 +183,8 @@ def case(name, flavour, folder, routes=None):
                              lambda: _float16_check(model, path("ours16", "tflite"),
                                                     inputs)),
         "keras_bn int8": (lambda: export.to_tflite(model, path("ours8", "tflite"),
-                                                   quantize="int8", representative_data=data),
+                                                   quantize=export.QuantizationOptions(
+                                                       "int8", calibration=data)),
                           lambda: 0.0),
         "tf2onnx onnx": (lambda: _tf2onnx_direct(model, flavour, path("t2o", "onnx")),
                          onnx_check(path("t2o", "onnx"))),

@@ -11,7 +11,7 @@ import tracemalloc
 import tf2onnx
 
 import keras_bn
-from keras_bn.folding import check_outputs, verification_batches
+from keras_bn.verification import check_outputs, verification_batches
 from keras_bn.export import to_onnx
 from keras_bn.export._prepare import input_signature
 

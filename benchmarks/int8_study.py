@@ -34,18 +34,17 @@ import numpy as np
 
 from benchmarks import study_data
 
-#: Configuration name -> to_tflite options.
+#: Configuration name -> QuantizationOptions fields.
 CONFIGS = {
-    "float32": {},
-    "float16": {"quantize": "float16"},
-    "dynamic": {"quantize": "dynamic"},
-    "int8": {"quantize": "int8", "bias_correction": False},  # the converter's own
-    "int8 +equalization": {"quantize": "int8", "equalization": True,
-                           "bias_correction": False},
-    "int8 +bias correction": {"quantize": "int8", "bias_correction": True},  # the default
-    "int8 +both": {"quantize": "int8", "equalization": True, "bias_correction": True},
-    "int8 +bias correction +percentile ranges": {"quantize": "int8", "ranges": "percentile"},
-    "int8 +bias correction +mse ranges": {"quantize": "int8", "ranges": "mse"},
+    "float32": {"mode": None},
+    "float16": {"mode": "float16"},
+    "dynamic": {"mode": "dynamic"},
+    "int8": {"mode": "int8", "bias_correction": False},  # the converter's own
+    "int8 +equalization": {"mode": "int8", "equalization": True, "bias_correction": False},
+    "int8 +bias correction": {"mode": "int8", "bias_correction": True},  # the default
+    "int8 +both": {"mode": "int8", "equalization": True, "bias_correction": True},
+    "int8 +bias correction +percentile ranges": {"mode": "int8", "ranges": "percentile"},
+    "int8 +bias correction +mse ranges": {"mode": "int8", "ranges": "mse"},
 }
 MODELS = ("digits_mlp", "mini_xception", "mobilenet", "audio_cnn", "audio_regressor")
 _CALIBRATION_ROWS = 300
@@ -57,14 +56,13 @@ def run_model(name, seed, folder):
     rows = []
     for config, options in CONFIGS.items():
         path = os.path.join(folder, f"{name}_{seed}.tflite")
-        calibration = x_cal if options.get("quantize") in ("int8", "int8-io") else None
+        calibration = x_cal if options["mode"] in ("int8", "int8-io") else None
         start = time.perf_counter()
-        from keras_bn.export import to_tflite
+        from keras_bn.export import QuantizationOptions, to_tflite
 
-        result = to_tflite(model, path, representative_data=calibration,
-                           evaluation_data=x_test, samples=x_test[:64],
-                           labels=None if y_test.dtype.kind == "f" else y_test[:64],
-                           **options)
+        quantize = QuantizationOptions(**options, calibration=calibration, evaluation=x_test)
+        result = to_tflite(model, path, quantize=quantize, samples=x_test[:64],
+                           labels=None if y_test.dtype.kind == "f" else y_test[:64])
         score = result.evaluation[0]
         accuracy = (None if y_test.dtype.kind == "f"
                     else _accuracy(result, model, x_test, y_test, path))

@@ -41,7 +41,7 @@ def realistic_bn(model, seed=0, batch=16):
     add more than a unit of variance. The verification inputs are another draw than the
     calibration ones, as in real use.
     """
-    from keras_bn.folding import random_inputs
+    from keras_bn.verification import random_inputs
     from keras_bn.layers.find import batch_norm_layers
 
     rs = np.random.RandomState(seed)

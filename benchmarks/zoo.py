@@ -279,8 +279,7 @@ def float32_case(name, flavour="tf_keras", seed=None):
         _, plan = keras_bn.fold(model, return_plan=True)
     except keras_bn.VerificationError as error:
         return {"f32_verified": False, "f32_failure": str(error)[:300]}
-    from keras_bn.folding import verification_batches
-    from keras_bn.folding.verify import float32_noise
+    from keras_bn.verification import float32_noise, verification_batches
 
     v = plan.verdict
     noise = v.noise  # measured by the fold only beyond the floor: here always, for the table
@@ -299,7 +298,7 @@ def _digests(model):
 
 def _output_scale(model):
     """max |output| on the inputs `fold` verifies with (as its tolerance uses)."""
-    from keras_bn.folding import predict, random_inputs
+    from keras_bn.verification import predict, random_inputs
     return max(float(np.max(np.abs(o))) for o in predict(model, random_inputs(model)))
 
 
@@ -342,7 +341,7 @@ def recalibrate_case(name, flavour="keras_hub", rows=48):
     inputs (every BN, custom layers' included, recorded eagerly by patching its call
     here, independently of keras_bn's measurement), relative to their scale."""
     import keras_bn
-    from keras_bn.folding import random_inputs
+    from keras_bn.verification import random_inputs
     from keras_bn.layers.find import bn_axes, distinct_batch_norm_layers
 
     model = realistic_bn(build(name, flavour=flavour))

@@ -42,8 +42,9 @@ def main(argv=None):
     results = [
         export.to_onnx(model, os.path.join(args.out, "digits.onnx"), **check),
         export.to_tflite(model, os.path.join(args.out, "digits.tflite"), **check),
-        export.to_tflite(model, os.path.join(args.out, "digits_int8.tflite"), quantize="int8",
-                         representative_data=x_train, **check),
+        export.to_tflite(model, os.path.join(args.out, "digits_int8.tflite"),
+                         quantize=export.QuantizationOptions("int8", calibration=x_train),
+                         **check),
     ]
     print(f"{'format':16s}{'max abs error':>15s}{'accuracy':>10s}{'Keras acc.':>11s}"
           f"{'size KiB':>10s}{'ops':>6s}")

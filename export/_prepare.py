@@ -1,13 +1,16 @@
-"""The step every exporter starts with: the model to convert, its input signature and the
-names its outputs get in the files."""
+"""The step every exporter starts with: the model to convert (folded, and for a calibrated
+mode after the post-training techniques), its input signature and the names its outputs
+get in the files."""
 
 import collections
 
 import tensorflow as tf
 
 from keras_bn import flavour
-from keras_bn.folding import fold as _fold, model_inputs
-from keras_bn.folding.memo import LastModel, weights_digest
+from keras_bn.folding import fold as _fold
+from keras_bn.verification import model_inputs
+from keras_bn.memo import LastModel, weights_digest
+from keras_bn.quantization import post_training
 
 #: The last fold: exporting the same model, weights and samples again (`to_onnx` then
 #: `to_tflite`, the CLI's two files) converts the same folded model without folding and
@@ -26,6 +29,26 @@ def prepare(model, fold, verify=True, samples=None):
     key = (verify, samples is None, weights_digest(model, *arrays))
     return _LAST_FOLD.get(model, key, lambda: _fold(model, verify=verify, samples=samples,
                                                      return_plan=True))
+
+
+#: The last post-trained model: the CLI's ONNX and TFLite files from one calibration
+#: run the techniques once.
+_LAST_POST_TRAINING = LastModel()
+
+
+def quantization_input(model, fold, verify, samples, options):
+    """`(model to convert, FoldPlan or None, [Technique])`: `prepare`'s model after the
+    post-training techniques of `options` (a `QuantizationOptions` whose calibration
+    rows are already checked), run on its calibration rows; the same model, options and
+    rows give the same object (both formats get the same weights)."""
+    converted, plan = prepare(model, fold, verify, samples)
+    names = options.techniques()
+    if not names:
+        return converted, plan, []
+    key = (names, weights_digest(converted, *options.calibration))
+    done, records = _LAST_POST_TRAINING.get(
+        converted, key, lambda: post_training.apply(converted, options.calibration, names))
+    return done, plan, list(records)
 
 
 def input_signature(model):

@@ -1,5 +1,5 @@
-"""What every exporter shares: the result object, parity and timing (the atomic write is
-`keras_bn.files.output.atomic_path`)."""
+"""What every exporter shares: the result object, parity, scores and timing (the atomic
+write is `keras_bn.files.output.atomic_path`)."""
 
 import statistics
 import time
@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from keras_bn.folding import check_outputs, default_rtol, predict, random_inputs
-from keras_bn.folding import verification_batches
+from keras_bn.errors import VerificationError
+from keras_bn.quantization import scoring
+from keras_bn.verification import (check_outputs, default_rtol, predict, random_inputs,
+                                   verification_batches)
 
 
 @dataclass
@@ -17,8 +19,8 @@ class ExportResult:
 
     Attributes:
       path: the written file.
-      format: "onnx", "tflite", or "tflite-" and the quantization mode
-        ("tflite-dynamic", "tflite-float16", "tflite-int8", "tflite-int8-io").
+      format: "onnx" or "tflite", and "-" and the quantization mode where there is one
+        ("tflite-int8", "onnx-float16", "tflite-int16x8", ...).
       size_bytes: the file's size.
       op_counts: operator type -> count in the exported graph.
       max_error: max abs difference from the Keras model in inference mode, on `samples`
@@ -37,11 +39,12 @@ class ExportResult:
       latency_batch: the batch size timed.
       fold_plan: the FoldPlan when the model was folded first.
       evaluation: the file scored against the Keras model on data, one
-        `keras_bn.export.evaluation.OutputScore` per output (top-1 agreement, max and
+        `keras_bn.quantization.scoring.OutputScore` per output (top-1 agreement, max and
         mean abs error, SQNR), or None when there were no rows to score it on.
       evaluated_on: which rows `evaluation` used.
-      post_training: the `keras_bn.export.post_training.Technique` records of what was
-        done to the folded model before an int8 conversion (empty: nothing).
+      post_training: the `keras_bn.quantization.technique.Technique` records of what
+        was done to the folded model before a calibrated conversion, and of the ranges
+        (empty: nothing).
     """
 
     path: str
@@ -113,3 +116,26 @@ def measure(result, model, run, samples, labels, verify, rtol, atol, latency_bat
     if latency_batch:
         result.latency_batch = latency_batch
         result.latency_ms = latency_ms(run, random_inputs(model, batch=latency_batch, seed=1))
+
+
+def score(result, model, run, ready, outputs):
+    """Scores the file (`run`) against `model` on the rows `ready` (a
+    `keras_bn.quantization.options.Prepared`) names, into `result.evaluation`."""
+    if ready is None or ready.scored is None:
+        return
+    result.evaluation = scoring.evaluate(lambda b: predict(model, b), run, ready.scored,
+                                         outputs)
+    result.evaluated_on = ready.scored_on
+
+
+def check_agreement(result, model, ready):
+    """Raises VerificationError when the file's lowest top-1 agreement is below the
+    options' `min_agreement`."""
+    floor = None if ready is None else ready.options.min_agreement
+    lowest = scoring.lowest_agreement(result.evaluation or [])
+    if floor is not None and lowest is not None and lowest < floor:
+        raise VerificationError(
+            f"{result.format} export of '{model.name}': top-1 agreement with the Keras "
+            f"model {lowest:.2%} on {ready.scored_on}, below min_agreement {floor:.2%}. "
+            "Try another mode ('dynamic' keeps float activations, 'int16x8' finer ones), "
+            "more or more typical calibration data, or a lower minimum.")

@@ -9,15 +9,18 @@ import numpy as np
 from keras_bn import flavour
 from keras_bn.errors import InputError
 from keras_bn.files.output import atomic_path, check_output
-from keras_bn.export import checks, through_tensorflow
-from keras_bn.export._prepare import input_signature, output_names, prepare
+from keras_bn.export import checks, onnx_quantization, through_tensorflow
+from keras_bn.export._prepare import input_signature, output_names, quantization_input
 from keras_bn.export.frozen_graph import frozen_graph
 from keras_bn.export.isolated import IsolatedRuntime
+from keras_bn.quantization.options import QuantizationOptions, prepared
 
 
-def to_onnx(model, path: str | os.PathLike, *, fold: bool = True, opset: int | None = None,
-            verify: bool = True, samples=None, labels=None, rtol: float | None = None,
-            atol: float = 1e-5, latency_batch: int | None = 1) -> checks.ExportResult:
+def to_onnx(model, path: str | os.PathLike, *,
+            quantize: str | QuantizationOptions | None = None, fold: bool = True,
+            opset: int | None = None, verify: bool = True, samples=None, labels=None,
+            rtol: float | None = None, atol: float = 1e-5,
+            latency_batch: int | None = 1) -> checks.ExportResult:
     """Exports `model` to an ONNX file and proves the file computes what the model does.
 
     Folds the BatchNormalization layers first (`keras_bn.fold`, itself verified), converts
@@ -26,11 +29,25 @@ def to_onnx(model, path: str | os.PathLike, *, fold: bool = True, opset: int | N
     Keras model in inference mode. The file appears at `path` only once all of that
     passed: it is written to a temporary file and renamed.
 
+    Quantization (`quantize`: a mode name, or the `keras_bn.quantization.QuantizationOptions`
+    that `to_tflite` takes too): "int8" (QDQ: int8 weights per output channel, int8
+    activations), "int16x8" (QDQ with int16 activations), "dynamic" (int8 weights,
+    activations quantized at run time) and "float16" (float16 weights and compute,
+    float32 inputs and outputs), written by onnxruntime's quantization tools from the
+    float file (`keras_bn.export.onnx_quantization`). The calibrated modes run the
+    options' techniques (bias correction by default) on the folded Keras model first and
+    calibrate on the same rows with the same range estimator as `to_tflite`, so both
+    files come from one calibration. Quantized files are measured, not held to the float
+    tolerance, and scored against the Keras model as `to_tflite` scores its files
+    (`result.evaluation`).
+
     Args:
       model: A built Sequential or functional model, tf-keras or Keras 3 (on JAX it is
         converted by a TensorFlow process and the file verified against it here, see
         `through_tensorflow`); it is not changed.
       path: Where to write the `.onnx` file.
+      quantize: None (float32), a mode name that needs no data ("dynamic", "float16"),
+        or `QuantizationOptions`.
       fold: Fold BN layers first (the exported graph then has no BN and no per-channel
         Mul/Add left from one).
       opset: ONNX opset; None lets tf2onnx choose its default.
@@ -49,34 +66,48 @@ def to_onnx(model, path: str | os.PathLike, *, fold: bool = True, opset: int | N
       An `ExportResult` (path, size, op counts, max error, latency, fold plan).
 
     Raises:
-      keras_bn.errors.InputError: (a ValueError) `path` does not end in .onnx, or the
-        model cannot be folded or converted (the message says why).
-      keras_bn.VerificationError: the file's outputs differ beyond tolerance; no file is
-        left at `path`.
+      keras_bn.errors.InputError: (a ValueError) `path` does not end in .onnx, the
+        model cannot be folded or converted (the message says why), a mode ONNX has not
+        ("int8-io"), or options and data as `to_tflite` refuses them.
+      keras_bn.VerificationError: a float32 file's outputs differ beyond tolerance, or an
+        agreement below the options' `min_agreement`; no file is left at `path`.
     """
     import onnx
 
+    ready = prepared(quantize, model, "onnx", verify, samples)
+    options = ready.options
+    if ready.scored_on.startswith("held-out") and samples is None:
+        samples = ready.scored
     check_output(path, (".onnx",))  # before minutes of conversion
     if flavour.of(model).backend() != "tensorflow":
-        return through_tensorflow.export("onnx", model, path, dict(
+        return through_tensorflow.export("onnx", model, path, ready, dict(
             fold=fold, opset=opset, verify=verify, samples=samples, labels=labels,
             rtol=rtol, atol=atol, latency_batch=latency_batch))
-    converted, plan = prepare(model, fold, verify, samples)
+    converted, plan, records = quantization_input(model, fold, verify, samples, options)
     proto = _convert(converted, input_signature(model), output_names(model), opset)
     _check(proto, model.name)
-    result = checks.ExportResult(path=os.fspath(path), format="onnx", fold_plan=plan)
+    if options.mode is not None:
+        content, estimated = onnx_quantization.quantize(
+            proto.SerializeToString(), options, flavour.of(model).input_names(model),
+            f"ONNX {options.mode} export of '{model.name}'")
+        proto, records = onnx.load_from_string(content), records + estimated
+    result = checks.ExportResult(path=os.fspath(path), fold_plan=plan, post_training=records,
+                                 format="onnx" + (f"-{options.mode}" if options.mode else ""))
     result.op_counts = dict(collections.Counter(node.op_type for node in proto.graph.node))
     with atomic_path(path, (".onnx",)) as tmp:
         onnx.save(proto, tmp)
-        verify_file(result, model, tmp, samples, labels, verify, rtol, atol, latency_batch)
+        verify_file(result, model, tmp, samples, labels, verify, rtol, atol, latency_batch,
+                    check=options.mode is None, ready=ready)
     return result
 
 
-def verify_file(result, model, file, samples, labels, verify, rtol, atol, latency_batch):
+def verify_file(result, model, file, samples, labels, verify, rtol, atol, latency_batch,
+                check=True, ready=None):
     """Runs the ONNX `file` in onnxruntime (a child process: a crash is a result, not
     ours) against `model` in inference mode, into `result` (error, accuracy, latency,
-    size); raises VerificationError beyond tolerance."""
-    if verify or labels is not None or latency_batch:
+    size, and the scores on the rows `ready` names); raises VerificationError beyond
+    tolerance (with `check`: a float32 file) and below the options' minimum agreement."""
+    if verify or labels is not None or latency_batch or (ready and ready.scored is not None):
         with IsolatedRuntime("onnx", file) as runtime:
             names = flavour.of(model).input_names(model)
             outputs = output_names(model)
@@ -87,9 +118,11 @@ def verify_file(result, model, file, samples, labels, verify, rtol, atol, latenc
 
             run.seconds = lambda: runtime.seconds
             checks.measure(result, model, run, samples, labels, verify,
-                            checks.export_rtol(model, rtol), atol,
-                            latency_batch, f"ONNX export of '{model.name}'")
+                           checks.export_rtol(model, rtol), atol,
+                           latency_batch, f"ONNX export of '{model.name}'", check=check)
+            checks.score(result, model, run, ready, outputs)
     result.size_bytes = os.path.getsize(file)
+    checks.check_agreement(result, model, ready)
 
 
 def _check(proto, name):

@@ -11,23 +11,17 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from keras_bn import flavour
 from keras_bn.errors import InputError, VerificationError
 from keras_bn.files.output import atomic_path, check_output
-from keras_bn.export import checks, evaluation, post_training, through_tensorflow
-from keras_bn.export.ranges import ESTIMATORS, estimate as estimated_ranges, with_ranges
-from keras_bn.export.quantization import CALIBRATED, MODES, dequantize, quantize as quantized
-from keras_bn.export._prepare import input_signature, output_names, prepare
+from keras_bn.export import checks, through_tensorflow, tflite_ranges
+from keras_bn.export._prepare import input_signature, output_names, quantization_input
 from keras_bn.export.isolated import IsolatedRuntime
-from keras_bn.folding import model_inputs, predict
+from keras_bn.quantization.affine import dequantize, quantize as quantized
+from keras_bn.quantization.options import QuantizationOptions, prepared
 
-QUANTIZE = tuple(MODES)
 
-
-def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
-              quantize: str | None = None, representative_data=None, verify: bool = True,
-              samples=None, labels=None, rtol: float | None = None, atol: float = 1e-5,
-              representative_steps: int = 200, evaluation_data=None,
-              min_agreement: float | None = None, equalization: bool = False,
-              bias_correction: bool | None = None, ranges: str = "minmax",
-              latency_batch: int | None = 1) -> checks.ExportResult:
+def to_tflite(model, path: str | os.PathLike, *,
+              quantize: str | QuantizationOptions | None = None, fold: bool = True,
+              verify: bool = True, samples=None, labels=None, rtol: float | None = None,
+              atol: float = 1e-5, latency_batch: int | None = 1) -> checks.ExportResult:
     """Exports `model` to a TFLite file and runs the file in LiteRT to check it.
 
     Folds the BatchNormalization layers first (`keras_bn.fold`, itself verified), converts
@@ -38,166 +32,97 @@ def to_tflite(model, path: str | os.PathLike, *, fold: bool = True,
     Keras model within tolerance; quantized files cannot, so their error (and accuracy,
     with `labels`) is measured and reported instead, and scored against the Keras model
     on data (`result.evaluation`: per output, top-1 agreement, max and mean abs error,
-    SQNR): on `evaluation_data`, or by default on a held-out fifth of the calibration
-    data (rows calibration never sees; int8 modes), or on `samples`. The file appears at
-    `path` only once all of that passed (temporary file, then rename).
+    SQNR). The file appears at `path` only once all of that passed (temporary file, then
+    rename).
 
-    Modes (`quantize`; `keras_bn.export.quantization.MODES` says what each is for):
-    None (float32); "dynamic" (int8 weights, float activations; no calibration data);
-    "float16" (float16 weights); "int8" (full integer, float inputs and outputs);
-    "int8-io" (full integer, int8 inputs and outputs: the file's input and output
-    scale and zero point say how to quantize and dequantize them, and verification
-    does so).
+    Quantization (`quantize`: a mode name, or a `keras_bn.quantization.QuantizationOptions`
+    with the calibration data, range estimator, techniques, evaluation rows and agreement
+    gate; `to_onnx` takes the same object): None (float32); "dynamic" (int8 weights,
+    float activations); "float16" (float16 weights); "int8" (full integer, float inputs
+    and outputs); "int8-io" (full integer, int8 inputs and outputs: the file's input and
+    output scale and zero point say how to quantize and dequantize them, and
+    verification does so); "int16x8" (integer only, int8 weights and int16
+    activations). The calibrated modes run the options' techniques on the folded model
+    first (bias correction by default) and score the file on held-out calibration rows
+    unless evaluation rows are given.
+
+    Example:
+
+    ```python
+    from keras_bn.export import to_tflite
+    from keras_bn.quantization import QuantizationOptions
+
+    result = to_tflite(model, "model_int8.tflite",
+                       quantize=QuantizationOptions("int8", calibration=x_train[:500]))
+    print(result.evaluation[0].agreement)  # top-1 agreement on 100 held-out rows
+    ```
 
     Args:
       model: A built Sequential or functional model, tf-keras or Keras 3 (on JAX it is
         converted by a TensorFlow process and the file verified against it here, see
         `through_tensorflow`); it is not changed.
       path: Where to write the `.tflite` file.
+      quantize: None (float32), a mode name that needs no data ("dynamic", "float16"),
+        or `QuantizationOptions`.
       fold: Fold BN layers first.
-      quantize: None (float32), "dynamic", "float16", "int8" or "int8-io" (the last two
-        calibrated on `representative_data`).
-      representative_data: int8/int8-io calibration inputs: an array (one input), a list with
-        one array per input, or a dict by input name; rows are samples, and the first
-        `representative_steps` are used one at a time. Any size fits a dynamic dimension.
       verify: Run the file in LiteRT and compare with Keras.
       samples: Optional input array (or list) to verify on as well.
       labels: Optional integer labels of `samples`: the result then reports accuracy.
       rtol: Tolerance relative to the output scale for float32 files (see `to_onnx`).
       atol: Absolute slack for outputs near zero.
-      representative_steps: Calibration rows for int8.
-      evaluation_data: Inputs (as `representative_data`) to score the file on against the
-        Keras model. Without it, int8 and int8-io files are scored on 20 % of the
-        calibration rows (given 50 or more), held out at random (seed 0) and not
-        calibrated on (with `verify`; the file is also verified on them unless `samples`
-        are given), and other files on `samples` when given.
-      min_agreement: Fail (VerificationError, no file written) when an output's top-1
-        agreement with the Keras model on the evaluation rows is below this fraction
-        (0.99: 99 %); needs an output with a class axis and evaluation rows.
-      equalization: int8 modes: equalize the channels of consecutive layers on the
-        calibration data's activation ranges before conversion
-        (`keras_bn.export.equalization`; exact in float). Off by default: in the int8
-        study (README) it helped some nets (the mini-Xception most, with bias
-        correction) and cost SQNR on a dense one.
-      bias_correction: int8 modes: remove from each bias the mean shift its int8
-        weights cause on the calibration data (`keras_bn.export.bias_correction`).
-        None (default): on in the int8 modes (it raised SQNR on every model of the
-        study), off otherwise. `result.post_training` says what each technique changed
-        and left alone.
-      ranges: int8 modes: how each activation's int8 range is estimated from the
-        calibration data (`keras_bn.export.ranges`): "minmax" (the converter's own),
-        "percentile" (0.01 to 99.99 %) or "mse" (least expected squared error),
-        recorded in `result.post_training` as "ranges (...)".
       latency_batch: Batch size of the latency measurement (median of 10 runs in
         LiteRT); None skips it.
 
     Returns:
-      An `ExportResult`.
+      An `ExportResult` (`post_training`: what each technique changed and left alone).
 
     Raises:
-      keras_bn.errors.InputError: (a ValueError) `path` does not end in .tflite, an
-        unknown `quantize`, int8 calibration or evaluation data that is missing, empty or
-        does not fit the model's inputs, or a `min_agreement` that cannot be judged.
+      keras_bn.errors.InputError: (a ValueError) `path` does not end in .tflite, a mode
+        TFLite has not, options that do not go together, calibration or evaluation
+        data that is missing, empty or does not fit the model's inputs, or a
+        `min_agreement` that cannot be judged.
       keras_bn.VerificationError: a float32 file's outputs differ beyond tolerance, or an
         agreement below `min_agreement`; no file is left at `path`.
     """
-    if quantize not in QUANTIZE:
-        raise InputError(f"to_tflite got quantize={quantize!r}; use one of {QUANTIZE}.")
-    if quantize in CALIBRATED:
-        representative_data = calibration_data(model, representative_data, quantize)
-    if bias_correction is None:
-        bias_correction = quantize in CALIBRATED
-    applied = post_training.techniques(equalization, bias_correction)
-    if ranges not in ESTIMATORS:
-        raise InputError(f"to_tflite got ranges={ranges!r}; use one of {ESTIMATORS}.")
-    if ranges != "minmax" and quantize not in CALIBRATED:
-        raise InputError(f"to_tflite(quantize={quantize!r}) of '{model.name}': ranges="
-                         f"{ranges!r} estimates int8 activation ranges; use quantize="
-                         "'int8' or 'int8-io'.")
-    if applied and quantize not in CALIBRATED:
-        raise InputError(f"to_tflite(quantize={quantize!r}) of '{model.name}': "
-                         f"{' and '.join(applied)} work on int8 calibration data; use "
-                         f"quantize='int8' or 'int8-io', or leave them off.")
-    scored, scored_on = _evaluation_rows(model, quantize, representative_data,
-                                         evaluation_data, samples, verify)
-    if scored_on.startswith("held-out"):
-        representative_data, scored = scored
-        samples = scored if samples is None else samples
-    _check_min_agreement(model, min_agreement, scored)
+    ready = prepared(quantize, model, "tflite", verify, samples)
+    options = ready.options
+    if ready.scored_on.startswith("held-out") and samples is None:
+        samples = ready.scored
     check_output(path, (".tflite",))  # before minutes of conversion
     if flavour.of(model).backend() != "tensorflow":
-        return through_tensorflow.export("tflite", model, path, dict(
-            fold=fold, quantize=quantize, representative_data=representative_data,
-            verify=verify, samples=samples, labels=labels, rtol=rtol, atol=atol,
-            representative_steps=representative_steps, latency_batch=latency_batch,
-            equalization=equalization, bias_correction=bias_correction, ranges=ranges,
-            scoring=(scored, scored_on, min_agreement)))
-    converted, plan = prepare(model, fold, verify, samples)
-    converted, records = post_training.apply(converted, representative_data, applied)
-    content, estimated = _convert(converted, model, quantize, representative_data,
-                                  representative_steps, ranges)
-    records += estimated
-    if quantize in ("dynamic", *CALIBRATED) and not tensor_types(content) & {"INT8", "UINT8"}:
+        return through_tensorflow.export("tflite", model, path, ready, dict(
+            fold=fold, verify=verify, samples=samples, labels=labels, rtol=rtol, atol=atol,
+            latency_batch=latency_batch))
+    converted, plan, records = quantization_input(model, fold, verify, samples, options)
+    content, estimated = _convert(converted, model, options)
+    records = records + estimated
+    if options.mode and options.mode != "float16" and not tensor_types(content) & {
+            "INT8", "UINT8"}:
         small = (" (dynamic-range quantization leaves weights of under 1024 values in "
-                 "float)" if quantize == "dynamic" else "")
-        raise VerificationError(f"TFLite {quantize} export of '{model.name}': the converter "
-                                f"wrote no int8 tensor{small}; the file would be float.")
+                 "float)" if options.mode == "dynamic" else "")
+        raise VerificationError(f"TFLite {options.mode} export of '{model.name}': the "
+                                f"converter wrote no int8 tensor{small}; the file would be "
+                                "float.")
     result = checks.ExportResult(path=os.fspath(path), fold_plan=plan,
-                                  format="tflite" + (f"-{quantize}" if quantize else ""),
-                                  post_training=records)
+                                 format="tflite" + (f"-{options.mode}" if options.mode else ""),
+                                 post_training=records)
     result.op_counts = op_counts(content)
     with atomic_path(path, (".tflite",)) as tmp:
         with open(tmp, "wb") as f:
             f.write(content)
         verify_file(result, model, tmp, samples, labels, verify, rtol, atol, latency_batch,
-                    check=quantize is None, scoring=(scored, scored_on, min_agreement))
+                    check=options.mode is None, ready=ready)
     return result
 
 
-def _evaluation_rows(model, quantize, representative_data, evaluation_data, samples,
-                     verify):
-    """`(rows, description)` the file is scored on: `evaluation_data`, else (int8 modes,
-    with `verify`) `((calibration rows, held-out rows), "held-out ...")`, else
-    `samples`, else `(None, "")`."""
-    if evaluation_data is not None:
-        rows = model_inputs(model, evaluation_data, "evaluation data")
-        return rows, f"evaluation data ({len(rows[0])} rows)"
-    if quantize in CALIBRATED and verify:
-        calibration, held_out = evaluation.held_out_split(representative_data)
-        if held_out is not None:
-            return (calibration, held_out), (f"held-out calibration rows ({len(held_out[0])}"
-                                             f" of {len(representative_data[0])}, not "
-                                             "calibrated on)")
-    if samples is not None:
-        rows = model_inputs(model, samples, "samples")
-        return rows, f"samples ({len(rows[0])} rows)"
-    return None, ""
-
-
-def _check_min_agreement(model, min_agreement, rows):
-    if min_agreement is None:
-        return
-    if not 0 <= min_agreement <= 1:
-        raise InputError(f"min_agreement={min_agreement!r} for '{model.name}': give a "
-                         "fraction between 0 and 1 (0.99 for 99 %).")
-    shapes = [tuple(o.shape) for o in model.outputs]
-    if not any(len(s) >= 2 and (s[-1] or 0) >= 2 for s in shapes):
-        raise InputError(f"min_agreement for '{model.name}': no output has a class axis "
-                         f"(output shapes {shapes}); top-1 agreement cannot be judged.")
-    if rows is None:
-        raise InputError(f"min_agreement for '{model.name}': no rows to judge it on; give "
-                         "evaluation_data (or samples, or int8 calibration data).")
-
-
 def verify_file(result, model, file, samples, labels, verify, rtol, atol, latency_batch,
-                check=True, scoring=(None, "", None)):
+                check=True, ready=None):
     """Runs the TFLite `file` in LiteRT (a child process: a LiteRT abort is a result)
     against `model` in inference mode, into `result` (error, accuracy, latency, size,
-    and the scores on the rows of `scoring`, `(rows, their description, min_agreement)`);
-    raises VerificationError beyond tolerance (with `check`: a float32 file) and below
-    the minimum agreement."""
-    rows, described, min_agreement = scoring
-    if verify or labels is not None or latency_batch or rows is not None:
+    and the scores on the rows `ready`, a `keras_bn.quantization.options.Prepared`,
+    says); raises VerificationError beyond tolerance (with `check`: a float32 file) and
+    below the options' minimum agreement."""
+    if verify or labels is not None or latency_batch or (ready and ready.scored is not None):
         with IsolatedRuntime("tflite", file) as runtime:
             names = flavour.of(model).input_names(model)
             outputs = output_names(model)
@@ -213,18 +138,9 @@ def verify_file(result, model, file, samples, labels, verify, rtol, atol, latenc
                             checks.export_rtol(model, rtol), atol,
                             latency_batch, f"TFLite export of '{model.name}'",
                             check=check)
-            if rows is not None:
-                result.evaluation = evaluation.evaluate(lambda b: predict(model, b), run,
-                                                        rows, outputs)
-                result.evaluated_on = described
+            checks.score(result, model, run, ready, outputs)
     result.size_bytes = os.path.getsize(file)
-    lowest = evaluation.lowest_agreement(result.evaluation or [])
-    if min_agreement is not None and lowest is not None and lowest < min_agreement:
-        raise VerificationError(
-            f"TFLite {result.format} export of '{model.name}': top-1 agreement with the "
-            f"Keras model {lowest:.2%} on {described}, below min_agreement "
-            f"{min_agreement:.2%}. Try another mode (quantize='dynamic' keeps float "
-            "activations), more or more typical calibration data, or a lower minimum.")
+    checks.check_agreement(result, model, ready)
 
 
 def _fed(x, dtype, quantization):
@@ -240,39 +156,43 @@ def _read(y, quantization):
     return dequantize(y, *quantization) if quantization else y
 
 
-def _converter_options(quantize, model, data, steps):
+def _converter_options(options, model):
     """The TFLite converter settings of a quantization mode, as attributes."""
-    if quantize is None:
+    mode = options.mode
+    if mode is None:
         return {}
-    if quantize == "dynamic":  # no representative data: weights only
+    if mode == "dynamic":  # no representative data: weights only
         return {"optimizations": [tf.lite.Optimize.DEFAULT]}
-    if quantize == "float16":
+    if mode == "float16":
         return {"optimizations": [tf.lite.Optimize.DEFAULT],
                 "target_spec": {"supported_types": [tf.float16]}}
     names = flavour.of(model).input_names(model)
+    data = options.calibration
 
     def representative():
-        for i in range(min(steps, len(data[0]))):
+        for i in range(min(options.calibration_rows, len(data[0]))):
             yield {n: d[i:i + 1] for n, d in zip(names, data)}
 
-    options = {"optimizations": [tf.lite.Optimize.DEFAULT],
-               "representative_dataset": representative,
-               "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}}
-    if quantize == "int8-io":  # float inputs and outputs become int8 (integer ids stay)
-        options.update(inference_input_type=tf.int8, inference_output_type=tf.int8)
-    return options
+    ops = (tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+           if mode == "int16x8" else tf.lite.OpsSet.TFLITE_BUILTINS_INT8)
+    settings = {"optimizations": [tf.lite.Optimize.DEFAULT],
+                "representative_dataset": representative,
+                "target_spec": {"supported_ops": [ops]}}
+    if mode == "int8-io":  # float inputs and outputs become int8 (integer ids stay)
+        settings.update(inference_input_type=tf.int8, inference_output_type=tf.int8)
+    return settings
 
 
-def _convert(converted, model, quantize, representative_data, steps, ranges="minmax"):
-    """`(file content, [Technique])`: the converter's file of `converted` in mode
-    `quantize`; with another `ranges` estimator than "minmax", calibrated only, its
-    activation ranges re-estimated (`keras_bn.export.ranges`), then quantized by the
+def _convert(converted, model, options):
+    """`(file content, [Technique])`: the converter's file of `converted` in the options'
+    mode; with another range estimator than "minmax", calibrated only, its activation
+    ranges re-estimated (`keras_bn.export.tflite_ranges`), then quantized by the
     converter's own quantizer, with the record of the new ranges."""
-    options = _converter_options(quantize, model, representative_data, steps)
-    calibrate_only = quantize in CALIBRATED and ranges != "minmax"
+    settings = _converter_options(options, model)
+    calibrate_only = options.ranges != "minmax"
 
     def configure(converter):
-        for name, value in options.items():
+        for name, value in settings.items():
             if name == "target_spec":
                 for key, item in value.items():
                     setattr(converter.target_spec, key, item)
@@ -286,37 +206,20 @@ def _convert(converted, model, quantize, representative_data, steps, ranges="min
         if not calibrate_only:
             return content, []
         names = flavour.of(model).input_names(model)
-        rows = min(steps, len(representative_data[0]))
-        feeds = [{n: d[start:min(start + 32, rows)] for n, d in zip(names, representative_data)}
+        data = options.calibration
+        rows = min(options.calibration_rows, len(data[0]))
+        feeds = [{n: d[start:min(start + 32, rows)] for n, d in zip(names, data)}
                  for start in range(0, rows, 32)]
-        new, record = estimated_ranges(content, feeds, ranges)
-        io = tf.int8 if quantize == "int8-io" else tf.float32
-        content = mlir_quantize(with_ranges(content, new), False, input_data_type=io,
-                                output_data_type=io)
+        new, record = tflite_ranges.estimate(content, feeds, options.ranges)
+        io = tf.int8 if options.mode == "int8-io" else tf.float32
+        content = mlir_quantize(tflite_ranges.with_ranges(content, new), False,
+                                input_data_type=io, output_data_type=io)
         return deduplicate_readonly_buffers(content), [record]
     except ConverterError as error:  # an op or dtype TFLite has no kernel for
         lines = [line.split("error: ", 1)[1].strip() for line in str(error).splitlines()
                  if "error: " in line]
         raise InputError(f"TensorFlow's TFLite converter cannot convert '{model.name}': "
                          f"{(lines or [str(error)])[0]}") from error
-
-
-def calibration_data(model, data, quantize: str = "int8"):
-    """int8 calibration inputs as a list in the model's input order, each in its input's
-    dtype, checked against the model's input shapes (`keras_bn.folding.model_inputs`).
-
-    `data` is one array (a single-input model), a list with one array per input, or a
-    dict from input name to array.
-
-    Raises:
-      InputError: no data, no rows, a missing or unknown input, a shape that does not
-        fit, or inputs with different numbers of rows.
-    """
-    if data is None:
-        raise InputError(
-            f"to_tflite(quantize={quantize!r}) needs representative_data: typical inputs "
-            "(a few hundred rows of the training data) to calibrate the int8 ranges.")
-    return model_inputs(model, data, "int8 calibration data")
 
 
 def tensor_types(content):

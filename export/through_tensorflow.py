@@ -32,17 +32,20 @@ from keras_bn.errors import InputError, VerificationError
 from keras_bn.files.output import atomic_path
 
 #: What the child passes on to the exporter, by format.
-_OPTIONS = {"onnx": ("fold", "opset"),
-            "tflite": ("fold", "quantize", "representative_steps", "equalization", "ranges",
-                       "bias_correction")}
+_OPTIONS = {"onnx": ("fold", "opset"), "tflite": ("fold",)}
+#: The quantization options the child converts with (its calibration rows go as arrays).
+_QUANTIZATION = ("mode", "calibration_rows", "ranges", "equalization", "bias_correction")
 
 
-def export(fmt: str, model, path, options: dict):
+def export(fmt: str, model, path, ready, options: dict):
     """`to_onnx` / `to_tflite` (`fmt` "onnx" or "tflite") of a Keras 3 `model` on a
-    backend other than TensorFlow, with the exporter's `options`; returns its
+    backend other than TensorFlow, with the exporter's `options` and its checked
+    quantization decisions `ready` (a `keras_bn.quantization.options.Prepared`: the child
+    converts with its calibration rows, the file is scored here); returns its
     `ExportResult`."""
-    from keras_bn.export import checks, onnx, post_training, tflite
+    from keras_bn.export import checks, onnx, tflite
     from keras_bn.folding import fold
+    from keras_bn.quantization.technique import Technique
 
     modules = _modules(model)
     plan = None
@@ -54,10 +57,11 @@ def export(fmt: str, model, path, options: dict):
                    "out": os.path.join(work, "converted" + suffix), "modules": modules,
                    "arrays": os.path.join(work, "arrays.npz"),
                    "reply": os.path.join(work, "reply.json"),
-                   "options": {k: options[k] for k in _OPTIONS[fmt] if k in options}}
+                   "options": {k: options[k] for k in _OPTIONS[fmt] if k in options},
+                   "quantization": {k: getattr(ready.options, k) for k in _QUANTIZATION}}
         model.save(request["model"])
-        data = options.get("representative_data") or []
-        np.savez(request["arrays"], **{f"representative_{i}": a for i, a in enumerate(data)})
+        data = ready.rows or []
+        np.savez(request["arrays"], **{f"calibration_{i}": a for i, a in enumerate(data)})
         with open(os.path.join(work, "request.json"), "w") as f:
             json.dump(request, f)
         env = dict(os.environ, KERAS_BACKEND="tensorflow")
@@ -67,16 +71,15 @@ def export(fmt: str, model, path, options: dict):
         reply = _reply(request["reply"], child, model.name)
         result = checks.ExportResult(path=os.fspath(path), format=reply["format"],
                                      fold_plan=plan, op_counts=reply["op_counts"],
-                                     post_training=[post_training.Technique(**record)
+                                     post_training=[Technique(**record)
                                                     for record in reply["post_training"]])
         verify_file = onnx.verify_file if fmt == "onnx" else tflite.verify_file
-        extra = {} if fmt == "onnx" else {"check": options.get("quantize") is None,
-                                          "scoring": options["scoring"]}
         with atomic_path(path, (suffix,)) as tmp:
             shutil.copyfile(request["out"], tmp)
             verify_file(result, model, tmp, options["samples"], options["labels"],
                         options["verify"], options["rtol"], options["atol"],
-                        options["latency_batch"], **extra)
+                        options["latency_batch"], check=ready.options.mode is None,
+                        ready=ready)
     return result
 
 
@@ -120,18 +123,17 @@ def main(request_path):
         importlib.import_module(module)
     import keras_bn.keras3  # noqa: F401 -- registers keras_bn's Keras 3 layers
     from keras_bn.export import to_onnx, to_tflite
+    from keras_bn.quantization import QuantizationOptions
 
     keras = flavour.named("keras3").keras
     try:
         model = keras.saving.load_model(request["model"], safe_mode=False)
+        arrays = np.load(request["arrays"])
+        data = [arrays[f"calibration_{i}"] for i in range(len(arrays.files))]
+        quantize = QuantizationOptions(**request["quantization"], calibration=data or None)
         options = dict(request["options"], verify=False, latency_batch=None)
-        if request["format"] == "onnx":
-            result = to_onnx(model, request["out"], **options)
-        else:
-            arrays = np.load(request["arrays"])
-            data = [arrays[f"representative_{i}"] for i in range(len(arrays.files))]
-            result = to_tflite(model, request["out"], representative_data=data or None,
-                               **options)
+        export_to = to_onnx if request["format"] == "onnx" else to_tflite
+        result = export_to(model, request["out"], quantize=quantize, **options)
         reply = {"format": result.format, "op_counts": result.op_counts,
                  "post_training": [dataclasses.asdict(r) for r in result.post_training]}
     except ValueError as error:  # InputError, VerificationError: the user's to read

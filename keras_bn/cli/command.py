@@ -11,11 +11,13 @@ import sys
 import traceback
 
 from keras_bn.cli.progress import Steps
+from keras_bn.quantization.options import CALIBRATED, ESTIMATORS, FORMAT_MODES, MODES
 
 EXIT_OK, EXIT_FAILED_CHECK, EXIT_BAD_INPUT, EXIT_BUG = 0, 1, 2, 3
 
-#: `export --quantize` modes (those of `keras_bn.export.to_tflite`, without importing it).
-QUANTIZE_MODES = ("dynamic", "float16", "int8", "int8-io")
+#: `export --quantize` modes (`keras_bn.quantization.options.MODES`; the module imports
+#: neither TensorFlow nor Keras).
+QUANTIZE_MODES = tuple(mode for mode in MODES if mode is not None)
 
 EXAMPLES = """\
 examples:
@@ -24,6 +26,7 @@ examples:
   keras-bn export model.keras --onnx model.onnx --tflite model.tflite
   keras-bn export model.keras --tflite model_int8.tflite --int8 calibration.npy
   keras-bn export model.keras --tflite edge.tflite --quantize int8-io --calibration x.npy
+  keras-bn export model.keras --onnx q.onnx --tflite q.tflite --quantize int8 --calibration x.npy
   keras-bn demo --out demo_results
 
 output files:
@@ -48,7 +51,9 @@ COMMANDS = {
                "  keras-bn export model.keras --onnx m.onnx --tflite m.tflite\n"
                "  keras-bn export model.keras --tflite m8.tflite --int8 calibration.npy\n"
                "  keras-bn export model.keras --tflite m8.tflite --int8 calibration.npy "
-               "--ranges mse --equalize"),
+               "--ranges mse --equalize\n"
+               "  keras-bn export model.keras --onnx q.onnx --tflite q.tflite --quantize "
+               "int16x8 --calibration x.npz --eval held_out.npz"),
     "inspect": ("table of the BN layers: shape, momentum, epsilon, statistics, foldability",
                 "  keras-bn inspect model.keras"),
     "demo": ("train a small CNN with both layers on scikit-learn's digits, fold, export, "
@@ -100,34 +105,36 @@ def _parser():
                                 "(.tflite; missing folders are created)")
     made["export"].add_argument(
         "--quantize", choices=QUANTIZE_MODES, metavar="MODE",
-        help="quantize the TFLite file: dynamic (int8 weights, float activations), "
-        "float16 (float16 weights), int8 (full integer, float inputs and outputs), "
-        "int8-io (full integer with int8 inputs and outputs); int8 and int8-io need "
+        help="quantize every file written, from one calibration: dynamic (int8 weights, "
+        "float activations), float16 (float16 weights), int8 (full integer, float inputs "
+        "and outputs; ONNX: QDQ), int8-io (TFLite only: int8 inputs and outputs too), "
+        "int16x8 (integer only, int16 activations); int8, int8-io and int16x8 need "
         "--calibration")
     made["export"].add_argument("--calibration", metavar="DATA",
                                 help="int8 calibration inputs: a .npy array (one-input "
                                 "models) or a .npz with one array per model input, named "
                                 "as the input; rows are samples")
     made["export"].add_argument("--eval", metavar="DATA",
-                                help="score the TFLite file against the model on DATA (as "
+                                help="score each file against the model on DATA (as "
                                 "--calibration; held-out rows of your data): top-1 "
-                                "agreement, errors, SQNR; by default int8 files are scored "
-                                "on a held-out fifth of the calibration data")
+                                "agreement, errors, SQNR; by default calibrated files are "
+                                "scored on a held-out fifth of the calibration data")
     made["export"].add_argument("--min-agreement", metavar="FRACTION", type=float,
-                                help="exit 1 (no file written) when the TFLite file's top-1 "
+                                help="exit 1 (no file written) when a file's top-1 "
                                 "agreement with the model is below FRACTION (0.99)")
     made["export"].add_argument("--int8", metavar="DATA",
                                 help="short for --quantize int8 --calibration DATA")
     made["export"].add_argument("--float16", action="store_true",
                                 help="short for --quantize float16")
     made["export"].add_argument("--equalize", action="store_true",
-                                help="int8: cross-layer equalization of consecutive layers "
-                                "before conversion (exact in float; helps some "
-                                "depthwise-separable nets, see the README's int8 study)")
+                                help="calibrated modes: cross-layer equalization of "
+                                "consecutive layers before conversion (exact in float; helps "
+                                "some depthwise-separable nets, see docs/studies.md)")
     made["export"].add_argument("--no-bias-correction", action="store_true",
-                                help="int8: leave the biases as they are (by default each "
-                                "is corrected for the mean shift of its int8 weights)")
-    made["export"].add_argument("--ranges", choices=("minmax", "percentile", "mse"),
+                                help="calibrated modes: leave the biases as they are (by "
+                                "default each is corrected for the mean shift of its int8 "
+                                "weights)")
+    made["export"].add_argument("--ranges", choices=ESTIMATORS,
                                 default="minmax",
                                 help="int8: how activation ranges are estimated from the "
                                 "calibration data: minmax (the converter's, default), "
@@ -178,24 +185,24 @@ def _export(args):
         raise UserError("nothing to export: give --onnx PATH and/or --tflite PATH")
     quantize, calibration = _quantization(args)
     techniques = _techniques(args, quantize)
-    if (args.eval or args.min_agreement is not None) and not args.tflite:
-        raise UserError("--eval and --min-agreement score the TFLite file: give --tflite "
-                        "PATH too")
     inputs = [args.model] + _given(calibration) + _given(args.samples) + _given(args.eval)
     for path, suffix in ((args.onnx, ".onnx"), (args.tflite, ".tflite")):
         if path:
             check_output(path, (suffix,), inputs)
+    if args.min_agreement is not None and not 0 <= args.min_agreement <= 1:
+        raise UserError(f"--min-agreement {args.min_agreement:g}: give a fraction between 0 "
+                        "and 1 (0.99 for 99 %)")
     from keras_bn import export  # TensorFlow: after the checks that answer at once
 
-    data = load_arrays(calibration) if calibration else None
-    held_out = load_arrays(args.eval) if args.eval else None
+    options = export.QuantizationOptions(
+        quantize, calibration=load_arrays(calibration) if calibration else None,
+        evaluation=load_arrays(args.eval) if args.eval else None,
+        min_agreement=args.min_agreement, **techniques)
     samples = load_arrays(args.samples) if args.samples else None
     steps = Steps(1 + bool(args.onnx) + bool(args.tflite))
     model = _load(args, steps)
-    if data is not None:
-        data = export.calibration_data(model, data)  # checked before any conversion
     if samples is not None:
-        from keras_bn.folding import model_inputs
+        from keras_bn.verification import model_inputs
 
         samples = model_inputs(model, samples, f"--samples {args.samples}")
     results = []
@@ -205,15 +212,12 @@ def _export(args):
         with all_or_nothing():  # one failed file: none is written
             if args.onnx:
                 results.append(steps.run(f"fold, convert, verify {args.onnx}", export.to_onnx,
-                                         model, args.onnx, fold=fold, opset=args.opset,
-                                         samples=samples))
+                                         model, args.onnx, quantize=options, fold=fold,
+                                         opset=args.opset, samples=samples))
             if args.tflite:
                 results.append(steps.run(f"fold, convert, verify {args.tflite}",
-                                         export.to_tflite, model, args.tflite, fold=fold,
-                                         quantize=quantize, representative_data=data,
-                                         samples=samples, evaluation_data=held_out,
-                                         min_agreement=args.min_agreement,
-                                         **techniques))
+                                         export.to_tflite, model, args.tflite,
+                                         quantize=options, fold=fold, samples=samples))
     except Exception as error:
         if len(outputs) > 1:
             error.keras_bn_outcome = f"none of {', '.join(outputs)} was written"
@@ -228,14 +232,14 @@ def _export(args):
 
 
 def _techniques(args, quantize):
-    """`to_tflite`'s post-training options of --equalize, --no-bias-correction and
-    --ranges."""
+    """The post-training options of --equalize, --no-bias-correction and --ranges."""
     asked = [f for f, on in (("--equalize", args.equalize),
                              ("--no-bias-correction", args.no_bias_correction),
                              (f"--ranges {args.ranges}", args.ranges != "minmax")) if on]
-    if asked and quantize not in ("int8", "int8-io"):
+    allowed = ("int8", "int8-io") if args.ranges != "minmax" else CALIBRATED
+    if asked and quantize not in allowed:
         raise UserError(f"{' and '.join(asked)} {'is' if len(asked) == 1 else 'are'} for "
-                        "--quantize int8 or int8-io"
+                        f"--quantize {' or '.join(allowed)}"
                         + (f", not {quantize}" if quantize else ""))
     return {"equalization": args.equalize, "ranges": args.ranges,
             "bias_correction": False if args.no_bias_correction else None}
@@ -246,21 +250,25 @@ def _given(path):
 
 
 def _quantization(args):
-    """The TFLite mode and calibration file of `export`'s options (--int8 DATA and
-    --float16 being short for --quantize ...)."""
+    """The mode and calibration file of `export`'s options (--int8 DATA and --float16
+    being short for --quantize ...), checked against every format written."""
     given = [flag for flag, on in (("--quantize", args.quantize), ("--int8", args.int8),
                                    ("--float16", args.float16)) if on]
     if len(given) > 1:
         raise UserError(f"choose one of {' and '.join(given)}")
     quantize = args.quantize or ("int8" if args.int8 else "float16" if args.float16 else None)
     calibration = args.int8 or args.calibration
-    if quantize and not args.tflite:
-        raise UserError(f"{given[0]} quantizes the TFLite file: give --tflite PATH too")
-    if quantize in ("int8", "int8-io") and not calibration:
+    for flag, path, fmt in (("--onnx", args.onnx, "onnx"), ("--tflite", args.tflite, "tflite")):
+        if path and quantize not in FORMAT_MODES[fmt]:
+            takes = [m for m in FORMAT_MODES[fmt] if m]
+            raise UserError(f"{flag} {path}: {fmt.upper() if fmt == 'onnx' else 'TFLite'} "
+                            f"has no {quantize} mode; --quantize applies to every file "
+                            f"written, and {flag} takes {', '.join(takes)}")
+    if quantize in CALIBRATED and not calibration:
         raise UserError(f"--quantize {quantize} is calibrated on typical inputs: give "
                         "--calibration DATA (a .npy or .npz of a few hundred rows)")
-    if args.calibration and quantize not in ("int8", "int8-io"):
-        raise UserError("--calibration is for --quantize int8 or int8-io"
+    if args.calibration and quantize not in CALIBRATED:
+        raise UserError(f"--calibration is for --quantize {' or '.join(CALIBRATED)}"
                         + (f", not {quantize}" if quantize else ""))
     return quantize, calibration
 

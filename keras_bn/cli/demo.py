@@ -142,7 +142,7 @@ def main(epochs=12, out="demo_results", verbose=2):
     """Runs the demo; returns the table rows (list of dicts)."""
     import keras_bn
     from keras_bn.cli.progress import Steps
-    from keras_bn.export import to_onnx, to_tflite
+    from keras_bn.export import QuantizationOptions, to_onnx, to_tflite
 
     os.makedirs(out, exist_ok=True)
     x_train, y_train, x_test, y_test = load_digits()
@@ -160,8 +160,8 @@ def main(epochs=12, out="demo_results", verbose=2):
     tflite_result = steps.run("export TFLite float32", to_tflite, model,
                               os.path.join(out, "digits.tflite"), **kwargs)
     int8_result = steps.run("export TFLite int8", to_tflite, model,
-                            os.path.join(out, "digits_int8.tflite"), quantize="int8",
-                            representative_data=x_train, **kwargs)
+                            os.path.join(out, "digits_int8.tflite"),
+                            quantize=QuantizationOptions("int8", calibration=x_train), **kwargs)
     rows = [keras_row("keras", model, x_test, y_test),
             keras_row("keras (folded)", folded, x_test, y_test)]
     rows[1]["max_error"] = plan.max_error

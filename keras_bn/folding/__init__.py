@@ -1,16 +1,15 @@
 """Folding BatchNormalization into neighbouring Conv/Dense layers.
 
 Data flows one way: `plan.plan_model` (which BN goes where, or why not) ->
-`rewrite.rewrite(model, plan)` (the new model, built once) -> `verify` (both models on
-the same inputs). `graph` reads the model's config, `kinds` is the registry of layer
-classes that absorb a BN, `math` the pure numpy per layer kind.
+`rewrite.rewrite(model, plan)` (the new model, built once) -> the check of both models on
+the same inputs (`keras_bn.verification`). `graph` reads the model's config, `kinds` is
+the registry of layer classes that absorb a BN, `math` the pure numpy per layer kind.
 """
 
 from keras_bn.errors import InputError
 from keras_bn.folding.plan import Decision, FoldPlan, plan_model
 from keras_bn.folding.rewrite import rewrite, without_batch_norm
-from keras_bn.folding.verify import (Verdict, VerificationError, check_outputs, compare,
-                                     default_rtol, model_inputs, predict, random_inputs)
+from keras_bn.verification import check_outputs, default_rtol, predict, verification_batches
 from keras_bn.layers.find import batch_norm_places
 
 
@@ -86,15 +85,6 @@ def fold(model, *, verify: bool = True, samples=None, rtol: float | None = None,
     return (folded, the_plan) if return_plan else folded
 
 
-def verification_batches(model, samples):
-    """`(batches, description)`: `[samples]` as the model's inputs, or one random batch
-    of 2 in the model's input range (`random_inputs`)."""
-    if samples is None:
-        return [random_inputs(model)], "random (batch 2, in the model's input range)"
-    arrays = model_inputs(model, samples, "samples")
-    return [arrays], f"samples ({len(arrays[0])} rows)"
-
-
 def _check_kept(model, folded, plan):
     """The BN layers left in `folded` are exactly the plan's `kept` (else a bug), each in
     its place: its path, cut after the custom layer that holds it (a custom layer rebuilt
@@ -120,5 +110,4 @@ def fold_plan(model) -> FoldPlan:
     return plan_model(model)
 
 
-__all__ = ["fold", "fold_plan", "verification_batches", "FoldPlan", "Decision", "VerificationError",
-           "without_batch_norm"]
+__all__ = ["fold", "fold_plan", "FoldPlan", "Decision", "without_batch_norm"]

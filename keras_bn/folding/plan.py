@@ -12,7 +12,7 @@ from keras_bn import flavour
 from keras_bn.tools.table import aligned
 from keras_bn.folding.graph import Graph, Ref
 from keras_bn.folding.kinds import channel_axis, kind_of, zero_padded
-from keras_bn.folding.verify import noise_label
+from keras_bn.verification import noise_label
 from keras_bn.layers.find import (batch_norm_paths, batch_norm_paths_in, bn_axes, bn_kind,
                                   is_batch_norm, is_model)
 

@@ -124,17 +124,17 @@ def test_float16_and_int8_report_error_and_accuracy(tmp_path):
                             labels=labels)
     assert half.format == "tflite-float16" and half.tolerance is None
     assert 0 < half.max_error < 0.05 and half.accuracy >= 0.9 and half.keras_accuracy == 1.0
-    full = export.to_tflite(model, tmp_path / "q.tflite", quantize="int8",
-                            representative_data=data, samples=data, labels=labels)
+    full = export.to_tflite(model, tmp_path / "q.tflite", samples=data, labels=labels,
+                            quantize=export.QuantizationOptions("int8", calibration=data))
     assert full.format == "tflite-int8" and full.max_error > 0
     assert "QUANTIZE" in full.op_counts and full.accuracy is not None
     assert full.size_bytes < export.to_tflite(model, tmp_path / "f.tflite").size_bytes
 
 
-def test_int8_without_representative_data_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="int8.*needs representative_data"):
+def test_int8_without_calibration_data_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="mode 'int8' needs calibration data"):
         export.to_tflite(_small(), tmp_path / "q.tflite", quantize="int8")
-    with pytest.raises(ValueError, match="quantize='int4'"):
+    with pytest.raises(ValueError, match="unknown quantization mode 'int4'"):
         export.to_tflite(_small(), tmp_path / "q.tflite", quantize="int4")
     assert not os.listdir(tmp_path)
 
@@ -200,14 +200,15 @@ def two_input_model(keras, layers):
 
 
 @pytest.mark.parametrize("fmt, options", [
-    ("onnx", {}), ("tflite", {}), ("tflite", {"quantize": "float16"}), ("tflite", "int8")])
+    ("onnx", {}), ("tflite", {}), ("tflite", {"quantize": "float16"}), ("tflite", "int8"),
+    ("onnx", "int8")])
 def test_multiple_inputs_and_outputs_in_every_format(flavour, tmp_path, fmt, options):
     model = two_input_model(*flavour)
     rs = np.random.RandomState(1)
     samples = [rs.randn(16, 8, 8, 3).astype("float32"), rs.randn(16, 4).astype("float32")]
     if options == "int8":
-        options = {"quantize": "int8", "representative_data": {"image": samples[0],
-                                                               "meta": samples[1]}}
+        options = {"quantize": export.QuantizationOptions(
+            "int8", calibration={"image": samples[0], "meta": samples[1]})}
     function = export.to_onnx if fmt == "onnx" else export.to_tflite
     path = tmp_path / f"m.{fmt}"
     result = function(model, path, samples=samples, **options)
@@ -219,7 +220,7 @@ def test_multiple_inputs_and_outputs_in_every_format(flavour, tmp_path, fmt, opt
     elif options["quantize"] == "float16":
         assert result.max_error < 1e-2
     else:
-        assert result.max_error < 0.1 and result.format == "tflite-int8"
+        assert result.max_error < 0.1 and result.format == f"{fmt}-int8"
     assert os.listdir(tmp_path) == [path.name]
 
 

@@ -1,15 +1,17 @@
-"""BN-aware post-training quantization (export/post_training.py, equalization.py,
-bias_correction.py, kernels.py) on a MobileNet-style net trained here, and the int8
-files TFLite writes from it (LiteRT reads them)."""
+"""BN-aware post-training quantization (keras_bn/quantization/post_training.py,
+equalization.py, bias_correction.py, kernels.py) on a MobileNet-style net trained here,
+and the int8 files TFLite and onnxruntime write from it (LiteRT and onnxruntime read
+them)."""
 
 import numpy as np
 import pytest
 import tf_keras
 
 from keras_bn.errors import InputError
-from keras_bn.export import bias_correction, equalization, kernels, to_tflite
-from keras_bn.export.post_training import channel_statistics
-from keras_bn.folding import predict
+from keras_bn.export import QuantizationOptions, to_onnx, to_tflite
+from keras_bn.quantization import bias_correction, equalization, kernels
+from keras_bn.quantization.activations import channel_statistics
+from keras_bn.verification import predict
 from keras_bn.folding.kinds import kind_of
 from keras_bn.folding.rewrite import weight_arrays, with_weights
 from helpers import keras_bn_cli
@@ -57,8 +59,8 @@ def test_fake_quantize_is_what_the_int8_file_stores(tmp_path):
     the converter's int8 weights of every kind, to float64 rounding of the scales."""
     model = _every_kind()
     rows = np.random.RandomState(0).rand(64, 12, 12, 3).astype("float32")
-    to_tflite(model, tmp_path / "m.tflite", quantize="int8", representative_data=rows,
-              bias_correction=False)
+    to_tflite(model, tmp_path / "m.tflite",
+              quantize=QuantizationOptions("int8", calibration=rows, bias_correction=False))
     stored = _file_kernels(tmp_path / "m.tflite")
     ours = []
     for layer in model.layers:
@@ -112,28 +114,39 @@ def test_bias_correction_removes_the_mean_shift_of_int8_weights(mobilenet):
                               corrected.get_layer(names[0]).get_weights()[1])
 
 
-def test_bias_correction_lowers_the_int8_files_mean_error(mobilenet, tmp_path):
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_bias_correction_lowers_the_int8_files_mean_error(mobilenet, tmp_path, fmt):
     """On held-out rows, the int8 file's mean output error (its bias against the float
-    model) is smaller with bias correction (the default) than without."""
+    model) is smaller with bias correction (the default) than without, in both formats:
+    the correction is made on the Keras model, for the int8 weights both write."""
     folded, calibration, held_out = mobilenet
+    export_to = {"tflite": to_tflite, "onnx": to_onnx}[fmt]
     means = {}
     for on in (False, True):
-        path = tmp_path / f"m_{on}.tflite"
-        result = to_tflite(folded, path, quantize="int8", representative_data=calibration,
-                           evaluation_data=held_out, bias_correction=on)
+        path = tmp_path / f"m_{on}.{fmt}"
+        result = export_to(folded, path, quantize=QuantizationOptions(
+            "int8", calibration=calibration, evaluation=held_out, bias_correction=on))
         assert [t.name for t in result.post_training] == (["bias_correction"] if on else [])
-        from keras_bn.export.isolated import IsolatedRuntime
-        from keras_bn.export.tflite import _fed, _read
-
-        with IsolatedRuntime("tflite", str(path)) as runtime:
-            (name, dtype), = runtime.inputs
-            output = runtime.outputs[0]
-            got = np.concatenate([_read(runtime({name: _fed(held_out[i:i + 50], dtype,
-                                                             runtime.quantization.get(name))})
-                                        [output], runtime.quantization.get(output))
-                                  for i in range(0, len(held_out), 50)])
+        got = _file_outputs(fmt, path, held_out)
         means[on] = np.abs((got - predict(folded, [held_out])[0]).mean(axis=0)).mean()
     assert means[True] < means[False], means
+
+
+def _file_outputs(fmt, path, rows):
+    """The first output of the file at `path` on `rows`, run in its runtime here."""
+    from keras_bn.export.isolated import IsolatedRuntime
+    from keras_bn.export.tflite import _fed, _read
+
+    with IsolatedRuntime(fmt, str(path)) as runtime:
+        (name, dtype), = runtime.inputs
+        output = runtime.outputs[0]
+        if fmt == "onnx":
+            return np.concatenate([runtime({name: rows[i:i + 50]})[output]
+                                   for i in range(0, len(rows), 50)])
+        return np.concatenate([_read(runtime({name: _fed(rows[i:i + 50], dtype,
+                                                         runtime.quantization.get(name))})
+                                     [output], runtime.quantization.get(output))
+                               for i in range(0, len(rows), 50)])
 
 
 def test_equalization_is_exact_in_float_and_evens_the_channel_ranges(mobilenet):
@@ -176,12 +189,14 @@ def test_techniques_are_for_int8_and_recorded(mobilenet, tmp_path):
     folded, calibration, _ = mobilenet
     result = to_tflite(folded, tmp_path / "d.tflite", quantize="dynamic")
     assert result.post_training == []
-    result = to_tflite(folded, tmp_path / "b.tflite", quantize="int8-io",
-                       representative_data=calibration, equalization=True)
+    result = to_tflite(folded, tmp_path / "b.tflite", quantize=QuantizationOptions(
+        "int8-io", calibration=calibration, equalization=True))
     assert [t.name for t in result.post_training] == ["equalization", "bias_correction"]
     assert "9 changed" in result.post_training[0].summary()
-    with pytest.raises(InputError, match="equalization work on int8 calibration data"):
-        to_tflite(folded, tmp_path / "f.tflite", quantize="float16", equalization=True)
+    with pytest.raises(InputError, match="equalization work on calibration data; use a "
+                                         "calibrated mode"):
+        to_tflite(folded, tmp_path / "f.tflite",
+                  quantize=QuantizationOptions("float16", equalization=True))
     assert not (tmp_path / "f.tflite").exists()
 
 

@@ -1,14 +1,17 @@
-"""int8 activation range estimators (export/ranges.py): the pure estimators on
-histograms, the calibrate-then-quantize route against the converter's own file, and the
-ranges landing in the file LiteRT runs."""
+"""int8 activation range estimators (keras_bn/quantization/ranges.py): the pure
+estimators on histograms, TFLite's calibrate-then-quantize route
+(export/tflite_ranges.py) against the converter's own file, and the ranges landing in
+the files LiteRT and onnxruntime run."""
 
 import numpy as np
 import pytest
 import tf_keras
 
 from keras_bn.errors import InputError
-from keras_bn.export import ranges, to_tflite
+from keras_bn.export import QuantizationOptions, tflite_ranges, to_onnx, to_tflite
 from keras_bn.export.tflite import _convert
+from keras_bn.quantization import ranges
+from keras_bn.quantization.technique import Technique
 
 L = tf_keras.layers
 
@@ -76,16 +79,18 @@ def test_the_calibrate_then_quantize_route_is_the_converters_file(quantize, monk
 
     model = _model()
     rows = [np.random.RandomState(1).rand(64, 12, 12, 3).astype("float32")]
-    direct, none = _convert(model, model, quantize, rows, 200)
+    direct, none = _convert(model, model, QuantizationOptions(quantize, calibration=rows))
     assert none == []
 
     def unchanged(content, feeds, estimator):
-        kept = {i: (lo, hi) for i, (_, lo, hi) in ranges.recorded_ranges(content).items()}
+        kept = {i: (lo, hi)
+                for i, (_, lo, hi) in tflite_ranges.recorded_ranges(content).items()}
         assert kept and sum(len(next(iter(f.values()))) for f in feeds) == 64
-        return kept, ranges.Technique("ranges (unchanged)")
+        return kept, Technique("ranges (unchanged)")
 
-    monkeypatch.setattr(tflite, "estimated_ranges", unchanged)
-    routed, records = _convert(model, model, quantize, rows, 200, ranges="mse")
+    monkeypatch.setattr(tflite.tflite_ranges, "estimate", unchanged)
+    routed, records = _convert(model, model, QuantizationOptions(quantize, calibration=rows,
+                                                                 ranges="mse"))
     assert [r.name for r in records] == ["ranges (unchanged)"]
     x = np.random.RandomState(2).rand(8, 12, 12, 3).astype("float32")
     np.testing.assert_array_equal(_run(direct, x), _run(routed, x))
@@ -95,7 +100,7 @@ def test_mse_ranges_land_in_the_file(mobilenet, tmp_path):
     """On the trained MobileNet-style net, ranges="mse" narrows activation ranges inside
     the model: in the written file each such tensor's int8 scale is below min/max's; the
     record says how much; the file still agrees with the float model on held-out rows
-    (98 %: what int8 keeps, see the README's study); outside the int8 modes, or with an
+    (98 %: what int8 keeps, see docs/quantization.md); outside the int8 modes, or with an
     unknown estimator, it is the user's error."""
     from ai_edge_litert.interpreter import Interpreter
 
@@ -103,8 +108,9 @@ def test_mse_ranges_land_in_the_file(mobilenet, tmp_path):
     files = {}
     for estimator in ("mse", "minmax"):
         files[estimator] = to_tflite(folded, tmp_path / f"{estimator}.tflite",
-                                     quantize="int8", representative_data=calibration,
-                                     evaluation_data=held_out, ranges=estimator,
+                                     quantize=QuantizationOptions(
+                                         "int8", calibration=calibration,
+                                         evaluation=held_out, ranges=estimator),
                                      latency_batch=None)
     record = files["mse"].post_training[-1]
     assert record.name == "ranges (mse)" and record.changed and "of min/max" in record.detail
@@ -120,8 +126,9 @@ def test_mse_ranges_land_in_the_file(mobilenet, tmp_path):
     model = _model()
     rows = np.random.RandomState(1).rand(64, 12, 12, 3).astype("float32")
     with pytest.raises(InputError, match="ranges='mse' estimates int8 activation ranges"):
-        to_tflite(model, tmp_path / "f.tflite", quantize="float16", ranges="mse")
+        to_tflite(model, tmp_path / "f.tflite",
+                  quantize=QuantizationOptions("float16", ranges="mse"))
     with pytest.raises(InputError, match="ranges='median'"):
-        to_tflite(model, tmp_path / "f.tflite", quantize="int8", representative_data=rows,
-                  ranges="median")
+        to_tflite(model, tmp_path / "f.tflite",
+                  quantize=QuantizationOptions("int8", calibration=rows, ranges="median"))
     assert not (tmp_path / "f.tflite").exists()

@@ -9,7 +9,7 @@ import tf_keras
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import keras_bn
-from keras_bn.folding import predict, random_inputs
+from keras_bn.verification import predict, random_inputs
 from keras_bn.layers.find import is_batch_norm
 from helpers import assert_close, randomize_bn, trained_statistics
 

@@ -12,7 +12,7 @@ import tf_keras
 
 import keras_bn
 from keras_bn.folding import graph as graph_module
-from keras_bn.folding import predict, random_inputs
+from keras_bn.verification import predict, random_inputs
 from keras_bn.layers.find import batch_norm_layers
 from helpers import assert_close, randomize_bn
 

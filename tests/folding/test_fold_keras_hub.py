@@ -12,7 +12,7 @@ import keras_bn  # noqa: E402
 from benchmarks import hub_models  # noqa: E402
 from benchmarks.models import realistic_bn  # noqa: E402
 from helpers import assert_close  # noqa: E402
-from keras_bn.folding import predict, random_inputs  # noqa: E402
+from keras_bn.verification import predict, random_inputs  # noqa: E402
 from keras_bn.layers.find import batch_norm_layers  # noqa: E402
 
 # Folding reorders float32 arithmetic in one layer: 1e-5 of the output scale.

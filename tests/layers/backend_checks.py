@@ -183,7 +183,8 @@ def fold_and_export(out_dir):
     result["export"] = exports
     data = rs.randn(40, 10, 10, 3).astype("float32")
     int8 = export.to_tflite(model, os.path.join(out_dir, f"{BACKEND}_int8.tflite"),
-                            quantize="int8", representative_data=data, equalization=True,
+                            quantize=export.QuantizationOptions(
+                                "int8", calibration=data, equalization=True),
                             latency_batch=None)
     result["int8_techniques"] = [t.name for t in int8.post_training]
     result["int8_bias_corrected"] = int8.post_training[-1].changed

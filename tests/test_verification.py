@@ -8,9 +8,9 @@ import tf_keras
 
 import keras_bn
 from keras_bn import export
-from keras_bn.folding import (VerificationError, check_outputs, default_rtol, predict,
-                              random_inputs, verification_batches)
-from keras_bn.folding.verify import NOISE_MULTIPLE
+from keras_bn.verification import (NOISE_MULTIPLE, VerificationError, check_outputs,
+                                   default_rtol, predict, random_inputs,
+                                   verification_batches)
 from helpers import keras_bn_cli, trained_statistics
 
 
@@ -63,7 +63,7 @@ def test_tolerance_is_the_floor_plus_the_models_own_noise(flavour):
     records the noise (the model in float32 against its float64 twin on the same inputs)
     and passes within the floor plus NOISE_MULTIPLE times it; 10x the floor plus
     NOISE_MULTIPLE noise fails."""
-    from keras_bn.folding.verify import float32_noise
+    from keras_bn.verification import float32_noise
 
     keras, bn = flavour
     model = _image_model(keras, bn, keras.layers.Rescaling(1 / 255))
@@ -86,7 +86,7 @@ def test_tolerance_is_the_floor_plus_the_models_own_noise(flavour):
 def test_the_float64_twin_is_built_once_per_model_and_weights():
     """A second check of the same model reuses its float64 twin; a change of its weights
     rebuilds it, and the noise follows the new weights."""
-    from keras_bn.folding import verify
+    from keras_bn import verification as verify
 
     model = _image_model(tf_keras, keras_bn, tf_keras.layers.Rescaling(1 / 255))
     batches, _ = verification_batches(model, None)

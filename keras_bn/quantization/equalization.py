@@ -20,8 +20,9 @@ it is for; ReLU6 and other clipping activations are not homogeneous and stop it.
 import numpy as np
 
 from keras_bn import flavour
-from keras_bn.export import kernels
-from keras_bn.export.post_training import Technique, channel_statistics, tensor_batches
+from keras_bn.quantization import kernels
+from keras_bn.quantization.activations import channel_statistics, tensor_batches
+from keras_bn.quantization.technique import Technique
 from keras_bn.folding.graph import Graph, Ref
 from keras_bn.folding.kinds import kind_of
 from keras_bn.folding.rewrite import weight_arrays, with_weights

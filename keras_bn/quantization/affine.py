@@ -1,4 +1,4 @@
-"""TFLite quantization modes and the affine mapping between real and integer values.
+"""The affine mapping between real and integer values, and weights as int8 files hold them.
 
 A TFLite integer tensor stands for real values `scale * (q - zero_point)`; an "int8-io"
 file takes and returns such tensors, so whoever feeds it (our verification, a device)
@@ -7,26 +7,6 @@ states for them.
 """
 
 import numpy as np
-
-#: Mode -> what it is for. None is float32.
-MODES = {
-    None: "float32: the reference; what the model computes, in every runtime.",
-    "dynamic": "int8 weights, float activations (dynamic-range quantization): about a "
-               "quarter of the size, no calibration data, usually the closest to the float "
-               "model of the int8 modes; runs where float kernels run (CPUs).",
-    "float16": "float16 weights, float32 compute: half the size, float32's answers to "
-               "about 1e-3; for GPUs, which may compute in float16.",
-    "int8": "full integer: int8 weights and activations with float inputs and outputs, "
-            "calibrated on representative data; the fastest on CPUs and the mode of "
-            "integer-only kernels, behind float inputs and outputs.",
-    "int8-io": "full integer with int8 inputs and outputs too, for accelerators (Edge "
-               "TPU, NPUs) and microcontrollers that take no float tensor; the caller "
-               "quantizes inputs and dequantizes outputs with the file's scale and "
-               "zero point.",
-}
-
-#: The modes that need calibration data (activation ranges).
-CALIBRATED = ("int8", "int8-io")
 
 
 def quantize(x, scale: float, zero_point: int, dtype) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Bias correction (Nagel et al. 2019, section 4.2) of the int8 weights TFLite writes.
 
-Rounding a layer's weights to int8 (`keras_bn.export.kernels.quantized`: what the
+Rounding a layer's weights to int8 (`keras_bn.quantization.kernels.quantized`: what the
 converter writes, per output channel) adds an error `e = W_q - W`; on the layer's inputs
 it shifts the mean of output channel `j` by `E[(e x)_j]`, a bias the float model does
 not have, which the next layers carry on. Bias correction subtracts that shift from the
@@ -17,8 +17,9 @@ at the borders, which on small feature maps is a large part of the mean.
 import numpy as np
 
 from keras_bn import flavour
-from keras_bn.export import kernels
-from keras_bn.export.post_training import Technique, tensor_batches
+from keras_bn.quantization import kernels
+from keras_bn.quantization.activations import tensor_batches
+from keras_bn.quantization.technique import Technique
 from keras_bn.folding.graph import Graph
 from keras_bn.folding.kinds import kind_of
 from keras_bn.folding.rewrite import set_weight_arrays, weight_arrays, with_weights

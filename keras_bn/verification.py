@@ -1,4 +1,8 @@
-"""Numerical check of a rewritten model against the original, in inference mode."""
+"""Numerical verification shared by fold, the exporters, quantization and the CLI: a
+model's outputs in inference mode (`predict`), the inputs to check on (`model_inputs`,
+`random_inputs`, `verification_batches`), and the check of a rewritten model or a file
+against the original (`check_outputs`), held to a floor plus the model's own rounding
+noise (its float64 twin, `float32_noise`)."""
 
 from dataclasses import dataclass
 
@@ -6,7 +10,7 @@ import numpy as np
 
 from keras_bn import flavour
 from keras_bn.errors import InputError, VerificationError
-from keras_bn.folding.memo import LastModel, weights_digest
+from keras_bn.memo import LastModel, weights_digest
 from keras_bn.layers.find import all_layers
 
 
@@ -26,6 +30,15 @@ def random_inputs(model, batch=2, unknown_dim=32, seed=0):
         else:
             arrays.append(_draw(first, shape, rs).astype(dtype))
     return arrays
+
+
+def verification_batches(model, samples):
+    """`(batches, description)`: `[samples]` as the model's inputs, or one random batch
+    of 2 in the model's input range (`random_inputs`)."""
+    if samples is None:
+        return [random_inputs(model)], "random (batch 2, in the model's input range)"
+    arrays = model_inputs(model, samples, "samples")
+    return [arrays], f"samples ({len(arrays[0])} rows)"
 
 
 def _first_layers(model):

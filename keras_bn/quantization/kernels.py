@@ -11,7 +11,7 @@ out]`, with no bias or activation between them.
 
 import numpy as np
 
-from keras_bn.export.quantization import fake_quantize
+from keras_bn.quantization.affine import fake_quantize
 
 #: tf-keras names the depthwise kernel `depthwise_kernel`, Keras 3 `kernel`.
 _DEPTHWISE = ("depthwise_kernel", "kernel")

@@ -1,0 +1,237 @@
+"""Quantization of a float ONNX file with onnxruntime's own tools, in a child process.
+
+* "int8" and "int16x8": QDQ format (QuantizeLinear/DequantizeLinear around every
+  quantized op, what onnxruntime, TensorRT, OpenVINO and QNN read), int8 weights
+  symmetric per output channel (narrow range [-127, 127], as TFLite writes them, so that
+  the bias correction done on the Keras model holds for both formats), activations int8
+  asymmetric or int16 symmetric (TFLite's 16x8 scheme). The activation ranges are
+  onnxruntime's MinMax calibration of the float file on the calibration rows (the rows
+  TFLite's converter calibrates on), re-estimated from histograms over those ranges by
+  `keras_bn.quantization.ranges` for another estimator, and handed to `quantize_static`
+  as its calibration cache: the quantizer writes what was estimated, no second pass.
+* "dynamic": `quantize_dynamic` (int8 weights, activations quantized at run time).
+* "float16": onnxconverter-common's `convert_float_to_float16`, float32 inputs and
+  outputs kept (`keep_io_types`).
+
+It runs in a child process (this file as a script; numpy, onnx and onnxruntime only, no
+TensorFlow) because calibration runs the model in onnxruntime: a runtime that crashes
+on a file must not take the caller's process down (see `isolated`).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+#: Rows per calibration batch run in onnxruntime.
+_BATCH = 32
+
+
+def quantize(content: bytes, options, input_names, what: str) -> tuple:
+    """`(file content, [Technique])`: the float ONNX `content` quantized as `options` (a
+    checked `keras_bn.quantization.QuantizationOptions`) say, calibrated on its rows
+    (one array per name of `input_names`, in that order); the records say how the ranges
+    were estimated."""
+    import numpy as np
+
+    from keras_bn.errors import InputError, VerificationError
+    from keras_bn.quantization.technique import Technique
+
+    with tempfile.TemporaryDirectory(prefix="keras_bn_onnx_quantize_") as work:
+        request = {"mode": options.mode, "ranges": options.ranges,
+                   "model": os.path.join(work, "float.onnx"),
+                   "out": os.path.join(work, "quantized.onnx"),
+                   "rows": os.path.join(work, "rows.npz"),
+                   "reply": os.path.join(work, "reply.json"),
+                   "inputs": list(input_names)}
+        with open(request["model"], "wb") as f:
+            f.write(content)
+        rows = options.calibration or []
+        count = min(options.calibration_rows, len(rows[0])) if rows else 0
+        np.savez(request["rows"], *[r[:count] for r in rows])
+        with open(os.path.join(work, "request.json"), "w") as f:
+            json.dump(request, f)
+        child = subprocess.run([sys.executable, os.path.abspath(__file__),
+                                os.path.join(work, "request.json")],
+                               capture_output=True, text=True)
+        if not os.path.exists(request["reply"]):
+            last = (child.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise VerificationError(f"{what}: onnxruntime's quantization process ended with "
+                                    f"status {child.returncode} without a file: {last}")
+        with open(request["reply"]) as f:
+            reply = json.load(f)
+        if "error" in reply:
+            raise InputError(f"{what}: onnxruntime could not quantize the file: "
+                             f"{reply['error']}")
+        with open(request["out"], "rb") as f:
+            quantized = f.read()
+    return quantized, [Technique(**record) for record in reply["records"]]
+
+
+def _reader(arrays, names):
+    """An onnxruntime `CalibrationDataReader` over the rows, `_BATCH` at a time."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Rows(CalibrationDataReader):
+        def __init__(self):
+            self.start = 0
+
+        def get_next(self):
+            if self.start >= len(arrays[0]):
+                return None
+            feed = {n: a[self.start:self.start + _BATCH] for n, a in zip(names, arrays)}
+            self.start += _BATCH
+            return feed
+
+        def rewind(self):
+            self.start = 0
+
+    return Rows()
+
+
+def _ends(path):
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    return {v.name for v in graph.input} | {v.name for v in graph.output}
+
+
+def _histograms(path, tensors, arrays, names, bins):
+    """`{tensor name: counts}` of each `{name: (low, high)}` tensor over its range, the
+    float model run in onnxruntime with those tensors as extra outputs."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(path))
+    known = {v.name: v for v in list(model.graph.value_info) + list(model.graph.output)}
+    present = {o.name for o in model.graph.output}
+    wanted = [n for n, (low, high) in tensors.items() if high > low]
+    for name in wanted:
+        if name not in present:
+            model.graph.output.append(known.get(name) or onnx.helper.ValueInfoProto(name=name))
+    session = onnxruntime.InferenceSession(model.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    counts = {}
+    for start in range(0, len(arrays[0]), _BATCH):
+        feed = {n: a[start:start + _BATCH] for n, a in zip(names, arrays)}
+        for name, value in zip(wanted, session.run(wanted, feed)):
+            low, high = tensors[name]
+            values = np.clip(np.asarray(value, np.float64).ravel(), low, high)
+            counts[name] = counts.get(name, 0) + np.histogram(values, bins, (low, high))[0]
+    return counts
+
+
+def _calibrated(request, arrays, op_types, symmetric):
+    """`(TensorsData, [record])`: onnxruntime's MinMax ranges of the float model on the
+    rows, re-estimated by `request["ranges"]` (keras_bn.quantization.ranges)."""
+    import numpy as np
+    from onnxruntime.quantization.calibrate import (CalibrationMethod, TensorData,
+                                                    TensorsData, create_calibrator)
+
+    from keras_bn.quantization import ranges as estimators
+
+    with tempfile.TemporaryDirectory() as work:
+        calibrator = create_calibrator(
+            request["model"], op_types,
+            augmented_model_path=os.path.join(work, "augmented.onnx"),
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"symmetric": symmetric})
+        calibrator.collect_data(_reader(arrays, request["inputs"]))
+        data = calibrator.compute_data()
+        del calibrator
+    if request["ranges"] == "minmax":
+        return data, []
+    ends = _ends(request["model"])
+    recorded = {n: (n, float(np.min(t.range_value[0])), float(np.max(t.range_value[1])))
+                for n, t in data.data.items() if n not in ends}
+    counts = _histograms(request["model"], {n: v[1:] for n, v in recorded.items()}, arrays,
+                         request["inputs"], estimators.BINS)
+    new, record = estimators.estimate(recorded, counts, request["ranges"])
+    for name, (low, high) in new.items():
+        data.data[name] = TensorData(lowest=np.array(low, np.float32),
+                                     highest=np.array(high, np.float32))
+    return TensorsData(CalibrationMethod.MinMax, data.data), [record]
+
+
+def _static(request, arrays):
+    """int8 / int16x8 QDQ: calibrate, re-estimate, quantize with those ranges."""
+    from dataclasses import asdict
+
+    from onnxruntime.quantization import (QuantFormat, QuantType, quantize_static)
+    from onnxruntime.quantization.calibrate import CalibrationMethod, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    int16 = request["mode"] == "int16x8"
+    op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
+    data, records = _calibrated(request, arrays, op_types, symmetric=int16)
+    with tempfile.TemporaryDirectory() as work:
+        cache = os.path.join(work, "ranges.json")
+        save_tensors_data(data, cache)
+        quantize_static(
+            request["model"], request["out"], None, quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=op_types, per_channel=True,
+            activation_type=QuantType.QInt16 if int16 else QuantType.QInt8,
+            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+            calibration_cache_path=cache,
+            nodes_to_exclude=request.get("exclude") or None,
+            extra_options={"ActivationSymmetric": int16, "WeightSymmetric": True,
+                           # Dense layers are MatMuls: a scale per output column, as
+                           # TFLite's FullyConnected kernels have.
+                           "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
+    return [asdict(r) for r in records]
+
+
+def _pre_processed(request, work):
+    """onnxruntime's `quant_pre_process` of the float model (shape inference and its
+    basic graph optimizations), so that a Dense layer's MatMul and bias Add become one
+    Gemm whose bias is quantized as a bias (int32 at the input scale times the weight
+    scale), as TFLite's FullyConnected holds it, rather than as an int8 activation.
+    Symbolic shape inference (for transformers' dynamic shapes) is skipped: onnx's own
+    shape inference knows every shape of a Keras CNN's graph."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    path = os.path.join(work, "pre_processed.onnx")
+    quant_pre_process(request["model"], path, skip_symbolic_shape=True)
+    return dict(request, model=path)
+
+
+def _serve(request_path):
+    with open(request_path) as f:
+        request = json.load(f)
+    try:
+        import numpy as np
+
+        with np.load(request["rows"], allow_pickle=False) as loaded:
+            arrays = [loaded[f"arr_{i}"] for i in range(len(loaded.files))]
+        if request["mode"] != "float16":
+            request = _pre_processed(request, os.path.dirname(request["model"]))
+        if request["mode"] in ("int8", "int16x8"):
+            records = _static(request, arrays)
+        elif request["mode"] == "dynamic":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(request["model"], request["out"], per_channel=True,
+                             weight_type=QuantType.QInt8)
+            records = []
+        else:  # float16
+            import onnx
+            from onnxconverter_common import float16
+
+            model = float16.convert_float_to_float16(onnx.load(request["model"]),
+                                                     keep_io_types=True)
+            onnx.save(model, request["out"])
+            records = []
+        reply = {"records": records}
+    except Exception as error:  # noqa: BLE001 - reported to the parent as one line
+        reply = {"error": f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"}
+    with open(request["reply"], "w") as f:
+        json.dump(reply, f)
+
+
+if __name__ == "__main__":
+    # Run as a script: this folder (holding onnx.py) must not shadow the onnx package.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    _serve(sys.argv[1])

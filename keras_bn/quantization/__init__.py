@@ -1,0 +1,20 @@
+"""Quantization techniques, apart from the file formats that use them.
+
+* `QuantizationOptions` (`options.py`): every choice of a post-training quantization
+  (mode, calibration rows, range estimator, techniques, evaluation rows, agreement gate),
+  taken alike by `keras_bn.export.to_tflite` and `keras_bn.export.to_onnx`.
+* The techniques, run on the folded Keras model before a converter quantizes it:
+  cross-layer equalization (`equalization.py`), bias correction (`bias_correction.py`),
+  both through `post_training.apply`; activation range estimators (`ranges.py`).
+* What they share: weights as int8 files hold them (`affine.py`, `kernels.py`) and the
+  scores of a quantized file against the float model (`scoring.py`: top-1 agreement,
+  errors, SQNR, the held-out split).
+
+The exporters (`keras_bn.export`) hold the formats: how each file is written, run and
+checked. Importing this package imports neither TensorFlow nor Keras.
+"""
+
+from keras_bn.quantization.options import (CALIBRATED, ESTIMATORS, FORMAT_MODES, MODES,
+                                           QuantizationOptions)
+
+__all__ = ["CALIBRATED", "ESTIMATORS", "FORMAT_MODES", "MODES", "QuantizationOptions"]
