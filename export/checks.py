@@ -45,6 +45,9 @@ class ExportResult:
       post_training: the `keras_bn.quantization.technique.Technique` records of what
         was done to the folded model before a calibrated conversion, and of the ranges
         (empty: nothing).
+      fallback: with `float_fallback`, the `keras_bn.quantization.fallback.Fallback`
+        record: the layers kept in float, the agreement before and after, the integer
+        file's size and latency; None otherwise.
     """
 
     path: str
@@ -63,6 +66,7 @@ class ExportResult:
     evaluation: list = None
     evaluated_on: str = ""
     post_training: list = field(default_factory=list)
+    fallback: object = None
 
 
 #: A float32 file's tolerance, relative to the output scale: the runtimes' kernels sum

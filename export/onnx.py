@@ -9,7 +9,7 @@ import numpy as np
 from keras_bn import flavour
 from keras_bn.errors import InputError
 from keras_bn.files.output import atomic_path, check_output
-from keras_bn.export import checks, onnx_quantization, through_tensorflow
+from keras_bn.export import checks, onnx_quantization, selective, through_tensorflow
 from keras_bn.export._prepare import input_signature, output_names, quantization_input
 from keras_bn.export.frozen_graph import frozen_graph
 from keras_bn.export.isolated import IsolatedRuntime
@@ -86,13 +86,19 @@ def to_onnx(model, path: str | os.PathLike, *,
     converted, plan, records = quantization_input(model, fold, verify, samples, options)
     proto = _convert(converted, input_signature(model), output_names(model), opset)
     _check(proto, model.name)
-    if options.mode is not None:
+    fallback = None
+    if options.float_fallback:
+        with contextlib.closing(selective.OnnxLayers(model, converted, ready, proto)) as file:
+            content, fallback = selective.with_fallback(file, latency_batch)
+            proto, records = onnx.load_from_string(content), records + file.records
+    elif options.mode is not None:
         content, estimated = onnx_quantization.quantize(
             proto.SerializeToString(), options, flavour.of(model).input_names(model),
             f"ONNX {options.mode} export of '{model.name}'")
         proto, records = onnx.load_from_string(content), records + estimated
     result = checks.ExportResult(path=os.fspath(path), fold_plan=plan, post_training=records,
-                                 format="onnx" + (f"-{options.mode}" if options.mode else ""))
+                                 format="onnx" + (f"-{options.mode}" if options.mode else ""),
+                                 fallback=fallback)
     result.op_counts = dict(collections.Counter(node.op_type for node in proto.graph.node))
     with atomic_path(path, (".onnx",)) as tmp:
         onnx.save(proto, tmp)

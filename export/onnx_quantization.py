@@ -20,6 +20,7 @@ on a file must not take the caller's process down (see `isolated`).
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,45 +29,90 @@ import tempfile
 _BATCH = 32
 
 
-def quantize(content: bytes, options, input_names, what: str) -> tuple:
-    """`(file content, [Technique])`: the float ONNX `content` quantized as `options` (a
-    checked `keras_bn.quantization.QuantizationOptions`) say, calibrated on its rows
-    (one array per name of `input_names`, in that order); the records say how the ranges
-    were estimated."""
-    import numpy as np
+class Quantizer:
+    """onnxruntime's quantization of one float ONNX file, as many times as asked, each
+    leaving other layers in float (`nodes_to_exclude`): the first call pre-processes and
+    calibrates, the later ones reuse that calibration (its cache) and only quantize.
 
-    from keras_bn.errors import InputError, VerificationError
-    from keras_bn.quantization.technique import Technique
+    Args:
+      content: the float ONNX file.
+      options: checked `keras_bn.quantization.QuantizationOptions`; its calibration rows
+        (one array per name of `input_names`, in that order) calibrate.
+      input_names: the file's input names.
+      what: names the export in error messages.
+    """
 
-    with tempfile.TemporaryDirectory(prefix="keras_bn_onnx_quantize_") as work:
-        request = {"mode": options.mode, "ranges": options.ranges,
-                   "model": os.path.join(work, "float.onnx"),
-                   "out": os.path.join(work, "quantized.onnx"),
-                   "rows": os.path.join(work, "rows.npz"),
-                   "reply": os.path.join(work, "reply.json"),
-                   "inputs": list(input_names)}
-        with open(request["model"], "wb") as f:
+    def __init__(self, content: bytes, options, input_names, what: str):
+        import numpy as np
+
+        self.what = what
+        self.work = tempfile.mkdtemp(prefix="keras_bn_onnx_quantize_")
+        self.request = {"mode": options.mode, "ranges": options.ranges,
+                        "model": os.path.join(self.work, "float.onnx"),
+                        "pre_processed": os.path.join(self.work, "pre_processed.onnx"),
+                        "cache": os.path.join(self.work, "ranges.json"),
+                        "records": os.path.join(self.work, "records.json"),
+                        "out": os.path.join(self.work, "quantized.onnx"),
+                        "rows": os.path.join(self.work, "rows.npz"),
+                        "reply": os.path.join(self.work, "reply.json"),
+                        "inputs": list(input_names)}
+        with open(self.request["model"], "wb") as f:
             f.write(content)
         rows = options.calibration or []
         count = min(options.calibration_rows, len(rows[0])) if rows else 0
-        np.savez(request["rows"], *[r[:count] for r in rows])
-        with open(os.path.join(work, "request.json"), "w") as f:
+        np.savez(self.request["rows"], *[r[:count] for r in rows])
+
+    def __call__(self, exclude=()) -> tuple:
+        """`(file content, [Technique])`, the nodes named in `exclude` left in float; the
+        records say how the ranges were estimated."""
+        from keras_bn.errors import InputError, VerificationError
+        from keras_bn.quantization.technique import Technique
+
+        request = dict(self.request, exclude=list(exclude))
+        for stale in (request["reply"], request["out"]):
+            if os.path.exists(stale):
+                os.remove(stale)
+        path = os.path.join(self.work, "request.json")
+        with open(path, "w") as f:
             json.dump(request, f)
-        child = subprocess.run([sys.executable, os.path.abspath(__file__),
-                                os.path.join(work, "request.json")],
+        child = subprocess.run([sys.executable, os.path.abspath(__file__), path],
                                capture_output=True, text=True)
         if not os.path.exists(request["reply"]):
             last = (child.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise VerificationError(f"{what}: onnxruntime's quantization process ended with "
-                                    f"status {child.returncode} without a file: {last}")
+            raise VerificationError(f"{self.what}: onnxruntime's quantization process ended "
+                                    f"with status {child.returncode} without a file: {last}")
         with open(request["reply"]) as f:
             reply = json.load(f)
         if "error" in reply:
-            raise InputError(f"{what}: onnxruntime could not quantize the file: "
+            raise InputError(f"{self.what}: onnxruntime could not quantize the file: "
                              f"{reply['error']}")
         with open(request["out"], "rb") as f:
-            quantized = f.read()
-    return quantized, [Technique(**record) for record in reply["records"]]
+            content = f.read()
+        return content, [Technique(**record) for record in reply["records"]]
+
+    def nodes(self) -> list[str]:
+        """The names of the nodes of the float file as quantized (pre-processed), in
+        graph order; after a first call."""
+        import onnx
+
+        model = onnx.load(self.request["pre_processed"], load_external_data=False)
+        return [node.name for node in model.graph.node]
+
+    def close(self):
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def quantize(content: bytes, options, input_names, what: str) -> tuple:
+    """`(file content, [Technique])`: the float ONNX `content` quantized as `options` (a
+    checked `keras_bn.quantization.QuantizationOptions`) say (see `Quantizer`)."""
+    with Quantizer(content, options, input_names, what) as quantizer:
+        return quantizer()
 
 
 def _reader(arrays, names):
@@ -156,7 +202,8 @@ def _calibrated(request, arrays, op_types, symmetric):
 
 
 def _static(request, arrays):
-    """int8 / int16x8 QDQ: calibrate, re-estimate, quantize with those ranges."""
+    """int8 / int16x8 QDQ: calibrate and re-estimate (once: later requests reuse the
+    cache), quantize with those ranges."""
     from dataclasses import asdict
 
     from onnxruntime.quantization import (QuantFormat, QuantType, quantize_static)
@@ -165,25 +212,31 @@ def _static(request, arrays):
 
     int16 = request["mode"] == "int16x8"
     op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
-    data, records = _calibrated(request, arrays, op_types, symmetric=int16)
-    with tempfile.TemporaryDirectory() as work:
-        cache = os.path.join(work, "ranges.json")
+    cache = request["cache"]
+    if os.path.exists(cache):
+        with open(request["records"]) as f:
+            records = json.load(f)
+    else:
+        data, found = _calibrated(request, arrays, op_types, symmetric=int16)
+        records = [asdict(r) for r in found]
         save_tensors_data(data, cache)
-        quantize_static(
-            request["model"], request["out"], None, quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=op_types, per_channel=True,
-            activation_type=QuantType.QInt16 if int16 else QuantType.QInt8,
-            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-            calibration_cache_path=cache,
-            nodes_to_exclude=request.get("exclude") or None,
-            extra_options={"ActivationSymmetric": int16, "WeightSymmetric": True,
-                           # Dense layers are MatMuls: a scale per output column, as
-                           # TFLite's FullyConnected kernels have.
-                           "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
-    return [asdict(r) for r in records]
+        with open(request["records"], "w") as f:
+            json.dump(records, f)
+    quantize_static(
+        request["model"], request["out"], None, quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=op_types, per_channel=True,
+        activation_type=QuantType.QInt16 if int16 else QuantType.QInt8,
+        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+        calibration_cache_path=cache,
+        nodes_to_exclude=request.get("exclude") or None,
+        extra_options={"ActivationSymmetric": int16, "WeightSymmetric": True,
+                       # a MatMul left unfused: a scale per output column, as
+                       # TFLite's FullyConnected kernels have
+                       "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
+    return records
 
 
-def _pre_processed(request, work):
+def _pre_processed(request):
     """onnxruntime's `quant_pre_process` of the float model (shape inference and its
     basic graph optimizations), so that a Dense layer's MatMul and bias Add become one
     Gemm whose bias is quantized as a bias (int32 at the input scale times the weight
@@ -192,8 +245,9 @@ def _pre_processed(request, work):
     shape inference knows every shape of a Keras CNN's graph."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    path = os.path.join(work, "pre_processed.onnx")
-    quant_pre_process(request["model"], path, skip_symbolic_shape=True)
+    path = request["pre_processed"]
+    if not os.path.exists(path):  # once per Quantizer
+        quant_pre_process(request["model"], path, skip_symbolic_shape=True)
     return dict(request, model=path)
 
 
@@ -206,7 +260,7 @@ def _serve(request_path):
         with np.load(request["rows"], allow_pickle=False) as loaded:
             arrays = [loaded[f"arr_{i}"] for i in range(len(loaded.files))]
         if request["mode"] != "float16":
-            request = _pre_processed(request, os.path.dirname(request["model"]))
+            request = _pre_processed(request)
         if request["mode"] in ("int8", "int16x8"):
             records = _static(request, arrays)
         elif request["mode"] == "dynamic":

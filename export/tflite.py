@@ -1,6 +1,7 @@
 """Export to TFLite with TensorFlow's converter, run in LiteRT's Interpreter."""
 
 import collections
+import contextlib
 import os
 
 import numpy as np
@@ -11,7 +12,7 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from keras_bn import flavour
 from keras_bn.errors import InputError, VerificationError
 from keras_bn.files.output import atomic_path, check_output
-from keras_bn.export import checks, through_tensorflow, tflite_ranges
+from keras_bn.export import checks, selective, through_tensorflow, tflite_ranges
 from keras_bn.export._prepare import input_signature, output_names, quantization_input
 from keras_bn.export.isolated import IsolatedRuntime
 from keras_bn.quantization.affine import dequantize, quantize as quantized
@@ -94,8 +95,14 @@ def to_tflite(model, path: str | os.PathLike, *,
             fold=fold, verify=verify, samples=samples, labels=labels, rtol=rtol, atol=atol,
             latency_batch=latency_batch))
     converted, plan, records = quantization_input(model, fold, verify, samples, options)
-    content, estimated = _convert(converted, model, options)
-    records = records + estimated
+    fallback = None
+    if options.float_fallback:
+        with contextlib.closing(selective.TFLiteLayers(model, converted, ready)) as file:
+            content, fallback = selective.with_fallback(file, latency_batch)
+            records = records + file.records
+    else:
+        content, estimated = _convert(converted, model, options)
+        records = records + estimated
     if options.mode and options.mode != "float16" and not tensor_types(content) & {
             "INT8", "UINT8"}:
         small = (" (dynamic-range quantization leaves weights of under 1024 values in "
@@ -105,7 +112,7 @@ def to_tflite(model, path: str | os.PathLike, *,
                                 "float.")
     result = checks.ExportResult(path=os.fspath(path), fold_plan=plan,
                                  format="tflite" + (f"-{options.mode}" if options.mode else ""),
-                                 post_training=records)
+                                 post_training=records, fallback=fallback)
     result.op_counts = op_counts(content)
     with atomic_path(path, (".tflite",)) as tmp:
         with open(tmp, "wb") as f:
@@ -183,13 +190,50 @@ def _converter_options(options, model):
     return settings
 
 
-def _convert(converted, model, options):
+def _convert(converted, model, options, calibrate_only=None):
     """`(file content, [Technique])`: the converter's file of `converted` in the options'
-    mode; with another range estimator than "minmax", calibrated only, its activation
-    ranges re-estimated (`keras_bn.export.tflite_ranges`), then quantized by the
-    converter's own quantizer, with the record of the new ranges."""
+    mode; with another range estimator than "minmax" (or `calibrate_only`), the
+    calibrated file of `calibrated` quantized by `quantized`, with the record of the new
+    ranges."""
+    if calibrate_only is None:
+        calibrate_only = options.ranges != "minmax"
+    if calibrate_only:
+        content, records = calibrated(converted, model, options)
+        return quantized(content, options), records
+    return _run_converter(converted, model, options, False), []
+
+
+def calibrated(converted, model, options) -> tuple:
+    """`(calibrated file, [Technique])`: the converter's float file of `converted` holding
+    each activation's calibrated range (`_experimental_calibrate_only`), the ranges
+    re-estimated by the options' estimator where it is not "minmax"
+    (`keras_bn.export.tflite_ranges`)."""
+    content = _run_converter(converted, model, options, True)
+    if options.ranges == "minmax":
+        return content, []
+    names = flavour.of(model).input_names(model)
+    data = options.calibration
+    rows = min(options.calibration_rows, len(data[0]))
+    feeds = [{n: d[start:min(start + 32, rows)] for n, d in zip(names, data)}
+             for start in range(0, rows, 32)]
+    new, record = tflite_ranges.estimate(content, feeds, options.ranges)
+    return tflite_ranges.with_ranges(content, new), [record]
+
+
+def quantized(content, options, float_nodes=()) -> bytes:
+    """The calibrated file `content` quantized by the converter's own quantizer
+    (`mlir_quantize`, what `convert()` calls after calibrating), the ops whose output
+    tensors are named in `float_nodes` left in float (as the QuantizationDebugger's
+    selective quantization leaves them)."""
+    io = tf.int8 if options.mode == "int8-io" else tf.float32
+    content = mlir_quantize(content, False, input_data_type=io, output_data_type=io,
+                            denylisted_nodes=list(float_nodes) or None)
+    return deduplicate_readonly_buffers(content)
+
+
+def _run_converter(converted, model, options, calibrate_only):
+    """The converter's file of `converted` (calibrated only, or converted)."""
     settings = _converter_options(options, model)
-    calibrate_only = options.ranges != "minmax"
 
     def configure(converter):
         for name, value in settings.items():
@@ -201,20 +245,8 @@ def _convert(converted, model, options):
         converter._experimental_calibrate_only = calibrate_only
 
     try:
-        content = flavour.of(converted).tflite_content(
+        return flavour.of(converted).tflite_content(
             converted, input_signature(model), output_names(model), configure)
-        if not calibrate_only:
-            return content, []
-        names = flavour.of(model).input_names(model)
-        data = options.calibration
-        rows = min(options.calibration_rows, len(data[0]))
-        feeds = [{n: d[start:min(start + 32, rows)] for n, d in zip(names, data)}
-                 for start in range(0, rows, 32)]
-        new, record = tflite_ranges.estimate(content, feeds, options.ranges)
-        io = tf.int8 if options.mode == "int8-io" else tf.float32
-        content = mlir_quantize(tflite_ranges.with_ranges(content, new), False,
-                                input_data_type=io, output_data_type=io)
-        return deduplicate_readonly_buffers(content), [record]
     except ConverterError as error:  # an op or dtype TFLite has no kernel for
         lines = [line.split("error: ", 1)[1].strip() for line in str(error).splitlines()
                  if "error: " in line]

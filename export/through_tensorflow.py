@@ -47,6 +47,10 @@ def export(fmt: str, model, path, ready, options: dict):
     from keras_bn.folding import fold
     from keras_bn.quantization.technique import Technique
 
+    if ready.options.float_fallback:
+        raise InputError(f"Float fallback of '{model.name}' scores files layer by layer on "
+                         f"the TensorFlow backend, not {flavour.of(model).backend()}: save "
+                         "the model and export it with KERAS_BACKEND=tensorflow.")
     modules = _modules(model)
     plan = None
     if options["fold"]:  # the fold itself, verified on the model's own backend

@@ -54,6 +54,11 @@ COMMANDS = {
                "--ranges mse --equalize\n"
                "  keras-bn export model.keras --onnx q.onnx --tflite q.tflite --quantize "
                "int16x8 --calibration x.npz --eval held_out.npz"),
+    "sensitivity": ("which layers lose the answers when quantized: each alone quantized, "
+                    "and all but it, scored on held-out rows",
+                    "  keras-bn sensitivity model.keras --calibration x.npy\n"
+                    "  keras-bn sensitivity model.keras --calibration x.npy --eval held_out.npy "
+                    "--format onnx --plot sensitivity.png"),
     "inspect": ("table of the BN layers: shape, momentum, epsilon, statistics, foldability",
                 "  keras-bn inspect model.keras"),
     "demo": ("train a small CNN with both layers on scikit-learn's digits, fold, export, "
@@ -122,6 +127,10 @@ def _parser():
     made["export"].add_argument("--min-agreement", metavar="FRACTION", type=float,
                                 help="exit 1 (no file written) when a file's top-1 "
                                 "agreement with the model is below FRACTION (0.99)")
+    made["export"].add_argument("--float-fallback", action="store_true",
+                                help="with --min-agreement: keep the most harmful layers in "
+                                "float, fewest first, until the file reaches it (int8; ONNX "
+                                "int16x8 too), instead of exit 1; the layers are printed")
     made["export"].add_argument("--int8", metavar="DATA",
                                 help="short for --quantize int8 --calibration DATA")
     made["export"].add_argument("--float16", action="store_true",
@@ -141,6 +150,20 @@ def _parser():
                                 "percentile (0.01-99.99 %%), mse (least squared error)")
     made["export"].add_argument("--no-fold", action="store_true", help="export without folding")
     made["export"].add_argument("--opset", type=int, help="ONNX opset (default: tf2onnx's)")
+    made["sensitivity"].add_argument("--calibration", metavar="DATA", required=True,
+                                     help="calibration inputs (.npy, or .npz by input name)")
+    made["sensitivity"].add_argument("--eval", metavar="DATA",
+                                     help="rows to score on (default: a held-out fifth of "
+                                     "the calibration rows)")
+    made["sensitivity"].add_argument("--format", choices=("tflite", "onnx"),
+                                     default="tflite", help="the file format (default tflite)")
+    made["sensitivity"].add_argument("--quantize", choices=("int8", "int8-io", "int16x8"),
+                                     default="int8", metavar="MODE",
+                                     help="int8 (default), int8-io (TFLite) or int16x8 (ONNX)")
+    made["sensitivity"].add_argument("--ranges", choices=ESTIMATORS, default="minmax",
+                                     help="activation range estimator (as export's)")
+    made["sensitivity"].add_argument("--plot", metavar="FILE",
+                                     help="write a bar chart (.png, .svg or .pdf)")
     made["demo"].add_argument("--epochs", type=int, default=12, help="training epochs")
     made["demo"].add_argument("--out", default="demo_results",
                               help="folder for the exported files and the plot")
@@ -192,12 +215,14 @@ def _export(args):
     if args.min_agreement is not None and not 0 <= args.min_agreement <= 1:
         raise UserError(f"--min-agreement {args.min_agreement:g}: give a fraction between 0 "
                         "and 1 (0.99 for 99 %)")
+    if args.float_fallback:
+        _check_fallback(args, quantize)
     from keras_bn import export  # TensorFlow: after the checks that answer at once
 
     options = export.QuantizationOptions(
         quantize, calibration=load_arrays(calibration) if calibration else None,
         evaluation=load_arrays(args.eval) if args.eval else None,
-        min_agreement=args.min_agreement, **techniques)
+        min_agreement=args.min_agreement, float_fallback=args.float_fallback, **techniques)
     samples = load_arrays(args.samples) if args.samples else None
     steps = Steps(1 + bool(args.onnx) + bool(args.tflite))
     model = _load(args, steps)
@@ -226,9 +251,57 @@ def _export(args):
     for r in results:
         for technique in r.post_training:
             print(f"{r.format} {technique.summary()}")
+        if r.fallback is not None:
+            print(f"{r.format} {r.fallback.summary(r.size_bytes, r.latency_ms)}")
     scored = [r for r in results if r.evaluation]
     if scored:
         print(scores_table(scored))
+
+
+def _check_fallback(args, quantize):
+    """--float-fallback's own checks, before anything is loaded."""
+    from keras_bn.quantization.options import FALLBACK_MODES
+
+    if args.min_agreement is None:
+        raise UserError("--float-fallback keeps layers in float until the file reaches "
+                        "--min-agreement: give --min-agreement FRACTION too")
+    for flag, path, fmt in (("--onnx", args.onnx, "onnx"), ("--tflite", args.tflite, "tflite")):
+        if path and quantize not in FALLBACK_MODES[fmt]:
+            raise UserError(f"--float-fallback with {flag} is for --quantize "
+                            f"{' or '.join(FALLBACK_MODES[fmt])}"
+                            + (f", not {quantize}" if quantize else ""))
+
+
+def _sensitivity(args):
+    from keras_bn.files.output import check_output
+    from keras_bn.files import load_arrays
+
+    inputs = [args.model, args.calibration] + _given(args.eval)
+    if args.plot:
+        check_output(args.plot, (".png", ".svg", ".pdf"), inputs)
+    from keras_bn.quantization.options import FALLBACK_MODES
+
+    if args.quantize not in FALLBACK_MODES[args.format]:
+        raise UserError(f"--quantize {args.quantize} cannot be measured layer by layer in "
+                        f"{args.format}: use {' or '.join(FALLBACK_MODES[args.format])}")
+    from keras_bn.quantization.sensitivity import sensitivity
+
+    calibration = load_arrays(args.calibration)
+    evaluation = load_arrays(args.eval) if args.eval else None
+    steps = Steps(2 + bool(args.plot))
+    model = _load(args, steps)
+    report = steps.run(f"quantize {args.format} {args.quantize} layer by layer and score",
+                       sensitivity, model, calibration, evaluation=evaluation,
+                       mode=args.quantize, fmt=args.format, ranges=args.ranges)
+    if args.plot:
+        from keras_bn.files.output import atomic_path
+
+        def plot():
+            with atomic_path(args.plot, (".png", ".svg", ".pdf"), inputs=inputs) as tmp:
+                report.plot(tmp)
+
+        steps.run(f"plot {args.plot}", plot)
+    print(report.table())
 
 
 def _techniques(args, quantize):
@@ -327,7 +400,8 @@ def main(argv=None):
     input, 3 an internal error)."""
     args = _parser().parse_args(argv)
     debug = args.debug or os.environ.get("KERAS_BN_DEBUG", "") not in ("", "0")
-    handlers = {"fold": _fold, "export": _export, "inspect": _inspect, "demo": _demo}
+    handlers = {"fold": _fold, "export": _export, "inspect": _inspect, "demo": _demo,
+                "sensitivity": _sensitivity}
     with contextlib.ExitStack() as quiet:
         if not args.verbose:
             quiet.enter_context(_quiet_native_logs())

@@ -14,7 +14,8 @@ The exporters (`keras_bn.export`) hold the formats: how each file is written, ru
 checked. Importing this package imports neither TensorFlow nor Keras.
 """
 
-from keras_bn.quantization.options import (CALIBRATED, ESTIMATORS, FORMAT_MODES, MODES,
-                                           QuantizationOptions)
+from keras_bn.quantization.options import (CALIBRATED, ESTIMATORS, FALLBACK_MODES,
+                                           FORMAT_MODES, MODES, QuantizationOptions)
 
-__all__ = ["CALIBRATED", "ESTIMATORS", "FORMAT_MODES", "MODES", "QuantizationOptions"]
+__all__ = ["CALIBRATED", "ESTIMATORS", "FALLBACK_MODES", "FORMAT_MODES", "MODES",
+           "QuantizationOptions"]

@@ -41,6 +41,11 @@ FORMAT_MODES = {"tflite": (None, "dynamic", "float16", "int8", "int8-io", "int16
 #: The modes calibrated on data (activation ranges).
 CALIBRATED = ("int8", "int8-io", "int16x8")
 
+#: The modes whose files can keep some layers in float (`float_fallback`): the int8 files
+#: both converters quantize layer by layer (TFLite's int16x8 goes through its older
+#: quantizer, which takes no list of layers to leave).
+FALLBACK_MODES = {"tflite": ("int8", "int8-io"), "onnx": ("int8", "int16x8")}
+
 #: Range estimators (`keras_bn.quantization.ranges`).
 ESTIMATORS = ("minmax", "percentile", "mse")
 
@@ -86,6 +91,11 @@ class QuantizationOptions:
       min_agreement: Fail (VerificationError, no file written) when an output's top-1
         agreement with the Keras model on the evaluation rows is below this fraction
         (0.99: 99 %); needs an output with a class axis and rows to score on.
+      float_fallback: With `min_agreement`, instead of failing, keep the layers whose
+        quantization harms the answers most in float, fewest first, until the evaluation
+        rows reach `min_agreement` (`keras_bn.quantization.fallback`); the result names
+        each layer kept in float and what it cost in size and latency. The file is then
+        no longer integer only. Calibrated int8 modes (`FALLBACK_MODES`).
     """
 
     mode: str | None = None
@@ -96,6 +106,7 @@ class QuantizationOptions:
     bias_correction: bool | None = None
     evaluation: Any = None
     min_agreement: float | None = None
+    float_fallback: bool = False
 
     @property
     def calibrated(self) -> bool:
@@ -174,6 +185,13 @@ def check(options: QuantizationOptions, fmt: str, name: str) -> None:
     if options.calibration_rows < 1:
         raise InputError(f"{what}: calibration_rows={options.calibration_rows}; give at "
                          "least 1 (a few hundred is typical).")
+    if options.float_fallback and options.min_agreement is None:
+        raise InputError(f"{what}: float_fallback keeps layers in float until the file "
+                         "reaches min_agreement; give min_agreement too (0.99 for 99 %).")
+    if options.float_fallback and mode not in FALLBACK_MODES[fmt]:
+        raise InputError(f"{what}: float_fallback is for mode "
+                         f"{' or '.join(map(repr, FALLBACK_MODES[fmt]))} in "
+                         f"{_FORMATS[fmt]}, not {mode!r}.")
     if options.min_agreement is not None and not 0 <= options.min_agreement <= 1:
         raise InputError(f"{what}: min_agreement={options.min_agreement!r}; give a "
                          "fraction between 0 and 1 (0.99 for 99 %).")

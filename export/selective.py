@@ -1,0 +1,234 @@
+"""A model's quantized file, layer by layer: any of its layers left in float.
+
+`open_file(model, fmt, options)` prepares the model as the exporter does (fold,
+post-training techniques, one calibration) and yields a `LayerwiseFile`: the Keras
+layers the file holds (`layers`), the file with any of them kept in float (`content`),
+and its scores against the Keras model on the evaluation rows (`score`), the file run in
+its runtime in a child process. Sensitivity and float fallback
+(`keras_bn.quantization.sensitivity`, `.fallback`) are written against that interface;
+this module holds what each format does:
+
+- TFLite: the converter calibrates once (a float file holding every activation's range,
+  re-estimated as the options say), and its own quantizer (`mlir_quantize`) writes each
+  file, the layers' ops named in `denylisted_nodes`: the QuantizationDebugger's
+  selective quantization.
+- ONNX: onnxruntime's `quantize_static` from one calibration cache, the layers' nodes in
+  `nodes_to_exclude`.
+
+An op belongs to the Keras layers whose names its name holds as a scope
+("model/conv1/Conv2D"; TFLite fuses "model/re_lu/Relu;model/conv1/Conv2D" into one op of
+both); an op writing a model output that TFLite renamed belongs to the layer the output
+is named after.
+"""
+
+import contextlib
+import os
+import tempfile
+
+import numpy as np
+
+from keras_bn import flavour
+from keras_bn.errors import InputError
+from keras_bn.export._prepare import input_signature, output_names, quantization_input
+from keras_bn.export.isolated import IsolatedRuntime
+from keras_bn.quantization import scoring
+from keras_bn.quantization.options import FALLBACK_MODES, prepared
+from keras_bn.verification import predict
+
+
+def layer_of(name: str, layers: set[str], weighted: set[str]) -> str | None:
+    """The Keras layer (of `layers`) an op or node `name` belongs to: of the layer names
+    it holds as scopes, one with weights (a fused "re_lu/Relu;conv1/Conv2D" op is the
+    convolution's), else the first; None for none."""
+    found = [scope for part in name.split(";") for scope in part.split("/")
+             if scope in layers]
+    return next((f for f in found if f in weighted), found[0] if found else None)
+
+
+def _names(converted):
+    """`(layer names, names of layers with weights)` of the model converted."""
+    return ({layer.name for layer in converted.layers},
+            {layer.name for layer in converted.layers if layer.weights})
+
+
+class LayerwiseFile:
+    """The quantized file of one model, with any of its layers left in float.
+
+    Attributes:
+      layers: the Keras layers the file quantizes, in graph order.
+      nodes: layer name -> the names of its ops (TFLite) or nodes (ONNX).
+      ready: the `keras_bn.quantization.options.Prepared` decisions it was made from.
+    """
+
+    fmt = ""
+
+    def __init__(self, model, ready, nodes: dict):
+        self.model, self.ready, self.nodes = model, ready, nodes
+        self.layers = list(nodes)
+        self.names = flavour.of(model).input_names(model)
+        self.outputs = output_names(model)
+        rows = ready.scored
+        self.reference = [np.concatenate(parts) for parts in zip(*(
+            predict(model, [r[i:i + 64] for r in rows]) for i in range(0, len(rows[0]), 64)))]
+
+    def content(self, float_layers=()) -> bytes:
+        """The file with the layers of `float_layers` left in float."""
+        raise NotImplementedError
+
+    def float_nodes(self, float_layers) -> list[str]:
+        return [n for layer in float_layers for n in self.nodes[layer]]
+
+    def score(self, float_layers=()) -> list[scoring.OutputScore]:
+        """Scores of `content(float_layers)` against the Keras model on the rows."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "candidate." + self.fmt)
+            with open(path, "wb") as f:
+                f.write(self.content(float_layers))
+            with IsolatedRuntime(self.fmt, path) as runtime:
+                got = [self._run(runtime, [r[i:i + 64] for r in self.ready.scored])
+                       for i in range(0, len(self.ready.scored[0]), 64)]
+        got = [np.concatenate([g[k] for g in got]) for k in range(len(self.outputs))]
+        return scoring.score(self.outputs, self.reference, got)
+
+    def _run(self, runtime, inputs):
+        from keras_bn.export.tflite import _fed, _read
+
+        if self.fmt == "onnx":
+            got = runtime({n: np.asarray(x) for n, x in zip(self.names, inputs)})
+            return [got[name] for name in self.outputs]
+        dtypes = dict(runtime.inputs)
+        got = runtime({n: _fed(x, dtypes[n], runtime.quantization.get(n))
+                       for n, x in zip(self.names, inputs)})
+        return [_read(got[name], runtime.quantization.get(name)) for name in self.outputs]
+
+    def latency_ms(self, float_layers, batch: int) -> float:
+        """Median milliseconds of a batch of `batch` random inputs through
+        `content(float_layers)` in its runtime, as `checks.latency_ms` times files."""
+        from keras_bn.export import checks
+        from keras_bn.verification import random_inputs
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "candidate." + self.fmt)
+            with open(path, "wb") as f:
+                f.write(self.content(float_layers))
+            with IsolatedRuntime(self.fmt, path) as runtime:
+                run = lambda inputs: self._run(runtime, inputs)  # noqa: E731
+                run.seconds = lambda: runtime.seconds
+                return checks.latency_ms(run, random_inputs(self.model, batch=batch, seed=1))
+
+    def close(self):
+        pass
+
+
+class TFLiteLayers(LayerwiseFile):
+    fmt = "tflite"
+
+    def __init__(self, model, converted, ready):
+        from keras_bn.export import tflite
+
+        self.calibrated, self.records = tflite.calibrated(converted, model, ready.options)
+        super().__init__(model, ready, _tflite_nodes(self.calibrated, converted))
+
+    def content(self, float_layers=()) -> bytes:
+        from keras_bn.export import tflite
+
+        return tflite.quantized(self.calibrated, self.ready.options,
+                                self.float_nodes(float_layers))
+
+
+def _tflite_nodes(content, converted):
+    """layer -> the output tensor names of its ops in the calibrated TFLite file."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    names, weighted = _names(converted)
+    tflite_model = flatbuffer_utils.read_model_from_bytearray(content)
+    graph = tflite_model.subgraphs[0]
+    renamed = {}  # a model output's tensor -> the layer its output is named after
+    for signature in tflite_model.signatureDefs or []:
+        for output in signature.outputs:
+            key = output.name.decode() if isinstance(output.name, bytes) else output.name
+            if key in names:
+                renamed[output.tensorIndex] = key
+    nodes = {}
+    for op in graph.operators:
+        tensor = graph.tensors[op.outputs[0]]
+        name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
+        layer = layer_of(name, names, weighted) or renamed.get(op.outputs[0])
+        if layer is not None:
+            nodes.setdefault(layer, []).append(name)
+    return nodes
+
+
+class OnnxLayers(LayerwiseFile):
+    fmt = "onnx"
+
+    def __init__(self, model, converted, ready, proto=None):
+        from keras_bn.export import onnx as onnx_export
+        from keras_bn.export import onnx_quantization
+
+        if proto is None:
+            proto = onnx_export._convert(converted, input_signature(model),
+                                         output_names(model), None)
+            onnx_export._check(proto, model.name)
+        self.quantizer = onnx_quantization.Quantizer(
+            proto.SerializeToString(), ready.options, flavour.of(model).input_names(model),
+            f"ONNX {ready.options.mode} export of '{model.name}'")
+        self.first, self.records = self.quantizer()
+        names, weighted = _names(converted)
+        nodes = {}
+        for node in self.quantizer.nodes():
+            layer = layer_of(node, names, weighted)
+            if layer is not None:
+                nodes.setdefault(layer, []).append(node)
+        super().__init__(model, ready, nodes)
+
+    def content(self, float_layers=()) -> bytes:
+        if not float_layers:
+            return self.first
+        return self.quantizer(self.float_nodes(float_layers))[0]
+
+    def close(self):
+        self.quantizer.close()
+
+
+@contextlib.contextmanager
+def open_file(model, fmt: str, options, *, fold: bool = True, verify: bool = True,
+              samples=None):
+    """Yields the `LayerwiseFile` of `model` in format `fmt` ("tflite" or "onnx") as
+    `options` (a `QuantizationOptions`) quantize it; see the module docstring."""
+    ready = prepared(options, model, fmt, verify, samples)
+    if ready.options.mode not in FALLBACK_MODES[fmt]:
+        raise InputError(f"Per-layer quantization of '{model.name}' in {fmt}: use mode "
+                         f"{' or '.join(map(repr, FALLBACK_MODES[fmt]))}, not "
+                         f"{ready.options.mode!r}.")
+    if ready.scored is None:
+        raise InputError(f"Per-layer quantization of '{model.name}': no rows to score the "
+                         "files on; give evaluation data, or 50 calibration rows or more "
+                         "(a fifth is held out).")
+    if flavour.of(model).backend() != "tensorflow":
+        raise InputError(f"Per-layer quantization of '{model.name}' runs on the TensorFlow "
+                         f"backend, not {flavour.of(model).backend()}: save the model and "
+                         "load it with KERAS_BACKEND=tensorflow.")
+    converted, _, _ = quantization_input(model, fold, verify, ready.scored if samples is None
+                                         else samples, ready.options)
+    kind = TFLiteLayers if fmt == "tflite" else OnnxLayers
+    file = kind(model, converted, ready)
+    try:
+        yield file
+    finally:
+        file.close()
+
+
+def with_fallback(file: LayerwiseFile, latency_batch: int | None) -> tuple:
+    """`(file content, Fallback)`: the fewest layers of `file` kept in float for its
+    options' `min_agreement` (`keras_bn.quantization.fallback.choose`), and the integer
+    file's size and latency for the record."""
+    from keras_bn.quantization import fallback
+
+    what = (f"{file.fmt.upper() if file.fmt == 'onnx' else 'TFLite'} "
+            f"{file.ready.options.mode} export of '{file.model.name}'")
+    record = fallback.choose(file.layers, file.score, file.ready.options.min_agreement, what)
+    record.size_bytes_integer = len(file.content())
+    if latency_batch and record.layers:
+        record.latency_ms_integer = file.latency_ms((), latency_batch)
+    return file.content(record.layers), record
