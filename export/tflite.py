@@ -15,7 +15,7 @@ from keras_bn.files.output import atomic_path, check_output
 from keras_bn.export import checks, selective, through_tensorflow, tflite_ranges
 from keras_bn.export._prepare import input_signature, output_names, quantization_input
 from keras_bn.export.isolated import IsolatedRuntime
-from keras_bn.quantization.affine import dequantize, quantize as quantized
+from keras_bn.quantization import affine
 from keras_bn.quantization.options import QuantizationOptions, prepared
 
 
@@ -154,13 +154,13 @@ def _fed(x, dtype, quantization):
     """An input batch as the file takes it: quantized where the file's input is an
     integer tensor standing for real values (int8-io), else cast to its dtype."""
     if quantization and np.issubdtype(np.asarray(x).dtype, np.floating):
-        return quantized(x, *quantization, dtype)
+        return affine.quantize(x, *quantization, dtype)
     return np.asarray(x, dtype)
 
 
 def _read(y, quantization):
     """An output as real values: dequantized where the file quantized it (int8-io)."""
-    return dequantize(y, *quantization) if quantization else y
+    return affine.dequantize(y, *quantization) if quantization else y
 
 
 def _converter_options(options, model):
