@@ -63,7 +63,9 @@ def to_onnx(model, path: str | os.PathLike, *,
         onnxruntime); None skips it.
 
     Returns:
-      An `ExportResult` (path, size, op counts, max error, latency, fold plan).
+      An `ExportResult` (`post_training`: what each technique changed and left alone;
+      `evaluation`: the scores; `fallback`: with the options' `float_fallback`, the
+      layers kept in float and their cost).
 
     Raises:
       keras_bn.errors.InputError: (a ValueError) `path` does not end in .onnx, the

@@ -75,7 +75,9 @@ def to_tflite(model, path: str | os.PathLike, *,
         LiteRT); None skips it.
 
     Returns:
-      An `ExportResult` (`post_training`: what each technique changed and left alone).
+      An `ExportResult` (`post_training`: what each technique changed and left alone;
+      `evaluation`: the scores; `fallback`: with the options' `float_fallback`, the
+      layers kept in float and their cost).
 
     Raises:
       keras_bn.errors.InputError: (a ValueError) `path` does not end in .tflite, a mode

@@ -71,11 +71,12 @@ def choose(layers: Sequence[str], score: Scorer, target: float, what: str) -> Fa
         tried += 1
         return score(kept)
 
-    quantized, ranked = measure(layers, counted, alone=False)
+    quantized = counted([])
     record = Fallback(agreement_before=lowest_agreement(quantized))
     if record.agreement_before is not None and record.agreement_before >= target:
         record.agreement, record.files_tried = record.agreement_before, tried
         return record
+    _, ranked = measure(layers, counted, alone=False, quantized=quantized)
     best = record.agreement_before or 0.0
     order = [s.layer for s in ranked]
     for count in range(1, len(order) + 1):

@@ -178,7 +178,8 @@ def check(options: QuantizationOptions, fmt: str, name: str) -> None:
                          f"a calibrated mode {CALIBRATED} (not {mode!r}), or leave them off.")
     if options.calibrated and options.calibration is None:
         raise InputError(f"{what}: mode {mode!r} needs calibration data: typical inputs (a "
-                         "few hundred rows of the training data) to calibrate the ranges.")
+                         "few hundred rows of the training data) to calibrate the ranges; "
+                         f"give quantize=QuantizationOptions({mode!r}, calibration=rows).")
     if not options.calibrated and options.calibration is not None:
         raise InputError(f"{what}: mode {mode!r} takes no calibration data; use a "
                          f"calibrated mode {CALIBRATED}, or leave calibration out.")

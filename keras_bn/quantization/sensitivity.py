@@ -131,10 +131,12 @@ class SensitivityReport:
         plt.close(figure)
 
 
-def measure(layers: Sequence[str], score: Scorer, *, alone: bool = True) -> tuple:
+def measure(layers: Sequence[str], score: Scorer, *, alone: bool = True,
+            quantized: list[OutputScore] | None = None) -> tuple:
     """`(quantized scores, [LayerSensitivity] most harmful first)` of the `layers` a file
-    holds, from `score` (see `Scorer`): 1 + 2 files per layer (1 + 1 without `alone`)."""
-    quantized = score([])
+    holds, from `score` (see `Scorer`): 1 + 2 files per layer (1 + 1 without `alone`;
+    the 1 not when the fully `quantized` file's scores are given)."""
+    quantized = score([]) if quantized is None else quantized
     found = []
     for layer in layers:
         others = [other for other in layers if other != layer]

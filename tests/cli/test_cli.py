@@ -298,10 +298,13 @@ def test_int8_calibration_by_input_name_and_on_dynamic_shapes(odd_models, tmp_pa
 def test_bad_calibration_data_is_a_clear_error(odd_models, tmp_path, model, arrays, message):
     data = tmp_path / ("d.npy" if "" in arrays else "d.npz")
     np.save(data, arrays[""]) if "" in arrays else np.savez(data, **arrays)
-    result = keras_bn_cli("export", odd_models / model, "--tflite", tmp_path / "q.tflite",
-                          "--int8", data)
-    assert result.returncode == 2 and message in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "q.tflite").exists()
+    result = keras_bn_cli("export", odd_models / model, "--onnx", tmp_path / "q.onnx",
+                          "--tflite", tmp_path / "q.tflite", "--quantize", "int8",
+                          "--calibration", data)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("keras-bn")]
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "q.tflite").exists() and not (tmp_path / "q.onnx").exists()
 
 
 def test_tflite_verification_feeds_integer_inputs(odd_models, tmp_path):
