@@ -188,6 +188,13 @@ def fold_and_export(out_dir):
                             latency_batch=None)
     result["int8_techniques"] = [t.name for t in int8.post_training]
     result["int8_bias_corrected"] = int8.post_training[-1].changed
+    qdq = export.to_onnx(model, os.path.join(out_dir, f"{BACKEND}_int8.onnx"),
+                         quantize=export.QuantizationOptions("int8", calibration=data,
+                                                             evaluation=data[:16]),
+                         latency_batch=None)
+    result["onnx_int8"] = {"format": qdq.format, "scored_rows": qdq.evaluation[0].rows,
+                           "techniques": [t.name for t in qdq.post_training],
+                           "quantize_nodes": qdq.op_counts.get("QuantizeLinear", 0)}
     try:
         keras_bn.recalibrate(model, data, batch_size=16, passes=1)
         result["recalibrate"] = "recalibrated"

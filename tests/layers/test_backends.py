@@ -84,6 +84,12 @@ def test_fold_on_each_backend(parity, backend):
     # come back from the TensorFlow process on JAX
     assert fold["int8_techniques"] == ["equalization", "bias_correction"]
     assert len(fold["int8_bias_corrected"]) == 3  # conv, depthwise, dense
+    # a QDQ ONNX file from the same kind of options: quantized by a TensorFlow process on
+    # JAX (bias correction's record comes back from it), scored here on 16 rows
+    assert fold["onnx_int8"]["format"] == "onnx-int8"
+    assert fold["onnx_int8"]["scored_rows"] == 16
+    assert fold["onnx_int8"]["techniques"] == ["bias_correction"]
+    assert fold["onnx_int8"]["quantize_nodes"] > 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
