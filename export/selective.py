@@ -71,11 +71,12 @@ class LayerwiseFile:
         self.reference = [np.concatenate(parts) for parts in zip(*(
             predict(model, [r[i:i + 64] for r in rows]) for i in range(0, len(rows[0]), 64)))]
 
-    def content(self, float_layers=()) -> bytes:
+    def content(self, float_layers=()) -> bytes:  # pragma: no cover - each format's own
         """The file with the layers of `float_layers` left in float."""
         raise NotImplementedError
 
     def float_nodes(self, float_layers) -> list[str]:
+        """The op or node names of the layers of `float_layers`."""
         return [n for layer in float_layers for n in self.nodes[layer]]
 
     def score(self, float_layers=()) -> list[scoring.OutputScore]:
@@ -121,6 +122,9 @@ class LayerwiseFile:
 
 
 class TFLiteLayers(LayerwiseFile):
+    """TFLite: one calibrated file (`tflite.calibrated`), quantized by the converter's
+    quantizer with the float layers' ops denylisted (`tflite.quantized`)."""
+
     fmt = "tflite"
 
     def __init__(self, model, converted, ready):
@@ -160,6 +164,10 @@ def _tflite_nodes(content, converted):
 
 
 class OnnxLayers(LayerwiseFile):
+    """ONNX: the float file (`proto`, or converted here) quantized by onnxruntime from
+    one calibration cache, the float layers' nodes excluded
+    (`onnx_quantization.Quantizer`)."""
+
     fmt = "onnx"
 
     def __init__(self, model, converted, ready, proto=None):
