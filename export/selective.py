@@ -227,10 +227,58 @@ def open_file(model, fmt: str, options, *, fold: bool = True, verify: bool = Tru
         file.close()
 
 
+#: The metadata key under which a fallback file names the layers it keeps in float
+#: (TFLite: a metadata buffer; ONNX: a model property), comma-separated.
+FLOAT_LAYERS_KEY = "keras_bn.float_layers"
+
+
+def named_float_layers(fmt: str, content: bytes, layers) -> bytes:
+    """`content` with the names of `layers` stored under `FLOAT_LAYERS_KEY`, so that the
+    file itself says which of its layers compute in float."""
+    text = ",".join(layers).encode()
+    if fmt == "onnx":
+        import onnx
+
+        model = onnx.load_from_string(content)
+        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                            FLOAT_LAYERS_KEY: text.decode()})
+        return model.SerializeToString()
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(content)
+    buffer = schema.BufferT()
+    buffer.data = list(text)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = FLOAT_LAYERS_KEY, len(model.buffers) - 1
+    model.metadata = list(model.metadata or []) + [entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def float_layers_named(fmt: str, content: bytes) -> list[str] | None:
+    """The layers a file names under `FLOAT_LAYERS_KEY`, or None where it names none."""
+    if fmt == "onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load_from_string(content).metadata_props}
+        text = props.get(FLOAT_LAYERS_KEY)
+    else:
+        from tensorflow.lite.tools import flatbuffer_utils
+
+        model = flatbuffer_utils.read_model_from_bytearray(content)
+        found = [m for m in model.metadata or []
+                 if (m.name.decode() if isinstance(m.name, bytes) else m.name)
+                 == FLOAT_LAYERS_KEY]
+        text = bytes(model.buffers[found[0].buffer].data).decode() if found else None
+    return None if text is None else [n for n in text.split(",") if n]
+
+
 def with_fallback(file: LayerwiseFile, latency_batch: int | None) -> tuple:
     """`(file content, Fallback)`: the fewest layers of `file` kept in float for its
-    options' `min_agreement` (`keras_bn.quantization.fallback.choose`), and the integer
-    file's size and latency for the record."""
+    options' `min_agreement` (`keras_bn.quantization.fallback.choose`), the file naming
+    them (`named_float_layers`), and the integer file's size and latency for the
+    record."""
     from keras_bn.quantization import fallback
 
     what = (f"{file.fmt.upper() if file.fmt == 'onnx' else 'TFLite'} "
@@ -239,4 +287,4 @@ def with_fallback(file: LayerwiseFile, latency_batch: int | None) -> tuple:
     record.size_bytes_integer = len(file.content())
     if latency_batch and record.layers:
         record.latency_ms_integer = file.latency_ms((), latency_batch)
-    return file.content(record.layers), record
+    return named_float_layers(file.fmt, file.content(record.layers), record.layers), record

@@ -112,6 +112,9 @@ def test_fallback_keeps_exactly_the_layers_it_names_in_float(planted, fmt, tmp_p
     assert result.evaluation[0].agreement == record.agreement
     assert record.size_bytes_integer > 0 and record.files_tried >= 2
     assert "1 layer(s) kept in float (planted)" in record.summary(result.size_bytes)
+    from keras_bn.export.selective import float_layers_named
+
+    assert float_layers_named(fmt, path.read_bytes()) == ["planted"]  # the file says so
     if fmt == "tflite":
         computed = _float_tflite_ops(path)
         assert [op for op, _ in computed] == ["FULLY_CONNECTED"], computed
