@@ -405,21 +405,40 @@ def main(argv=None):
     with contextlib.ExitStack() as quiet:
         if not args.verbose:
             quiet.enter_context(_quiet_native_logs())
+        quiet.enter_context(_escaping_output())
         return _run(handlers[args.command], args, debug)
+
+
+@contextlib.contextmanager
+def _escaping_output():
+    """Everything the command prints passes through `terminal.EscapingStream`: a name
+    or message a model file chose reaches the terminal as text, never as a control
+    sequence."""
+    from keras_bn.tools.terminal import EscapingStream
+
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = EscapingStream(sys.stdout), EscapingStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout.flush(), sys.stderr.flush()
+        sys.stdout, sys.stderr = saved
 
 
 def _run(handler, args, debug):
     from keras_bn.errors import InputError, VerificationError
+    from keras_bn.tools.terminal import escaped
 
     name = f"keras-bn {args.command}"
     try:
         handler(args)
     except VerificationError as error:  # the check did its job: a result, not bad input
-        print(f"{name}: verification failed{_where(error)}: {error}{_outcome(error)}",
-              file=sys.stderr)
+        print(f"{name}: verification failed{_where(error)}: {escaped(error)}"
+              f"{_outcome(error)}", file=sys.stderr)
         return EXIT_FAILED_CHECK
     except (UserError, InputError, OSError) as error:  # bad input: one line
-        print(f"{name}: error{_where(error)}: {error}{_outcome(error)}", file=sys.stderr)
+        print(f"{name}: error{_where(error)}: {escaped(error)}{_outcome(error)}",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
@@ -428,7 +447,7 @@ def _run(handler, args, debug):
         if debug:
             traceback.print_exc(file=sys.stderr)
         print(f"{name}: internal error (a bug in keras-bn; please report it with the "
-              f"command line): {type(error).__name__}: {error}"
+              f"command line): {type(error).__name__}: {escaped(error)}"
               + ("" if debug else " (run with --debug for the traceback)"), file=sys.stderr)
         return EXIT_BUG
     return EXIT_OK
@@ -437,7 +456,9 @@ def _run(handler, args, debug):
 def _where(error):
     """' in step "<label>"' for an error raised inside a `Steps` step."""
     step = getattr(error, "keras_bn_step", None)
-    return f' in step "{step}"' if step else ""
+    from keras_bn.tools.terminal import escaped
+
+    return f' in step "{escaped(step)}"' if step else ""
 
 
 def _outcome(error):
