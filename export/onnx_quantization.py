@@ -187,6 +187,7 @@ def _calibrated(request, arrays, op_types, symmetric):
         calibrator.collect_data(_reader(arrays, request["inputs"]))
         data = calibrator.compute_data()
         del calibrator
+    _bound_pads(request["model"], data)
     if request["ranges"] == "minmax":
         return data, []
     ends = _ends(request["model"])
@@ -199,6 +200,27 @@ def _calibrated(request, arrays, op_types, symmetric):
         data.data[name] = TensorData(lowest=np.array(low, np.float32),
                                      highest=np.array(high, np.float32))
     return TensorsData(CalibrationMethod.MinMax, data.data), [record]
+
+
+def _bound_pads(path, data):
+    """Gives the output of each Pad that pads with an unbounded value (a max pool's
+    "minus infinity": -inf or the lowest float) its input's calibrated range, in place
+    of one reaching -3.4e38, whose int8 step would round every value to zero (see
+    `keras_bn.export.tflite_ranges.padding_ranges`, the same fix for TFLite)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(path, load_external_data=False).graph
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type != "Pad" or len(node.input) < 3 or node.input[2] not in constants:
+            continue
+        value = np.asarray(constants[node.input[2]], np.float64)
+        source, target = node.input[0], node.output[0]
+        if (value.size and np.all(np.abs(value) >= 1e38) and source in data.data
+                and target in data.data):
+            data.data[target] = data.data[source]
 
 
 def _static(request, arrays):

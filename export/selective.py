@@ -36,19 +36,40 @@ from keras_bn.quantization.options import FALLBACK_MODES, prepared
 from keras_bn.verification import predict
 
 
-def layer_of(name: str, layers: set[str], weighted: set[str]) -> str | None:
-    """The Keras layer (of `layers`) an op or node `name` belongs to: of the layer names
-    it holds as scopes, one with weights (a fused "re_lu/Relu;conv1/Conv2D" op is the
-    convolution's), else the first; None for none."""
-    found = [scope for part in name.split(";") for scope in part.split("/")
-             if scope in layers]
+def layer_of(name: str, layers: set[str], weighted: set[str], model: str) -> str | None:
+    """The Keras layer (of `layers`, in the model named `model`) an op or node `name`
+    belongs to: of the layer names it holds as scopes, one with weights (a fused
+    "re_lu/Relu;conv1/Conv2D" op is the convolution's), else the first; None for none.
+
+    A Keras 3 model traced again in one graph gets uniquified scopes: its own scope is
+    "functional_1", its layers' "conv_1" (for "conv") and "conv_1_2" (for "conv_1").
+    Where the op's first scope is the model's name with such a suffix, each layer scope
+    is read without its last "_<n>"; otherwise as it is."""
+    found = []
+    for part in name.split(";"):
+        scopes = part.split("/")
+        renamed = _unsuffixed(scopes[0]) == model and scopes[0] != model
+        for scope in scopes[1:]:
+            candidates = ((_unsuffixed(scope), scope) if renamed else
+                          (scope, _unsuffixed(scope)))
+            layer = next((c for c in candidates if c in layers), None)
+            if layer is not None:
+                found.append(layer)
+                break
     return next((f for f in found if f in weighted), found[0] if found else None)
 
 
+def _unsuffixed(scope: str) -> str:
+    """`scope` without a trailing "_<digits>" (TensorFlow's uniquifying suffix)."""
+    stem, _, number = scope.rpartition("_")
+    return stem if stem and number.isdigit() else scope
+
+
 def _names(converted):
-    """`(layer names, names of layers with weights)` of the model converted."""
+    """`(layer names, names of layers with weights, the model's name)` of the model
+    converted."""
     return ({layer.name for layer in converted.layers},
-            {layer.name for layer in converted.layers if layer.weights})
+            {layer.name for layer in converted.layers if layer.weights}, converted.name)
 
 
 class LayerwiseFile:
@@ -144,7 +165,7 @@ def _tflite_nodes(content, converted):
     """layer -> the output tensor names of its ops in the calibrated TFLite file."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    names, weighted = _names(converted)
+    names, weighted, top = _names(converted)
     tflite_model = flatbuffer_utils.read_model_from_bytearray(content)
     graph = tflite_model.subgraphs[0]
     renamed = {}  # a model output's tensor -> the layer its output is named after
@@ -157,7 +178,7 @@ def _tflite_nodes(content, converted):
     for op in graph.operators:
         tensor = graph.tensors[op.outputs[0]]
         name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
-        layer = layer_of(name, names, weighted) or renamed.get(op.outputs[0])
+        layer = layer_of(name, names, weighted, top) or renamed.get(op.outputs[0])
         if layer is not None:
             nodes.setdefault(layer, []).append(name)
     return nodes
@@ -182,10 +203,10 @@ class OnnxLayers(LayerwiseFile):
             proto.SerializeToString(), ready.options, flavour.of(model).input_names(model),
             f"ONNX {ready.options.mode} export of '{model.name}'")
         self.first, self.records = self.quantizer()
-        names, weighted = _names(converted)
+        names, weighted, top = _names(converted)
         nodes = {}
         for node in self.quantizer.nodes():
-            layer = layer_of(node, names, weighted)
+            layer = layer_of(node, names, weighted, top)
             if layer is not None:
                 nodes.setdefault(layer, []).append(node)
         super().__init__(model, ready, nodes)

@@ -194,11 +194,12 @@ def _converter_options(options, model):
 
 def _convert(converted, model, options, calibrate_only=None):
     """`(file content, [Technique])`: the converter's file of `converted` in the options'
-    mode; with another range estimator than "minmax" (or `calibrate_only`), the
-    calibrated file of `calibrated` quantized by `quantized`, with the record of the new
-    ranges."""
-    if calibrate_only is None:
-        calibrate_only = options.ranges != "minmax"
+    mode; in the int8 modes (or with `calibrate_only`), the calibrated file of
+    `calibrated` (its ranges checked, and re-estimated by another estimator than
+    "minmax") quantized by `quantized`, the converter's own quantizer, with the record
+    of the new ranges."""
+    if calibrate_only is None:  # the int8 modes: their ranges are checked first
+        calibrate_only = options.mode in ("int8", "int8-io")
     if calibrate_only:
         content, records = calibrated(converted, model, options)
         return quantized(content, options), records
@@ -207,10 +208,14 @@ def _convert(converted, model, options, calibrate_only=None):
 
 def calibrated(converted, model, options) -> tuple:
     """`(calibrated file, [Technique])`: the converter's float file of `converted` holding
-    each activation's calibrated range (`_experimental_calibrate_only`), the ranges
-    re-estimated by the options' estimator where it is not "minmax"
+    each activation's calibrated range (`_experimental_calibrate_only`), a max pool's
+    unbounded padding given its input's range (`tflite_ranges.padding_ranges`), the
+    ranges re-estimated by the options' estimator where it is not "minmax"
     (`keras_bn.export.tflite_ranges`)."""
     content = _run_converter(converted, model, options, True)
+    unbounded = tflite_ranges.padding_ranges(content)
+    if unbounded:
+        content = tflite_ranges.with_ranges(content, unbounded)
     if options.ranges == "minmax":
         return content, []
     names = flavour.of(model).input_names(model)

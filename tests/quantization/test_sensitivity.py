@@ -195,3 +195,22 @@ def test_cli_sensitivity_and_fallback(planted, tmp_path):
     lines = [line for line in bad.stderr.splitlines() if line.startswith("keras-bn")]
     assert bad.returncode == 2 and len(lines) == 1 and "give --min-agreement" in lines[0]
     assert not (tmp_path / "g.onnx").exists()
+
+
+def test_ops_belong_to_their_layers_in_both_flavours_naming():
+    """tf-keras scopes ops by layer name; a Keras 3 model traced again in one graph gets
+    uniquified scopes ("functional_1/dense_1" is layer "dense", "dense_1_2" is
+    "dense_1"); a fused op belongs to its layer with weights."""
+    from keras_bn.export.selective import layer_of
+
+    layers, weighted = {"dense", "dense_1", "re_lu", "head"}, {"dense", "dense_1", "head"}
+    assert layer_of("model/re_lu/Relu;model/dense/BiasAdd", layers, weighted,
+                    "model") == "dense"
+    assert layer_of("model/dense_1/MatMul", layers, weighted, "model") == "dense_1"
+    assert layer_of("functional_1/dense_1/convolution", layers, weighted,
+                    "functional") == "dense"
+    assert layer_of("functional_1/re_lu_1/Relu;functional_1/dense_1_2/BiasAdd", layers,
+                    weighted, "functional") == "dense_1"
+    assert layer_of("functional_1/head_1/MatMul/MatMulAddFusion", layers, weighted,
+                    "functional") == "head"
+    assert layer_of("StatefulPartitionedCall:0", layers, weighted, "functional") is None
