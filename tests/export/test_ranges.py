@@ -73,13 +73,17 @@ def _run(content, x):
 @pytest.mark.parametrize("quantize", ["int8", "int8-io"])
 def test_the_calibrate_then_quantize_route_is_the_converters_file(quantize, monkeypatch):
     """Calibrated only, the recorded ranges written back unchanged, quantized by
-    `mlir_quantize`: the file computes exactly what the converter's own file computes
-    (so what another estimator changes is the ranges alone)."""
+    `mlir_quantize`: the file computes exactly what the converter's own file
+    (`convert()`) computes, so what another estimator (or the padding check, which the
+    int8 modes now always run through this route) changes is the ranges alone."""
     import keras_bn.export.tflite as tflite
 
     model = _model()
     rows = [np.random.RandomState(1).rand(64, 12, 12, 3).astype("float32")]
-    direct, none = _convert(model, model, QuantizationOptions(quantize, calibration=rows))
+    options = QuantizationOptions(quantize, calibration=rows)
+    direct, none = _convert(model, model, options, calibrate_only=False)  # convert()
+    assert none == []
+    default, none = _convert(model, model, options)  # the int8 modes' route
     assert none == []
 
     def unchanged(content, feeds, estimator):
@@ -94,6 +98,7 @@ def test_the_calibrate_then_quantize_route_is_the_converters_file(quantize, monk
     assert [r.name for r in records] == ["ranges (unchanged)"]
     x = np.random.RandomState(2).rand(8, 12, 12, 3).astype("float32")
     np.testing.assert_array_equal(_run(direct, x), _run(routed, x))
+    np.testing.assert_array_equal(_run(direct, x), _run(default, x))
 
 
 def test_mse_ranges_land_in_the_file(mobilenet, tmp_path):
