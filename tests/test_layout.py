@@ -130,3 +130,14 @@ def test_tests_mirror_the_package_with_the_flavour_a_parameter():
     named = [str(p.relative_to(tests)) for p in tests.rglob("test_*.py")
              if any(f in p.stem for f in ("keras3", "tf_keras", "keras2"))]
     assert named == []
+
+
+def test_tests_import_what_a_user_installs():
+    """No test imports the repository's `export/` folder by its folder name (`import
+    export`, `from export...`): that is a second copy of `keras_bn.export` no installed
+    user has (`export.x.C is not keras_bn.export.x.C`)."""
+    tests = ROOT.parent / "tests"
+    found = [f"{path.relative_to(tests)} imports {name}" for path in tests.rglob("*.py")
+             for name in _imported_names(path)
+             if name == "export" or name.startswith("export.")]
+    assert found == []

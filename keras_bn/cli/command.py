@@ -23,6 +23,7 @@ EXAMPLES = """\
 examples:
   keras-bn inspect model.keras
   keras-bn fold model.keras folded.keras
+  keras-bn export model.keras model.onnx
   keras-bn export model.keras --onnx model.onnx --tflite model.tflite
   keras-bn export model.keras --tflite model_int8.tflite --int8 calibration.npy
   keras-bn export model.keras --tflite edge.tflite --quantize int8-io --calibration x.npy
@@ -104,6 +105,9 @@ def _parser():
                               "(.keras or .h5; not MODEL; missing folders are created)")
     made["fold"].add_argument("--no-verify", action="store_true",
                               help="skip the numerical check of the folded model")
+    made["export"].add_argument("out", nargs="?", metavar="OUT",
+                                help="the file to write, its format from its extension "
+                                "(.onnx or .tflite); or give --onnx and/or --tflite")
     made["export"].add_argument("--onnx", metavar="PATH", help="write an ONNX file (.onnx; "
                                 "missing folders are created)")
     made["export"].add_argument("--tflite", metavar="PATH", help="write a TFLite file "
@@ -204,6 +208,8 @@ def _export(args):
     from keras_bn.files.output import all_or_nothing, check_output
     from keras_bn.files import load_arrays
 
+    if args.out:
+        _positional_output(args)
     if not (args.onnx or args.tflite):
         raise UserError("nothing to export: give --onnx PATH and/or --tflite PATH")
     quantize, calibration = _quantization(args)
@@ -256,6 +262,19 @@ def _export(args):
     scored = [r for r in results if r.evaluation]
     if scored:
         print(scores_table(scored))
+
+
+def _positional_output(args):
+    """`export MODEL OUT`: OUT's extension says the format (as `fold MODEL OUT`)."""
+    fmt = {".onnx": "onnx", ".tflite": "tflite"}.get(os.path.splitext(args.out)[1].lower())
+    if fmt is None:
+        raise UserError(f"{args.out}: OUT must end in .onnx or .tflite (the format comes "
+                        "from the extension); a folded Keras model is `keras-bn fold MODEL "
+                        "OUT.keras`")
+    if getattr(args, fmt):
+        raise UserError(f"{args.out} and --{fmt} {getattr(args, fmt)} both ask for the "
+                        f"{fmt} file: give one")
+    setattr(args, fmt, args.out)
 
 
 def _check_fallback(args, quantize):

@@ -53,6 +53,24 @@ def test_export_onnx_and_tflite(model_file, tmp_path):
     assert "max abs error" in result.stdout
 
 
+def test_export_takes_the_output_positionally_by_its_extension(model_file, tmp_path):
+    """`export MODEL OUT` as `fold MODEL OUT` reads: the format from OUT's extension,
+    beside the other flag; any other extension, or the same format twice, is one line
+    (exit 2) and writes nothing."""
+    result = keras_bn_cli("export", model_file, tmp_path / "m.onnx", "--tflite",
+                          tmp_path / "m.tflite")
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m.tflite"]
+    for out, extra, message in ((tmp_path / "m.keras", [], "OUT must end in .onnx or "
+                                 ".tflite (the format comes from the extension)"),
+                                (tmp_path / "n.tflite", ["--tflite", tmp_path / "o.tflite"],
+                                 "both ask for the tflite file: give one")):
+        bad = keras_bn_cli("export", model_file, out, *extra)
+        lines = [line for line in bad.stderr.splitlines() if line.startswith("keras-bn")]
+        assert bad.returncode == 2 and len(lines) == 1 and message in lines[0], bad.stderr
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m.tflite"]
+
+
 def test_export_writes_every_output_or_none(model_file, tmp_path):
     """The ONNX file converts and verifies, then the TFLite one cannot be written (its
     folder is a file): exit 2, the message names the failed step and says nothing was
