@@ -142,7 +142,7 @@ def _parser():
     made["export"].add_argument("--equalize", action="store_true",
                                 help="calibrated modes: cross-layer equalization of "
                                 "consecutive layers before conversion (exact in float; helps "
-                                "some depthwise-separable nets, see docs/studies.md)")
+                                "some depthwise-separable nets, see docs/quantization.md)")
     made["export"].add_argument("--no-bias-correction", action="store_true",
                                 help="calibrated modes: leave the biases as they are (by "
                                 "default each is corrected for the mean shift of its int8 "
