@@ -117,20 +117,25 @@ def verify_file(result, model, file, samples, labels, verify, rtol, atol, latenc
     tolerance (with `check`: a float32 file) and below the options' minimum agreement."""
     if verify or labels is not None or latency_batch or (ready and ready.scored is not None):
         with IsolatedRuntime("onnx", file) as runtime:
-            names = flavour.of(model).input_names(model)
             outputs = output_names(model)
-
-            def run(inputs):
-                got = runtime({n: np.asarray(x) for n, x in zip(names, inputs)})
-                return [got[name] for name in outputs]
-
-            run.seconds = lambda: runtime.seconds
+            run = file_runner(runtime, flavour.of(model).input_names(model), outputs)
             checks.measure(result, model, run, samples, labels, verify,
                            checks.export_rtol(model, rtol), atol,
                            latency_batch, f"ONNX export of '{model.name}'", check=check)
             checks.score(result, model, run, ready, outputs)
     result.size_bytes = os.path.getsize(file)
     checks.check_agreement(result, model, ready)
+
+
+def file_runner(runtime, names, outputs):
+    """`run(inputs) -> [outputs]` of an ONNX file open in `runtime` (an
+    `IsolatedRuntime`); `run.seconds()` is the runtime's own time of the last call."""
+    def run(inputs):
+        got = runtime({n: np.asarray(x) for n, x in zip(names, inputs)})
+        return [got[name] for name in outputs]
+
+    run.seconds = lambda: runtime.seconds
+    return run
 
 
 def _check(proto, name):

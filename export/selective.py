@@ -107,21 +107,18 @@ class LayerwiseFile:
             with open(path, "wb") as f:
                 f.write(self.content(float_layers))
             with IsolatedRuntime(self.fmt, path) as runtime:
-                got = [self._run(runtime, [r[i:i + 64] for r in self.ready.scored])
+                run = self._runner(runtime)
+                got = [run([r[i:i + 64] for r in self.ready.scored])
                        for i in range(0, len(self.ready.scored[0]), 64)]
         got = [np.concatenate([g[k] for g in got]) for k in range(len(self.outputs))]
         return scoring.score(self.outputs, self.reference, got)
 
-    def _run(self, runtime, inputs):
-        from keras_bn.export.tflite import _fed, _read
+    def _runner(self, runtime):
+        """The format's own `file_runner` (as its exporter verifies with) of `runtime`."""
+        from keras_bn.export import onnx, tflite
 
-        if self.fmt == "onnx":
-            got = runtime({n: np.asarray(x) for n, x in zip(self.names, inputs)})
-            return [got[name] for name in self.outputs]
-        dtypes = dict(runtime.inputs)
-        got = runtime({n: _fed(x, dtypes[n], runtime.quantization.get(n))
-                       for n, x in zip(self.names, inputs)})
-        return [_read(got[name], runtime.quantization.get(name)) for name in self.outputs]
+        module = onnx if self.fmt == "onnx" else tflite
+        return module.file_runner(runtime, self.names, self.outputs)
 
     def latency_ms(self, float_layers, batch: int) -> float:
         """Median milliseconds of a batch of `batch` random inputs through
@@ -134,9 +131,8 @@ class LayerwiseFile:
             with open(path, "wb") as f:
                 f.write(self.content(float_layers))
             with IsolatedRuntime(self.fmt, path) as runtime:
-                run = lambda inputs: self._run(runtime, inputs)  # noqa: E731
-                run.seconds = lambda: runtime.seconds
-                return checks.latency_ms(run, random_inputs(self.model, batch=batch, seed=1))
+                return checks.latency_ms(self._runner(runtime),
+                                         random_inputs(self.model, batch=batch, seed=1))
 
     def close(self):
         pass

@@ -133,16 +133,8 @@ def verify_file(result, model, file, samples, labels, verify, rtol, atol, latenc
     below the options' minimum agreement."""
     if verify or labels is not None or latency_batch or (ready and ready.scored is not None):
         with IsolatedRuntime("tflite", file) as runtime:
-            names = flavour.of(model).input_names(model)
             outputs = output_names(model)
-            dtypes = dict(runtime.inputs)
-
-            def run(inputs):  # each input in the file's own dtype (float64, int32...)
-                got = runtime({n: _fed(x, dtypes[n], runtime.quantization.get(n))
-                               for n, x in zip(names, inputs)})
-                return [_read(got[name], runtime.quantization.get(name)) for name in outputs]
-
-            run.seconds = lambda: runtime.seconds
+            run = file_runner(runtime, flavour.of(model).input_names(model), outputs)
             checks.measure(result, model, run, samples, labels, verify,
                             checks.export_rtol(model, rtol), atol,
                             latency_batch, f"TFLite export of '{model.name}'",
@@ -150,6 +142,22 @@ def verify_file(result, model, file, samples, labels, verify, rtol, atol, latenc
             checks.score(result, model, run, ready, outputs)
     result.size_bytes = os.path.getsize(file)
     checks.check_agreement(result, model, ready)
+
+
+def file_runner(runtime, names, outputs):
+    """`run(inputs) -> [outputs]` of a TFLite file open in `runtime` (an
+    `IsolatedRuntime`): each input fed in the file's own dtype (float64, int32...),
+    quantized where the file takes integers (int8-io), each output read as real values;
+    `run.seconds()` is the runtime's own time of the last call."""
+    dtypes = dict(runtime.inputs)
+
+    def run(inputs):
+        got = runtime({n: _fed(x, dtypes[n], runtime.quantization.get(n))
+                       for n, x in zip(names, inputs)})
+        return [_read(got[name], runtime.quantization.get(name)) for name in outputs]
+
+    run.seconds = lambda: runtime.seconds
+    return run
 
 
 def _fed(x, dtype, quantization):
