@@ -16,7 +16,8 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks import exporting, harness, inference, models, training  # noqa: E402
+from benchmarks import (exporting, harness, inference, models, recalibration,  # noqa: E402
+                        training)
 
 
 def _cpu_name():
@@ -122,9 +123,9 @@ QUICK_NOTE = ("--quick: small shapes and models, 1-7 repeats. It checks that eve
               "(`make bench` is the measurement).")
 
 
-def bench_recalibration(quick, rows, log):
+def bench_recalibration(quick, rows, log, extra):
     """`keras_bn.recalibrate` / `model.predict` on the same images: one pass (the target),
-    and passes until converged (the default)."""
+    and passes until converged (the default); then passes and time against depth."""
     import numpy as np
     import tf_keras
 
@@ -159,6 +160,8 @@ def bench_recalibration(quick, rows, log):
                             timings["recalibrate, 1 pass"], timings["model.predict"], 1.5))
     rows.append(harness.Row(case, "recalibrate, until converged", "model.predict",
                             timings["recalibrate, until converged"], timings["model.predict"]))
+    log("recalibrate: passes and time against depth")
+    extra["recalibration_depth"] = recalibration.depth_rows(quick)
 
 
 def write_markdown(rows, info, extra, path):
@@ -168,7 +171,10 @@ def write_markdown(rows, info, extra, path):
             f"{info['python']}; {versions}.", "",
             "Ratios are subject / baseline medians of interleaved runs; targets are judged on "
             "CPU time (all threads of the process).", "", harness.markdown_table(rows), ""]
-    if extra:
+    if "recalibration_depth" in extra:
+        text += ["", "Recalibration against depth (`benchmarks/recalibration.py`):", "",
+                 recalibration.markdown(extra["recalibration_depth"]), ""]
+    if "fold_model" in extra:
         text.append(
             f"{extra['fold_model']}: verification after export "
             f"{extra['verification_seconds']:.2f} s (timed apart from the export); fold peak "
@@ -209,7 +215,7 @@ def main(argv=None):
         if "export" in groups:
             bench_export(args.quick, rows, log, workdir, extra)
         if "recalibration" in groups:
-            bench_recalibration(args.quick, rows, log)
+            bench_recalibration(args.quick, rows, log, extra)
     info = meta()
     info.update(extra, quick=args.quick)
     if args.quick:
@@ -217,7 +223,9 @@ def main(argv=None):
             row.judged = False
         print(QUICK_NOTE)
     print(harness.text_table(rows))
-    if extra:
+    if "recalibration_depth" in extra:
+        print("\n" + recalibration.markdown(extra["recalibration_depth"]))
+    if "fold_model" in extra:
         print(f"\nverification after export: {extra['verification_seconds']:.2f} s; fold peak "
               f"memory: {extra['fold_peak_memory_mib']:.1f} MiB ({extra['fold_model']})")
     os.makedirs(args.out, exist_ok=True)

@@ -161,6 +161,10 @@ def test_quick_run_covers_every_case_and_judges_nothing(tmp_path):
     cases = {row["case"].split()[0] for row in data["rows"]}
     assert {"train", "Keras", "MobileNetV2"} <= cases
     assert all(r["met"] is None for r in data["rows"])
+    depth = data["meta"]["recalibration_depth"]  # passes against depth, both starts
+    assert [(r["depth"], r["start"]) for r in depth] == [
+        (2, "trained"), (2, "fresh"), (8, "trained"), (8, "fresh")]
+    assert all(r["passes"] >= 2 for r in depth)  # the batch pass, then until still
 
 
 def test_worker_runs_cases_in_children_it_replaces_and_survives_one_that_dies():

@@ -5,7 +5,7 @@ and replicas. Used by `keras_bn.recalibrate` and `keras_bn.callbacks.BatchNormMo
 The model runs in inference mode in a compiled step of its backend: a `tf.function` on
 TensorFlow (per replica under a `tf.distribute` strategy), `jax.jit` of its
 `stateless_call` on JAX (the variables are arguments, so the step sees the statistics a
-previous pass wrote). Inside the step each BN call gives float32 sums per example
+previous pass wrote); on torch, an eager call without gradients. Inside the step each BN call gives float32 sums per example
 (`example_sums`, on the flavour's `ops`); the sums across examples and batches are
 taken here in float64 numpy. TensorFlow is imported only for a TensorFlow model.
 """
@@ -42,9 +42,7 @@ def example_sums(ops, x, axes, mask=None):
     CPU (recalibrate took 2.0x `predict`; this, 1.2x), and unshifted float32 sums were
     measured 1.2e-5 off on inputs of mean 100 and std 0.1.
     """
-    x = ops.convert_to_tensor(x)
-    if getattr(x.dtype, "name", str(x.dtype)) not in ("float32", "float64"):
-        x = ops.cast(x, "float32")
+    x = _computing(ops, x)
     inner = tuple(i for i in range(1, len(x.shape)) if i not in axes)  # within examples
     if mask is None:
         weights = None
@@ -80,6 +78,35 @@ def combine(sums, axes):
     return tuple(np.squeeze(t, inner) for t in (n, mean, m2))
 
 
+def _computing(ops, x):
+    """`x` in the dtype the sums are taken in: float32, or float64 for float64 inputs."""
+    x = ops.convert_to_tensor(x)
+    name = getattr(x.dtype, "name", str(x.dtype)).replace("torch.", "")
+    return x if name in ("float32", "float64") else ops.cast(x, "float32")
+
+
+def batch_normalized(ops, layer, x, sums, axes):
+    """What `layer` returns for `x` in training mode without its renormalization: `x`
+    normalized by the batch's own mean and (biased) variance, from the call's
+    `example_sums`, then scaled and shifted by its gamma and beta. Bounded whatever the
+    layer's stored statistics, so a pass through a deep model from stale or fresh
+    statistics cannot overflow; at a fixed point the inference-mode output of a BN and
+    of a BRN (which normalizes by its moving statistics) is this with the data set's
+    statistics in place of the batch's."""
+    count, s1, s2, shift = sums
+    n = ops.maximum(ops.sum(count, axis=0, keepdims=True), 1.0)
+    deviation = ops.sum(s1, axis=0, keepdims=True) / n
+    variance = ops.maximum(ops.sum(s2, axis=0, keepdims=True) / n - deviation ** 2, 0.0)
+    y = (_computing(ops, x) - (shift + deviation)) * ops.rsqrt(
+        variance + layer.epsilon)
+    broadcast = tuple(dim if i in axes else 1 for i, dim in enumerate(x.shape))
+    if getattr(layer, "gamma", None) is not None:
+        y = y * ops.reshape(ops.cast(layer.gamma, y.dtype), broadcast)
+    if getattr(layer, "beta", None) is not None:
+        y = y + ops.reshape(ops.cast(layer.beta, y.dtype), broadcast)
+    return ops.cast(y, x.dtype)
+
+
 def batch_moments(x, axes, mask=None, ops=None):
     """`(count, mean, m2)` per channel (float64 numpy) of one batch `x` reduced over all
     axes but `axes`: `combine` of its `example_sums` (eagerly, on TensorFlow's ops by
@@ -96,9 +123,12 @@ def _tensorflow():
 
 
 @contextlib.contextmanager
-def recording(layers, backend="tensorflow"):
+def recording(layers, backend="tensorflow", normalize="stored"):
     """Makes each BN layer record the `example_sums` of its inputs on every call (a
-    shared layer once per call) into the yielded dict, name -> list."""
+    shared layer once per call) into the yielded dict, name -> list. `normalize`:
+    "stored", each layer then runs as itself (inference mode: its stored statistics);
+    "batch", it returns its input normalized by the batch's statistics
+    (`batch_normalized`)."""
     records = {name: [] for name, _ in layers}
     keep_python = (_tensorflow().autograph.experimental.do_not_convert
                    if backend == "tensorflow" else (lambda f: f))
@@ -107,8 +137,12 @@ def recording(layers, backend="tensorflow"):
 
         @keep_python
         def call(inputs, *args, _layer=layer, _name=name, _ops=ops, **kwargs):
-            records[_name].append(example_sums(_ops, inputs, bn_axes(_layer),
-                                               kwargs.get("mask")))
+            axes = bn_axes(_layer)
+            sums = example_sums(_ops, inputs, axes, kwargs.get("mask"))
+            records[_name].append(sums)
+            if normalize == "batch":
+                return batch_normalized(_ops, _layer, _ops.convert_to_tensor(inputs), sums,
+                                        axes)
             return type(_layer).call(_layer, inputs, *args, **kwargs)
 
         layer.call = call  # an instance attribute: Keras's __call__ looks `call` up
@@ -120,11 +154,13 @@ def recording(layers, backend="tensorflow"):
 
 
 def measure_inputs(model, layers, data, steps=None, batch_size=32, verbose=0,
-                   label="pass 1"):
+                   label="pass 1", normalize="stored"):
     """name -> `(count, mean, m2)` (float64 numpy arrays) of each of `layers'` inputs
     (`(name, layer)` pairs) over all of `data`, the model running in inference mode in a
     compiled step of its backend (TensorFlow: per replica under a `tf.distribute`
-    strategy, merged exactly; JAX: `jax.jit`).
+    strategy, merged exactly; JAX: `jax.jit`; torch: eagerly, without gradients).
+    `normalize="batch"` makes the BN layers normalize by each batch's statistics
+    (`recording`).
 
     Raises:
       InputError: no batch in `data` (`label`, e.g. "pass 2", says which pass), a layer
@@ -135,9 +171,9 @@ def measure_inputs(model, layers, data, steps=None, batch_size=32, verbose=0,
     backend = plumbing.backend()
     if backend not in _STEP_BUILDERS:
         raise InputError(
-            f"Measuring BN inputs of Keras 3 model '{model.name}' runs it in a compiled "
-            f"step of the TensorFlow or JAX backend; this process runs the {backend} "
-            "backend. Save the model and recalibrate it with KERAS_BACKEND=jax or "
+            f"Measuring BN inputs of Keras 3 model '{model.name}' runs it on the "
+            f"TensorFlow, JAX or torch backend; this process runs the {backend} "
+            "backend. Save the model and recalibrate it with KERAS_BACKEND=jax, torch or "
             "tensorflow (the weights are the same).")
     totals = {name: None for name, _ in layers}
     axes = {name: bn_axes(layer) for name, layer in layers}
@@ -145,15 +181,15 @@ def measure_inputs(model, layers, data, steps=None, batch_size=32, verbose=0,
     if backend == "tensorflow":
         tf = _tensorflow()
         strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
-    compiled, holder = _compiled_step(model, layers, backend)
-    with recording(layers, backend) as records:
+    compiled, holder = _compiled_step(model, layers, backend, normalize)
+    with recording(layers, backend, normalize) as records:
         holder["records"] = records  # what a (re)trace records into
         if strategy:
             run = lambda x: _per_replica(strategy, strategy.run(compiled, (x,)))
         else:
             run = lambda x: [compiled(x)]
         total = steps or _length(data, batch_size)
-        if backend != "tensorflow" and _is_dataset(data):  # JAX takes numpy batches
+        if backend != "tensorflow" and _is_dataset(data):  # JAX, torch: numpy batches
             data = _AsNumpy(data)
         batches = _batches(data, batch_size, strategy)
         progress = plumbing.Progbar(total, unit_name="batch") if verbose else None
@@ -184,9 +220,10 @@ def measure_inputs(model, layers, data, steps=None, batch_size=32, verbose=0,
     return totals
 
 
-#: model -> (BN layers, backend, compiled step, holder): the measuring function is traced
-#: once per model and input shape, not at every pass or call (tracing MobileNetV2 took
-#: ~0.7 s, 9x the `predict` of 64 images). Weak keys, and the step holds the model weakly.
+#: model -> {(BN layers, backend, normalize): (compiled step, holder)}: the measuring
+#: function is traced once per model, mode and input shape, not at every pass or call
+#: (tracing MobileNetV2 took ~0.7 s, 9x the `predict` of 64 images). Weak keys, and the
+#: step holds the model weakly.
 _STEPS = weakref.WeakKeyDictionary()
 
 
@@ -223,17 +260,35 @@ def _jax_step(owner, holder):
     return run
 
 
-_STEP_BUILDERS = {"tensorflow": _tensorflow_step, "jax": _jax_step}
+def _torch_step(owner, holder):
+    """An eager call without gradients: torch has no trace for the recording to live in,
+    so the patched calls record at every call."""
+    import torch
+
+    def step(x):
+        records = holder["records"]
+        for calls in records.values():
+            calls.clear()
+        with torch.no_grad():
+            owner()(x, training=False)
+        return {name: [tuple(t.detach().cpu().numpy() for t in call) for call in calls]
+                for name, calls in records.items()}
+
+    return step
 
 
-def _compiled_step(model, layers, backend):
-    key = (tuple(id(layer) for _, layer in layers), backend)
-    cached = _STEPS.get(model)
-    if cached is None or cached[0] != key:
+_STEP_BUILDERS = {"tensorflow": _tensorflow_step, "jax": _jax_step, "torch": _torch_step}
+
+
+def _compiled_step(model, layers, backend, normalize="stored"):
+    key = (tuple(id(layer) for _, layer in layers), backend, normalize)
+    steps = _STEPS.get(model)
+    if steps is None or any(k[0] != key[0] for k in steps):  # other layers: start again
+        steps = _STEPS[model] = {}
+    if key not in steps:
         holder = {}
-        cached = (key, _STEP_BUILDERS[backend](weakref.ref(model), holder), holder)
-        _STEPS[model] = cached
-    return cached[1], cached[2]
+        steps[key] = (_STEP_BUILDERS[backend](weakref.ref(model), holder), holder)
+    return steps[key]
 
 
 def _per_replica(strategy, structure):

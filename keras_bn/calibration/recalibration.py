@@ -11,8 +11,7 @@ from keras_bn.layers.find import distinct_batch_norm_layers
 
 #: Automatic passes stop once no channel's mean moved by more than this many standard
 #: deviations and no variance by more than this fraction in the last pass.
-CONVERGED = 0.01
-MAX_PASSES = 6
+CONVERGED = 1e-4
 
 
 def recalibrate(model, data, *, steps: int | None = None, batch_size: int = 32,
@@ -34,37 +33,46 @@ def recalibrate(model, data, *, steps: int | None = None, batch_size: int = 32,
     fvcore's precise BN and torch's `update_bn` do) leaves out the spread of the batch
     means: on class-sorted data it underestimates the variance several times over.
 
-Which inputs: the model runs in inference mode, so while the layers are measured
-    every BN normalizes with the statistics it had when the pass began (not the batch's:
-    those would make the result depend on batch size and order). One pass measures
-    every layer at once, so a later layer's inputs come from earlier layers that still
-    use their old statistics; the next pass measures behind the new ones. By default
-    passes repeat until no statistic moves any more (every channel's mean by less than
-    1 % of its standard deviation, its variance by less than 1 %; at most 6 passes):
-    then every layer's statistics are those of the inputs it meets in the final model.
-    Measured on digits shifted by `x * 3 + 1`: one pass left the accuracy at 27 %, a
-    second gave 98 % (clean: 97 %). `passes=1` is the cheapest (one inference pass) and
-    enough where the statistics barely move (precise BN right after training).
+    Which inputs: the statistics a BN layer should hold are those of the inputs it meets
+    in the final model, where every BN before it normalizes with its own final
+    statistics: a fixed point, reached in passes over `data`.
+
+    * By default (`passes=None`) the first pass makes every BN normalize by each
+      batch's own statistics (as in training, without changing the layer) and measures
+      every layer's inputs behind them: whatever the stored statistics (freshly
+      initialised, or measured on other inputs), nothing explodes, and every layer starts
+      close to its fixed point. Then passes in inference mode, each measuring every
+      layer behind the statistics the last pass wrote, repeat until nothing moves (no
+      channel's mean by 1e-4 of its standard deviation, no variance by 1e-4); the
+      statistics of a BN then are those of the inputs it meets in the final model. There
+      is no cap a deep model cannot meet: a pass settles exactly every BN whose chain of
+      BNs before it is one longer than the last pass's, so after as many inference
+      passes as the longest chain of BNs plus one, nothing can move; the loop stops
+      there at the latest. Starting from inference-mode passes instead overflowed float32
+      on freshly initialised Keras EfficientNetB0, MobileNetV3Small, ResNet50 and
+      DenseNet121, and could not reach BN 50 of a 50-BN chain in a fixed number of
+      passes. Passes and time against depth: `make bench` (docs/benchmarks.md).
+    * `passes=N` runs N passes in inference mode from the stored statistics: `passes=1`
+      is the cheapest (one inference pass), and enough where the statistics barely
+      move (precise BN right after training).
 
     All or nothing: nothing changes until every pass is done; a failure (bad data, an
     interrupt) leaves every variable as it was. Works on frozen layers (`trainable=False`,
     `keras_bn.freeze`) and on BatchRenormalization (keras_bn's and tf-keras's
     `renorm=True`), whose renorm statistics (and tf-keras's `moving_stddev`) are set
-    consistently. Every other weight is left alone. The variance stored is the unbiased
-    one (`ddof=1`, keras_bn's convention) for every layer.
+    consistently. Every other weight is left alone, and no other layer changes mode
+    (dropout stays off). The variance stored is the unbiased one (`ddof=1`, keras_bn's
+    convention) for every layer.
 
-    Cost: one forward pass in inference mode per pass, compiled with `tf.function` on
-    TensorFlow, `jax.jit` on Keras 3's JAX backend.
-    Each pass settles one more BN of every chain, and one more pass sees nothing move:
-    an MLP with 2 BNs took 3 passes, the demo's CNN with 4 BNs in a row 5 (at most 6).
-    Under a
+    Cost: one forward pass per pass, compiled with `tf.function` on TensorFlow,
+    `jax.jit` on Keras 3's JAX backend, eager without gradients on torch. Under a
     `tf.distribute` strategy (call it inside `strategy.scope()`), each replica measures
     its share of every batch and the shares are merged exactly.
 
     Args:
-      model: A tf-keras model, or a Keras 3 model on the TensorFlow or JAX backend (any
-        structure: nested models, shared layers, BNs inside custom layers), with its
-        flavour's or keras_bn's BatchNormalization layers.
+      model: A tf-keras model, or a Keras 3 model on the TensorFlow, JAX or torch
+        backend (any structure: nested models, shared layers, BNs inside custom layers),
+        with its flavour's or keras_bn's BatchNormalization layers.
       data: A numpy array of inputs (batched by `batch_size`), a `tf.data.Dataset` of
         batches, or any iterable of batches (read once per pass: a generator allows
         `passes=1` only). A tuple element `(inputs, labels)` or
@@ -72,8 +80,8 @@ Which inputs: the model runs in inference mode, so while the layers are measured
         multi-input batch is a list of arrays.
       steps: Use at most this many batches per pass (None: all of `data`).
       batch_size: Batch size for numpy arrays (any: the result does not depend on it).
-      passes: Number of passes; None repeats them until the statistics converge
-        (see above).
+      passes: Number of inference-mode passes from the stored statistics; None starts
+        from batch statistics and repeats passes until the fixed point (see above).
       verbose: 1 shows a progress bar.
 
     Returns:
@@ -94,16 +102,24 @@ Which inputs: the model runs in inference mode, so while the layers are measured
     plumbing = flavour.of(model)
     saved = [(v, v.numpy()) for _, layer in layers for v in _statistic_variables(layer)]
     before = {name: _moments(layer) for name, layer in layers}
+    # Every inference pass settles one more BN of the longest chain: this many passes
+    # after the first reach the fixed point whatever the convergence test says.
+    schedule = (["stored"] * passes if passes else
+                ["batch"] + ["stored"] * (len(layers) + 1))
     try:
-        for number in range(passes or MAX_PASSES):
-            label = f"pass {number + 1}" + (f"/{passes}" if passes else "")
-            last = {name: _moments(layer) for name, layer in layers}
-            measured = measure_inputs(model, layers, data, steps, batch_size, verbose,
-                                      label)
-            plumbing.set_values(
-                [pair for name, layer in layers for pair in _assignments(layer, *measured[name])])
-            if passes is None and _converged(last, layers):
-                break
+        # A pass behind statistics that do not fit yet may overflow on the way; the
+        # passes after it measure behind finite ones again (checked below).
+        with np.errstate(over="ignore", invalid="ignore"):
+            for number, normalize in enumerate(schedule):
+                label = (f"pass {number + 1}" + (f"/{passes}" if passes else "")
+                         + (" (batch statistics)" if normalize == "batch" else ""))
+                last = {name: _moments(layer) for name, layer in layers}
+                measured = measure_inputs(model, layers, data, steps, batch_size, verbose,
+                                          label, normalize)
+                plumbing.set_values(
+                    [pair for name, layer in layers for pair in _assignments(layer, *measured[name])])
+                if passes is None and normalize == "stored" and _converged(last, layers):
+                    break
         overflow = [name for name, layer in layers
                     if not all(np.all(np.isfinite(v.numpy()))
                                for v in _statistic_variables(layer))]

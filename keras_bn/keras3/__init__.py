@@ -1,4 +1,4 @@
-"""keras_bn for Keras 3 (`import keras`), on the TensorFlow and JAX backends.
+"""keras_bn for Keras 3 (`import keras`), on the TensorFlow, JAX and torch backends.
 
 `from keras_bn import keras3 as kbn` gives the Keras 3 layers; the tools are the same
 functions as for tf-keras (`keras_bn.fold`, `keras_bn.export`, ...), which take a model of

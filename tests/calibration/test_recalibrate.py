@@ -17,6 +17,7 @@ import tf_keras
 
 import keras_bn
 from keras_bn.calibration.measure import merge
+from keras_bn.layers.find import distinct_batch_norm_layers
 
 L = tf_keras.layers
 RTOL = 1e-5
@@ -206,16 +207,18 @@ def test_bad_arguments_are_input_errors():
 
 
 def test_compiled_once_per_model_and_shape():
-    """The measuring step is a tf.function traced once per model and batch shape, not
-    again for each pass or call."""
+    """The measuring step is a tf.function traced once per model, mode (batch or stored
+    statistics) and batch shape, not again for each pass or call."""
     from keras_bn.calibration.measure import _STEPS
 
     x = sorted_by_class()
     model, _, _ = two_bn_model()
-    keras_bn.recalibrate(model, x, batch_size=60, passes=2, verbose=0)
-    traces = _STEPS[model][1].experimental_get_tracing_count()
+    keras_bn.recalibrate(model, x, batch_size=60, verbose=0)  # batch pass, then stored
     keras_bn.recalibrate(model, x, batch_size=60, passes=3, verbose=0)
-    assert traces == 1 and _STEPS[model][1].experimental_get_tracing_count() == 1
+    keras_bn.recalibrate(model, x, batch_size=60, verbose=0)
+    steps = [step for step, _ in _STEPS[model].values()]
+    assert len(steps) == 2
+    assert [step.experimental_get_tracing_count() for step in steps] == [1, 1]
 
 
 def test_several_channel_axes():
@@ -293,3 +296,56 @@ def test_batch_moments_with_and_without_a_mask():
         np.testing.assert_array_equal(count, [len(kept)] * 3)
         np.testing.assert_allclose(mean, kept.mean(0), rtol=RTOL)
         np.testing.assert_allclose(m2 / (count - 1), kept.var(0, ddof=1), rtol=RTOL)
+
+
+def assert_fixed_point(model, layers, x, rtol):
+    """Every BN's statistics are those of the inputs it meets in the model as it now is
+    (every BN before it normalizing with its own new statistics), relative to each
+    channel's spread."""
+    probe = type(model)(model.inputs, [layer.input for layer in layers])
+    for layer, inputs in zip(layers, probe.predict(x, verbose=0, batch_size=64)):
+        flat = np.asarray(inputs, np.float64).reshape(-1, inputs.shape[-1])
+        std = flat.std(0) + 1e-3
+        mean, variance = (np.asarray(v, np.float64) for v in (layer.moving_mean,
+                                                              layer.moving_variance))
+        assert np.all(np.abs(mean - flat.mean(0)) <= rtol * std), layer.name
+        np.testing.assert_allclose(variance, flat.var(0, ddof=1), rtol=rtol,
+                                   atol=1e-6, err_msg=layer.name)
+
+
+def test_a_deep_chain_from_stale_statistics_reaches_the_fixed_point():
+    """14 conv-BN-ReLU blocks in a row whose statistics fit other inputs: each inference
+    pass settles one more BN, so a fixed number of passes cannot reach the last (6
+    passes and a 1 % stop did not); passes continue until nothing moves."""
+    tf_keras.utils.set_random_seed(0)
+    inputs = tf_keras.Input((6, 6, 2))
+    x, layers = inputs, []
+    for _ in range(14):
+        layers.append(L.BatchNormalization())
+        x = L.ReLU()(layers[-1](L.Conv2D(6, 3, padding="same")(x)))
+    model = tf_keras.Model(inputs, L.Dense(3)(L.Flatten()(x)))
+    data = sorted_by_class()
+    for i, layer in enumerate(layers):  # measured on other inputs
+        layer.moving_mean.assign(np.full(6, 0.3 * i, "float32"))
+        layer.moving_variance.assign(np.full(6, 0.5 + i, "float32"))
+    keras_bn.recalibrate(model, data, batch_size=40, verbose=0)
+    assert_fixed_point(model, layers, data, rtol=1e-4)  # the convergence test's bound
+
+
+@pytest.mark.heavy
+def test_fresh_statistics_of_a_real_architecture_do_not_overflow():
+    """Keras's MobileNetV3Small (34 BNs) with freshly initialised statistics (mean 0,
+    variance 1) on images in [0, 255]: inference-mode passes from those statistics
+    overflowed float32 by the 10th block ("the model's activations overflow") although
+    the model's outputs are finite in either mode; the first pass normalizing by batch
+    statistics starts every BN near its fixed point, and the result is exact."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV3Small(weights=None, input_shape=(64, 64, 3),
+                                                classes=10, classifier_activation=None)
+    x = np.random.RandomState(1).rand(64, 64, 64, 3).astype("float32") * 255
+    keras_bn.recalibrate(model, x, verbose=0)
+    layers = [layer for _, layer in distinct_batch_norm_layers(model)]
+    assert len(layers) == 34
+    assert_fixed_point(model, layers, x, rtol=1e-3)

@@ -53,6 +53,17 @@ def train_step(layer, x, dy):
             loss = tf.reduce_sum(y * dy)
         grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
         return [np.asarray(v, np.float64) for v in [y] + grads]
+    if BACKEND == "torch":
+        import torch
+
+        x = torch.tensor(x, requires_grad=True)
+        parameters = [layer.gamma.value, layer.beta.value]
+        for parameter in parameters:
+            parameter.grad = None
+        y = layer(x, training=True)
+        torch.sum(y * torch.tensor(dy)).backward()
+        return [v.detach().cpu().numpy().astype(np.float64)
+                for v in [y, x.grad] + [p.grad for p in parameters]]
     import jax
     import jax.numpy as jnp
 
@@ -70,7 +81,14 @@ def train_step(layer, x, dy):
     return [np.asarray(v, np.float64) for v in (y, dx, dtrainable[0], dtrainable[1])]
 
 
+def numpy(value):
+    """A tensor or variable of any backend as numpy (a torch tensor that requires
+    gradients included)."""
+    return keras.ops.convert_to_numpy(value)
+
+
 def relative(a, b):
+    a, b = numpy(a).astype(np.float64), numpy(b).astype(np.float64)
     return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
 
 
@@ -240,11 +258,11 @@ def freeze_and_summary():
     x, y = (rs.randn(64, 8) * 2 + 1).astype("float32"), rs.randn(64, 1).astype("float32")
     frozen = keras_bn.freeze(model, train_gamma_beta=True)
     bn = model.get_layer("a")
-    mean, gamma = np.array(bn.moving_mean), np.array(bn.gamma)
+    mean, gamma = np.array(bn.moving_mean), numpy(bn.gamma)
     model.fit(x, y, epochs=1, batch_size=16, verbose=0)
     return {"frozen": frozen,
             "mean_moved": float(np.max(np.abs(np.array(bn.moving_mean) - mean))),
-            "gamma_moved": float(np.max(np.abs(np.array(bn.gamma) - gamma))),
+            "gamma_moved": float(np.max(np.abs(numpy(bn.gamma) - gamma))),
             "unfrozen": keras_bn.unfreeze(model), "frozen_after": bool(bn.frozen),
             "summary": [row["foldable"] for row in keras_bn.summary(
                 model, print_fn=lambda *_: None)]}
@@ -261,10 +279,10 @@ def recalibrate_exactly():
                               L.BatchNormalization(renorm=True)])
     x = (np.random.RandomState(0).randn(64, 4) * 3 + 1).astype("float32")
     keras_bn.recalibrate(model, x[np.argsort(x[:, 0])], batch_size=16, verbose=0)
-    h = np.asarray(model.layers[0](x), np.float64)
+    h = numpy(model.layers[0](x)).astype(np.float64)
     first, second = model.layers[1], model.layers[2]
     y = (h - h.mean(0)) / np.sqrt(h.var(0, ddof=1) + first.epsilon)
-    y = y * np.asarray(first.gamma) + np.asarray(first.beta)
+    y = y * numpy(first.gamma) + numpy(first.beta)
     errors = {"mean": relative(first.moving_mean, h.mean(0)),
               "variance": relative(first.moving_variance, h.var(0, ddof=1)),
               "second_variance": relative(second.moving_variance, y.var(0, ddof=1))}

@@ -1,5 +1,5 @@
 """keras_bn.keras3 layers on every Keras 3 backend: parity with Keras 3's
-BatchNormalization on TensorFlow and JAX (each backend in its own process,
+BatchNormalization on TensorFlow, JAX and torch (each backend in its own process,
 `backend_checks.py`, as Keras 3 picks the backend at import), and the same numbers as the
 tf-keras layers (in this process). What both flavours promise alike is tested once per
 flavour in the other files of this folder."""
@@ -19,7 +19,7 @@ import keras_bn  # noqa: E402
 from keras_bn import keras3 as kbn  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BACKENDS = ("tensorflow", "jax")
+BACKENDS = ("tensorflow", "jax", "torch")
 #: Max error relative to each quantity's scale (max(1, max |reference|)) over 20 steps;
 #: float32 reductions in another order give 1e-7..9e-6 (gamma's gradient, a sum over
 #: every element, is the largest).
@@ -51,12 +51,20 @@ def test_matches_keras3_batch_normalization(parity, backend, case):
         assert clipped >= 10
 
 
-def test_same_numbers_on_tensorflow_and_jax(parity):
-    tf_arrays, jax_arrays = parity["tensorflow_arrays"], parity["jax_arrays"]
-    assert sorted(tf_arrays.files) == sorted(jax_arrays.files) and tf_arrays.files
-    worst = max(float(np.max(np.abs(tf_arrays[k] - jax_arrays[k])))
+#: Across backends: each backend's reductions run in their own order. The 2-D batches of
+#: the last steps (16 rows, mean 5.1, std 0.52) lose mean**2 / var ~ 100 times float32's
+#: rounding in the variance; torch's outputs differ from TensorFlow's by 1.6e-5 of the
+#: scale there (JAX's less), each backend within RTOL of Keras 3's own layer.
+CROSS_BACKEND_RTOL = 5e-5
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_same_numbers_as_on_tensorflow(parity, backend):
+    tf_arrays, other = parity["tensorflow_arrays"], parity[backend + "_arrays"]
+    assert sorted(tf_arrays.files) == sorted(other.files) and tf_arrays.files
+    worst = max(float(np.max(np.abs(tf_arrays[k] - other[k])))
                 / max(1.0, float(np.max(np.abs(tf_arrays[k])))) for k in tf_arrays.files)
-    assert worst <= RTOL
+    assert worst <= CROSS_BACKEND_RTOL
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -94,17 +102,19 @@ def test_fold_on_each_backend(parity, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_recalibrate_is_exact_on_each_backend(parity, backend):
-    """The compiled step of each backend (`jax.jit` of `stateless_call` on JAX) measures
-    the exact statistics: float32 rounding of the sums, 1e-5 of the scale."""
+    """The step of each backend (`jax.jit` of `stateless_call` on JAX, an eager call
+    without gradients on torch) measures the exact statistics: float32 rounding of the
+    sums, 1e-5 of the scale; neither JAX nor torch imports TensorFlow for it."""
     result = parity[backend]["recalibrate"]
     assert all(e <= RTOL for e in result["errors"].values()), result
-    if backend == "jax":
+    if backend != "tensorflow":
         assert result["tensorflow_imported"] is False
 
 
-def test_synchronized_is_a_clear_error_on_jax_only(parity):
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_synchronized_is_a_clear_error_off_tensorflow(parity, backend):
     assert parity["tensorflow"]["synchronized"] == "accepted"
-    message = parity["jax"]["synchronized"]
+    message = parity[backend]["synchronized"]
     assert "synchronized=True" in message and "KERAS_BACKEND=tensorflow" in message
 
 
