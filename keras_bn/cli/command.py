@@ -102,7 +102,9 @@ def _parser():
             "array for a one-input model, or a .npz with one array per input, named as "
             "the input; rows are samples) instead of random inputs in the model's range")
     made["fold"].add_argument("out", metavar="OUT", help="where to write the folded model "
-                              "(.keras or .h5; not MODEL; missing folders are created)")
+                              "(.keras or .h5, or a SavedModel folder for a model with "
+                              "layers revived from a SavedModel; not MODEL; missing "
+                              "folders are created)")
     made["fold"].add_argument("--no-verify", action="store_true",
                               help="skip the numerical check of the folded model")
     made["export"].add_argument("out", nargs="?", metavar="OUT",
@@ -182,20 +184,36 @@ def _load(args, steps):
 
 
 def _fold(args):
-    from keras_bn.files.output import atomic_path, check_output
+    from keras_bn.files.output import atomic_folder, atomic_path, check_output
     from keras_bn.folding import fold
 
     from keras_bn.files import load_arrays
+    from keras_bn.layers.find import revived_layers
 
-    check_output(args.out, (".keras", ".h5"), inputs=[args.model] + _given(args.samples))
+    inputs = [args.model] + _given(args.samples)
+    as_file = args.out.endswith((".keras", ".h5"))
+    check_output(args.out, (), inputs)
     samples = load_arrays(args.samples) if args.samples else None
     steps = Steps(3)
     model = _load(args, steps)
+    revived = revived_layers(model)
+    if revived and as_file:
+        names = ", ".join(f"{name} ({cls})" for name, cls in revived[:5])
+        raise UserError(f"{args.out}: the model has layers revived from a SavedModel "
+                        f"without their classes ({names}); a .keras or .h5 file of it "
+                        "would need those classes to load. Give a folder path (no .keras "
+                        "or .h5) to write a SavedModel.")
+    if not revived and not as_file:
+        check_output(args.out, (".keras", ".h5"), inputs)
     folded, plan = steps.run("fold" + ("" if args.no_verify else " and verify"),
                              fold, model, verify=not args.no_verify, samples=samples,
                              return_plan=True)
 
     def save():
+        if revived:
+            with atomic_folder(args.out, inputs=[args.model]) as tmp:
+                folded.save(tmp, save_format="tf")
+            return
         with atomic_path(args.out, (".keras", ".h5"), inputs=[args.model]) as tmp:
             folded.save(tmp)
 

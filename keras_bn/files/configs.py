@@ -11,23 +11,40 @@ the arguments a layer would read as a path must be inline values. The compile
 configuration is skipped: models load with `compile=False`, which never reads it.
 """
 
+from typing import NamedTuple
+
 from keras_bn.files import allowlist
+
+
+class Refusal(NamedTuple):
+    """A request of the file that is not on the allowlist."""
+
+    layer: str  # the layer that asks for it ("(model)" outside any layer)
+    what: str  # what loading it would make the loader do
+    custom_class: str | None = None  # a class neither Keras nor keras_bn has, by name
+    class_name: str | None = None  # the name the loader would look up, for a class
+
 
 #: Keys of a model configuration that the loaders never deserialize with compile=False.
 _NOT_LOADED = ("compile_config", "training_config")
 
 
-def refusals(config, custom=frozenset()):
-    """`[(layer, what)]`: every request in a parsed configuration that is not on the
-    allowlist, with what loading it would make the loader do.
+def refusals(config, custom=frozenset(), revivable=None) -> list[Refusal]:
+    """Every request in a parsed configuration that is not on the allowlist, with what
+    loading it would make the loader do.
 
     Args:
       config: The parsed JSON (a dict or list) of a model's configuration.
       custom: Registered names ("package>Name", or names given in `custom_objects`) that
         the user allowed (`--import MODULE`, `imports=`, `custom_objects=`).
+      revivable: For a SavedModel's configuration, whether the loader would revive a
+        class name (`class_name -> bool`): tf-keras revives a class its lookup by name
+        does not find from the layer's saved graph (checked op by op, `saved_model`),
+        importing and calling nothing, so such classes are allowed; what their
+        configurations ask for is still checked.
 
     Returns:
-      A list of `(layer name, reason)`, in the order found; empty when the file is safe.
+      The refusals in the order found; empty when the file is safe.
     """
     found = []
     stack = [(config, "(model)", None)]
@@ -38,13 +55,16 @@ def refusals(config, custom=frozenset()):
         elif isinstance(node, str) and key is not None:
             what = _named_string(key, node)
             if what:
-                found.append((layer, what))
+                found.append(Refusal(layer, what))
         elif isinstance(node, dict):
             if "class_name" in node:
                 layer = _layer_name(node, layer)
                 what = _request(node, custom)
-                if what:
-                    found.append((layer, what))
+                if isinstance(what, Refusal):  # a class Keras and keras_bn do not have
+                    if not (revivable and revivable(what.class_name)):
+                        found.append(what._replace(layer=layer))
+                elif what:
+                    found.append(Refusal(layer, what))
                     continue  # one reason per request: a Lambda's function is part of it
             stack.extend((value, layer, name) for name, value in reversed(node.items())
                          if name not in _NOT_LOADED)
@@ -58,7 +78,8 @@ def _layer_name(node, outer):
 
 
 def _request(node, custom):
-    """Why this request is refused, or None when it is allowed."""
+    """Why this request is refused, or None when it is allowed; a class Keras and
+    keras_bn do not have (that a SavedModel may revive) as a `Refusal`."""
     class_name, module = node.get("class_name"), node.get("module")
     registered, inner = node.get("registered_name"), node.get("config")
     if not isinstance(class_name, str) or not isinstance(module, (str, type(None))):
@@ -119,12 +140,10 @@ def _is_built_in(module, class_name, registered):
 
 def _unknown_class(module, class_name, registered):
     if module and module.split(".")[0] not in ("keras", "tf_keras", "keras_bn"):
-        return (f"class {class_name!r} from module {module!r}: the loader would import "
-                f"'{module}' (running its code)")
+        return Refusal("", f"class {class_name!r} from module {module!r}: the loader would "
+                       f"import '{module}' (running its code)", class_name=class_name)
     shown = registered if registered not in (None, class_name) else class_name
-    where = f" from {module!r}" if module else ""
-    return (f"class {shown!r}{where}, which is not a built-in Keras or keras_bn class "
-            "(a custom class: give the module that registers it with --import MODULE)")
+    return Refusal("", f"custom class {shown!r}", shown, class_name)
 
 
 def _function(module, name, registered, custom):

@@ -120,15 +120,25 @@ def check_safe(path, shown=None, allowed=frozenset()):
         hdf5.check_hdf5(path, shown)
     else:
         saved_model.check_graph(path, shown)
-    found = [ref for config in stored_configs(path, fmt, shown)
-             for ref in configs.refusals(config, allowed)]
-    if found:
-        listed = "; ".join(f"layer {layer!r}: {what}" for layer, what in dict.fromkeys(found))
+    revives = flavour.named("tf_keras").revives if fmt == "savedmodel" else None
+    found = list(dict.fromkeys(
+        ref for config in stored_configs(path, fmt, shown)
+        for ref in configs.refusals(config, allowed, revivable=revives)))
+    classes = list(dict.fromkeys(ref.custom_class for ref in found if ref.custom_class))
+    layers = list(dict.fromkeys(ref.layer for ref in found if ref.custom_class))
+    requests = "; ".join(f"layer {ref.layer!r}: {ref.what}" for ref in found
+                         if not ref.custom_class)
+    if requests:
         raise UnsafeModelError(
-            f"{shown}: refusing to load what the file asks for ({listed}). Loading it would "
-            "run code or touch files the file chose. Give the module of your own layers "
-            "with --import MODULE (imports=[...]); pass --unsafe (unsafe=True) only if you "
-            "trust where the file comes from.")
+            f"{shown}: refusing to load what the file asks for ({requests}). Loading it "
+            "would run code or touch files the file chose. Give the module of your own "
+            "layers with --import MODULE (imports=[...]); pass --unsafe (unsafe=True) only "
+            "if you trust where the file comes from.")
+    if classes:
+        raise UnsafeModelError(
+            f"{shown}: layer(s) {', '.join(map(repr, layers))} use classes that are not a "
+            f"built-in Keras or keras_bn class ({', '.join(map(repr, classes))}): give the "
+            "module that registers them with --import MODULE (imports=[...]).")
     return fmt
 
 

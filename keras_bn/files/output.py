@@ -12,6 +12,7 @@ of several steps are renamed into place together at the end, or none is.
 import contextlib
 import contextvars
 import os
+import shutil
 import secrets
 import tempfile
 
@@ -95,6 +96,37 @@ def atomic_path(path, suffixes=(), inputs=()):
     finally:
         if not handed_over and os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_folder(path, inputs=()):
+    """`atomic_path` for a folder (a SavedModel): yields a temporary path next to `path`
+    to write the folder at, and moves it onto `path` only if the block succeeds; a
+    folder already at `path` is replaced only then.
+
+    Raises:
+      InputError: the destination is an input, or an existing file that is not a folder.
+    """
+    path = os.fspath(path)
+    check_output(path, (), inputs)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"{path}: a file is there; a SavedModel is a folder. Choose "
+                         "another output path.")
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"{path}: cannot create its folder {directory} "
+                         f"({error.strerror}: {error.filename})") from error
+    scratch = tempfile.mkdtemp(prefix=".keras_bn-", dir=directory)
+    try:
+        tmp = os.path.join(scratch, "new")
+        yield tmp
+        if os.path.exists(path):
+            os.replace(path, os.path.join(scratch, "old"))
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 #: The files verified so far inside `all_or_nothing`: (temporary path, destination).

@@ -106,6 +106,16 @@ def is_builtin_layer_class(cls: type) -> bool:
     return getattr(keras.layers, cls.__name__, None) is cls
 
 
+def is_revived(layer) -> bool:
+    """Keras 3 loads no SavedModel as a model, so no layer of it is revived."""
+    return False
+
+
+def revives(class_name: str) -> bool:
+    """Keras 3 revives no class from a SavedModel (it loads none as a model)."""
+    return False
+
+
 def registered_name(cls: type) -> str:
     return keras.saving.get_registered_name(cls)
 

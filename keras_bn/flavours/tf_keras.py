@@ -101,6 +101,28 @@ def is_builtin_layer_class(cls: type) -> bool:
     return getattr(keras.layers, cls.__name__, None) is cls
 
 
+#: Where tf-keras makes the classes of layers it revives from a SavedModel's graphs.
+_REVIVED_MODULE = "tf_keras.src.saving.legacy.saved_model.load"
+
+
+def is_revived(layer) -> bool:
+    """Whether `layer` was revived from a SavedModel without its class: tf-keras made it
+    a class named after the saved one, whose calls run the saved graph functions."""
+    return type(layer).__module__ == _REVIVED_MODULE and not isinstance(layer, keras.Model)
+
+
+def revives(class_name: str) -> bool:
+    """Whether tf-keras's SavedModel loader would revive a layer of class `class_name`
+    from its saved graph: only when its lookup by name (the registry, then the built-in
+    layers; it imports nothing) finds nothing, so no constructor or function the name
+    might reach is called."""
+    from tf_keras.src.layers import serialization
+
+    serialization.populate_deserializable_objects()
+    return keras.saving.get_registered_object(
+        class_name, None, serialization.LOCAL.ALL_OBJECTS) is None
+
+
 def registered_name(cls: type) -> str:
     return keras.saving.get_registered_name(cls)
 

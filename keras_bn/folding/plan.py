@@ -120,11 +120,18 @@ def _plan(graph, path):
             decisions.append(own[name])
         elif node.layer is not None:
             decisions.extend(
-                _kept(inner, layer, "custom layer",
-                      f"inside custom layer '{name}' ({type(node.layer).__name__}), whose "
-                      "call keras_bn cannot see into")
+                _kept(inner, layer, *_why_inside(name, node.layer))
                 for inner, layer in batch_norm_paths_in(node.layer, path + (name,)))
     return decisions
+
+
+def _why_inside(name, layer):
+    """`(category, reason)` of a BN that a layer other than a model holds."""
+    if flavour.of(layer).is_revived(layer):
+        return ("revived", f"inside layer '{name}' ({type(layer).__name__}), revived from a "
+                "SavedModel without its class: its saved graph runs as it is")
+    return ("custom layer", f"inside custom layer '{name}' ({type(layer).__name__}), whose "
+            "call keras_bn cannot see into")
 
 
 def _plan_nested(model, path):

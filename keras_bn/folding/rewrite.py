@@ -94,12 +94,26 @@ def _custom_objects(model, found=None):
     plumbing = flavour.of(model)
     for layer in model.layers:
         cls = type(layer)
-        if not plumbing.is_builtin_layer_class(cls):
+        if plumbing.is_revived(layer):
+            found.setdefault(cls.__name__, _Revived()).layers[layer.name] = layer
+        elif not plumbing.is_builtin_layer_class(cls):
             found.setdefault(plumbing.registered_name(cls), cls)
             found.setdefault(cls.__name__, cls)
         if is_model(layer):
             _custom_objects(layer, found)
     return found
+
+
+class _Revived:
+    """What `from_config` finds under the name of a class that tf-keras revived from a
+    SavedModel: a revived layer has no constructor to rebuild it from its config, so the
+    new model calls the same layer object (its saved graph, its weights)."""
+
+    def __init__(self):
+        self.layers = {}
+
+    def from_config(self, config):
+        return self.layers[config["name"]]
 
 
 def _rebuild(model, config):

@@ -54,6 +54,22 @@ def all_layers(model):
             yield from all_layers(layer)
 
 
+def revived_layers(model) -> list[tuple[str, str]]:
+    """`(name, saved class name)` of every layer of `model` (nested models' included,
+    `outer/inner` names) that tf-keras revived from a SavedModel without its class."""
+    found = []
+
+    def walk(layers, path):
+        for layer in layers:
+            if is_model(layer):
+                walk(layer.layers, path + (layer.name,))
+            elif flavour.of(layer).is_revived(layer):
+                found.append(("/".join(path + (layer.name,)), type(layer).__name__))
+
+    walk(model.layers, ())
+    return found
+
+
 def batch_norm_paths(model, path=()):
     """`(path, layer)` for every BN layer of `model`, in layer order: nested models' and
     those a custom layer or wrapper holds (keras-hub's blocks, `TimeDistributed`)

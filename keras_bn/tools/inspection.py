@@ -5,7 +5,7 @@ import numpy as np
 from keras_bn import flavour
 from keras_bn.tools.table import aligned
 from keras_bn.folding.plan import plan_model
-from keras_bn.layers.find import batch_norm_layers, bn_axes
+from keras_bn.layers.find import batch_norm_layers, bn_axes, revived_layers
 
 #: |gamma| below this (relative to the layer's largest |gamma|) counts as a dead channel.
 DEAD_GAMMA = 1e-3
@@ -78,6 +78,11 @@ def summary(model, print_fn=print) -> list:
         })
     if print_fn is not None:
         print_fn(format_table(rows, model.name))
+        revived = revived_layers(model)
+        if revived:
+            print_fn("Revived from a SavedModel without their classes (their saved graphs "
+                     "run; BNs inside them stay): "
+                     + ", ".join(f"{name} ({cls})" for name, cls in revived))
     return rows
 
 

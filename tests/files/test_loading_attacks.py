@@ -371,7 +371,10 @@ def custom_model(tmp_path):
 def test_custom_layers_load_with_import_only(tmp_path, custom_model):
     for name in ("custom model ü.keras", "custom.h5"):
         result = cli("inspect", tmp_path / name, cwd=tmp_path)
-        assert result.returncode == 2 and "--import" in result.stderr, result.stderr
+        assert result.returncode == 2, result.stderr
+        # one sentence: the class once, the fix once
+        assert result.stderr.count("Doubler") == 1 and result.stderr.count("--import") == 1
+        assert "'double'" in result.stderr and len(result.stderr.strip().splitlines()) <= 2
         result = cli("fold", tmp_path / name, tmp_path / "folded.keras", "--import",
                      custom_model, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
