@@ -5,9 +5,9 @@ and replicas. Used by `keras_bn.recalibrate` and `keras_bn.callbacks.BatchNormMo
 The model runs in inference mode in a compiled step of its backend: a `tf.function` on
 TensorFlow (per replica under a `tf.distribute` strategy), `jax.jit` of its
 `stateless_call` on JAX (the variables are arguments, so the step sees the statistics a
-previous pass wrote); on torch, an eager call without gradients. Inside the step each BN call gives float32 sums per example
-(`example_sums`, on the flavour's `ops`); the sums across examples and batches are
-taken here in float64 numpy. TensorFlow is imported only for a TensorFlow model.
+previous pass wrote), an eager call without gradients on torch. Inside the step each BN
+call gives float32 sums per example (`example_sums`, on the flavour's `ops`); the sums
+across examples and batches are taken here in float64 numpy. TensorFlow is imported only for a TensorFlow model.
 """
 
 import contextlib
