@@ -206,7 +206,7 @@ def _bound_pads(path, data):
     """Gives the output of each Pad that pads with an unbounded value (a max pool's
     "minus infinity": -inf or the lowest float) its input's calibrated range, in place
     of one reaching -3.4e38, whose int8 step would round every value to zero (see
-    `keras_bn.export.tflite_ranges.padding_ranges`, the same fix for TFLite)."""
+    `keras_bn.export.tflite_padding.padding_ranges`, the same fix for TFLite)."""
     import numpy as np
     import onnx
     from onnx import numpy_helper

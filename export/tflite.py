@@ -12,7 +12,8 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from keras_bn import flavour
 from keras_bn.errors import InputError, VerificationError
 from keras_bn.files.output import atomic_path, check_output
-from keras_bn.export import checks, selective, through_tensorflow, tflite_ranges
+from keras_bn.export import (checks, selective, through_tensorflow, tflite_padding,
+                             tflite_ranges)
 from keras_bn.export._prepare import input_signature, output_names, quantization_input
 from keras_bn.export.isolated import IsolatedRuntime
 from keras_bn.quantization import affine
@@ -205,23 +206,25 @@ def _convert(converted, model, options, calibrate_only=None):
     mode; in the int8 modes (or with `calibrate_only`), the calibrated file of
     `calibrated` (its ranges checked, and re-estimated by another estimator than
     "minmax") quantized by `quantized`, the converter's own quantizer, with the record
-    of the new ranges."""
+    of the new ranges; in every quantized mode, pads given integer padding values
+    (`tflite_padding.integer_pad_values`)."""
     if calibrate_only is None:  # the int8 modes: their ranges are checked first
         calibrate_only = options.mode in ("int8", "int8-io")
     if calibrate_only:
         content, records = calibrated(converted, model, options)
         return quantized(content, options), records
-    return _run_converter(converted, model, options, False), []
+    content = _run_converter(converted, model, options, False)
+    return (tflite_padding.integer_pad_values(content) if options.mode else content), []
 
 
 def calibrated(converted, model, options) -> tuple:
     """`(calibrated file, [Technique])`: the converter's float file of `converted` holding
     each activation's calibrated range (`_experimental_calibrate_only`), a max pool's
-    unbounded padding given its input's range (`tflite_ranges.padding_ranges`), the
+    unbounded padding given its input's range (`tflite_padding.padding_ranges`), the
     ranges re-estimated by the options' estimator where it is not "minmax"
     (`keras_bn.export.tflite_ranges`)."""
     content = _run_converter(converted, model, options, True)
-    unbounded = tflite_ranges.padding_ranges(content)
+    unbounded = tflite_padding.padding_ranges(content)
     if unbounded:
         content = tflite_ranges.with_ranges(content, unbounded)
     if options.ranges == "minmax":
@@ -243,7 +246,7 @@ def quantized(content, options, float_nodes=()) -> bytes:
     io = tf.int8 if options.mode == "int8-io" else tf.float32
     content = mlir_quantize(content, False, input_data_type=io, output_data_type=io,
                             denylisted_nodes=list(float_nodes) or None)
-    return deduplicate_readonly_buffers(content)
+    return deduplicate_readonly_buffers(tflite_padding.integer_pad_values(content))
 
 
 def _run_converter(converted, model, options, calibrate_only):
@@ -267,6 +270,13 @@ def _run_converter(converted, model, options, calibrate_only):
                  if "error: " in line]
         raise InputError(f"TensorFlow's TFLite converter cannot convert '{model.name}': "
                          f"{(lines or [str(error)])[0]}") from error
+    except RuntimeError as error:  # the int16x8 quantizer lacks a kernel the model needs
+        if "not yet supported for op" not in str(error):
+            raise
+        first = str(error).strip().splitlines()[0].rstrip(".")  # repeated per op
+        raise InputError(f"TFLite {options.mode} export of '{model.name}': {first}; "
+                         f"quantize it to int8, or export ONNX {options.mode} (its "
+                         "unsupported ops stay in float)") from error
 
 
 def tensor_types(content):

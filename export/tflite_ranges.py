@@ -38,41 +38,6 @@ def recorded_ranges(content: bytes) -> dict:
     return found
 
 
-#: A padding value this far out is a max pool's "minus infinity" (-inf, or the lowest
-#: float), not data.
-_UNBOUNDED = 1e38
-
-
-def padding_ranges(content: bytes) -> dict:
-    """`{tensor index: (min, max)}` for the outputs of the PADV2 ops of a calibrated file
-    that pad with an unbounded value (keras-hub's ResNet pads before its max pool with
-    the lowest float): their input's recorded range. Calibrated as they are, their range
-    reaches -3.4e38, and since a pad keeps one scale for its input and output, the int8
-    step of the tensor becomes 1e36 and every value before and after it rounds to zero
-    (the whole file answers zeros). The int8 minimum stands for "minus infinity" to a
-    max pool just as well."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(content)
-    graph = model.subgraphs[0]
-    found = {}
-    for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        if max(code.builtinCode, code.deprecatedBuiltinCode) != schema.BuiltinOperator.PADV2:
-            continue
-        constant = graph.tensors[op.inputs[2]]
-        data = model.buffers[constant.buffer].data
-        if data is None or constant.type != schema.TensorType.FLOAT32:
-            continue
-        values = np.frombuffer(bytes(bytearray(data)), np.float32)
-        source = graph.tensors[op.inputs[0]].quantization
-        if (values.size and np.all(np.abs(values) >= _UNBOUNDED) and source is not None
-                and source.min is not None and len(source.min) == 1):
-            found[int(op.outputs[0])] = (float(source.min[0]), float(source.max[0]))
-    return found
-
-
 def with_ranges(content: bytes, ranges: dict) -> bytes:
     """The TFLite file `content` with the calibrated `{tensor index: (min, max)}` set."""
     from tensorflow.lite.tools import flatbuffer_utils

@@ -68,6 +68,20 @@ def input_rank(layer) -> int:
     return len(layer.input.shape)
 
 
+def call_input(model, layer):
+    """The input tensor(s) of `layer`'s call in `model`'s graph. `layer.input` is the
+    input of its first call anywhere: for a layer also called in another model (shared
+    between models built on other Inputs), that model's tensor, not connected to
+    `model`'s inputs."""
+    from keras.src.ops.function import make_node_key
+
+    for index, node in enumerate(layer._inbound_nodes):
+        if make_node_key(layer, index) in model._nodes:
+            tensors = node.input_tensors
+            return tensors[0] if len(tensors) == 1 else tensors
+    return layer.input
+
+
 def input_names(model) -> list[str]:
     """The names of the model's Input layers, in input order (Keras 3 has no
     `model.input_names`; an unnamed Input is called `input_layer`, `input_layer_1`...)."""

@@ -40,24 +40,24 @@ def _candidates(model):
     return found, skipped
 
 
-def _linear_copy(layer):
+def _linear_copy(layer, input_shape):
     """A new layer of `layer`'s class and configuration, without bias or activation,
-    built for `layer`'s input: the operation whose output `kernels.error_terms` sum."""
+    built for its `input_shape`: the operation whose output `kernels.error_terms` sum."""
     config = dict(layer.get_config(), activation="linear", use_bias=False,
                   name=f"{layer.name}_error")
     copy = type(layer).from_config(config)
-    copy.build(tuple(layer.input.shape))
+    copy.build(tuple(input_shape))
     return copy
 
 
 class _Shift:
     """The running mean, per output channel, of one layer's int8 weight error."""
 
-    def __init__(self, layer):
+    def __init__(self, layer, input_shape):
         self.kind = kind_of(layer).name
         self.weights = weight_arrays(layer)
         self.terms = kernels.error_terms(self.kind, self.weights)
-        self.copy = _linear_copy(layer)
+        self.copy = _linear_copy(layer, input_shape)
         self.plumbing = flavour.of(layer)
         self.total, self.count = 0.0, 0
 
@@ -81,8 +81,10 @@ def correct_biases(model, rows) -> tuple:
     names, record.skipped = _candidates(model)
     if not names:
         return model, record
-    shifts = [_Shift(model.get_layer(n)) for n in names]
-    for inputs in tensor_batches(model, [model.get_layer(n).input for n in names], rows):
+    plumbing = flavour.of(model)
+    tensors = [plumbing.call_input(model, model.get_layer(n)) for n in names]
+    shifts = [_Shift(model.get_layer(n), t.shape) for n, t in zip(names, tensors)]
+    for inputs in tensor_batches(model, tensors, rows):
         for shift, x in zip(shifts, inputs):
             shift.add(x)
     updates, largest = {}, 0.0

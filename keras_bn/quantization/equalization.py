@@ -166,7 +166,9 @@ def _separable_ranges(model, names, rows):
     layers = [model.get_layer(n) for n in names]
     depthwise = [weight_arrays(layer)["depthwise_kernel"] for layer in layers]
     peaks = [0.0] * len(layers)
-    for inputs in tensor_batches(model, [layer.input for layer in layers], rows):
+    plumbing = flavour.of(model)
+    inputs_of = [plumbing.call_input(model, layer) for layer in layers]
+    for inputs in tensor_batches(model, inputs_of, rows):
         for i, (layer, kernel, x) in enumerate(zip(layers, depthwise, inputs)):
             y = _depthwise_output(layer, np.asarray(x, np.float32), kernel)
             y = np.abs(y).reshape(-1, y.shape[-1])
@@ -182,7 +184,9 @@ def equalize(model, rows) -> tuple:
     found, record.skipped = pairs(model)
     spread = []
     if found:
-        stats = channel_statistics(model, [model.get_layer(b).input for _, b in found], rows)
+        plumbing = flavour.of(model)
+        stats = channel_statistics(model, [plumbing.call_input(model, model.get_layer(b))
+                                           for _, b in found], rows)
         updates = {}
         for (first, second), (_, peak) in zip(found, stats):
             kinds = _kind(model.get_layer(first)), _kind(model.get_layer(second))

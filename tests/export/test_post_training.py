@@ -219,3 +219,45 @@ def test_cli_technique_flags(mobilenet, tmp_path):
                        "--float16", "--equalize")
     assert bad.returncode == 2 and "--equalize is for --quantize int8" in bad.stderr
     assert not (tmp_path / "f.tflite").exists()
+
+
+def _shared_with_another_model(keras):
+    """A model whose conv, BN and depthwise layers were first called in another model
+    built on another Input (a backbone's layers reused in a second model): their
+    `layer.input` is that first model's tensor, not connected to this model's inputs."""
+    layers = [keras.layers.Conv2D(8, 3, padding="same"), keras.layers.BatchNormalization(),
+              keras.layers.ReLU(), keras.layers.DepthwiseConv2D(3, padding="same"),
+              keras.layers.BatchNormalization(), keras.layers.Conv2D(8, 1, name="a"),
+              keras.layers.ReLU(), keras.layers.Conv2D(8, 1, name="b")]
+
+    def stack(x):
+        for layer in layers:
+            x = layer(x)
+        return x
+
+    first = keras.Input((8, 8, 3))
+    keras.Model(first, stack(first))
+    second = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(stack(second))
+    return keras.Model(second, keras.layers.Dense(4)(x))
+
+
+@pytest.mark.parametrize("flavour", ["tf_keras", "keras3"])
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_techniques_measure_layers_shared_with_another_model(flavour, fmt, tmp_path):
+    """Equalization and bias correction measure each layer's call in the exported model,
+    folded or not (fold=False: the model's own layers, also called elsewhere; each
+    technique first, as either may be)."""
+    import keras
+
+    model = _shared_with_another_model(tf_keras if flavour == "tf_keras" else keras)
+    rows = np.random.RandomState(0).rand(64, 8, 8, 3).astype("float32")
+    export_to = {"tflite": to_tflite, "onnx": to_onnx}[fmt]
+    for fold in (False, True):
+        for equalization in (False, True):
+            options = QuantizationOptions("int8", calibration=rows, equalization=equalization)
+            result = export_to(model, tmp_path / f"{fold}{equalization}.{fmt}",
+                               quantize=options, fold=fold, latency_batch=None)
+            done = {record.name: record for record in result.post_training}
+            assert done["bias_correction"].changed, done
+            assert not equalization or "a -> b" in done["equalization"].changed, done
