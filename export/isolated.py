@@ -157,6 +157,28 @@ def _session(kind, path):
     return inputs, outputs, {}, lambda feed: dict(zip(outputs, session.run(None, feed)))
 
 
+def _failure(kind, path, error):
+    """The error as one line; for LiteRT's "Node number N (OP) failed to prepare", with
+    the op's output tensors named (the file's own names, which say the layer)."""
+    import re
+
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    found = re.search(r"Node number (\d+) \((\w+)\)", text)
+    if kind.startswith("tflite") and found:
+        try:
+            from ai_edge_litert import schema_py_generated as schema
+
+            with open(path, "rb") as f:
+                graph = schema.Model.GetRootAsModel(f.read(), 0).Subgraphs(0)
+            op = graph.Operators(int(found.group(1)))
+            names = [graph.Tensors(int(t)).Name().decode(errors="replace")
+                     for t in op.OutputsAsNumpy()]
+            text += f" (the {found.group(2)} op writing {', '.join(map(repr, names))})"
+        except Exception:  # noqa: BLE001 - the runtime's own words still go back
+            pass
+    return text
+
+
 def _serve(kind, path):
     import time
 
@@ -164,7 +186,7 @@ def _serve(kind, path):
     try:
         inputs, outputs, quantization, run = _session(kind, path)
     except Exception as error:  # noqa: BLE001 - reported to the parent as a failure
-        _send(stdout, {"__error__": _text(f"{type(error).__name__}: {error}")})
+        _send(stdout, {"__error__": _text(_failure(kind, path, error))})
         return
     _send(stdout, {"inputs": _text(inputs), "outputs": _text(outputs),
                    "quantization": _text(quantization)})
@@ -174,7 +196,7 @@ def _serve(kind, path):
             got = run(feed)
             _send(stdout, {**got, "__seconds__": time.perf_counter() - start})
         except Exception as error:  # noqa: BLE001
-            _send(stdout, {"__error__": _text(f"{type(error).__name__}: {error}")})
+            _send(stdout, {"__error__": _text(_failure(kind, path, error))})
 
 
 if __name__ == "__main__":

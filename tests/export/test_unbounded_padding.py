@@ -83,3 +83,25 @@ def test_an_op_int16x8_cannot_quantize_is_one_line_naming_it(tmp_path):
     assert "\n" not in message and "'HARD_SWISH'" in message, message
     assert "quantize it to int8, or export ONNX int16x8" in message, message
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.heavy
+def test_a_file_litert_cannot_prepare_names_the_op_and_its_tensor(resnet_v2, tmp_path):
+    """The converter's own int16x8 file (before the padding value is made an int16
+    constant): LiteRT refuses it, and the error names the op and the tensor it writes."""
+    from keras_bn.errors import VerificationError
+    from keras_bn.export import tflite
+    from keras_bn.export.isolated import IsolatedRuntime
+    from keras_bn.quantization.options import prepared
+
+    model, rows = resnet_v2
+    ready = prepared(QuantizationOptions("int16x8", calibration=rows), model, "tflite",
+                     True, None)
+    path = tmp_path / "refused.tflite"
+    path.write_bytes(tflite._run_converter(model, model, ready.options, False))
+    with pytest.raises(VerificationError) as caught:
+        with IsolatedRuntime("tflite", path) as runtime:
+            runtime({"input_layer": rows[:1]})
+    message = str(caught.value)
+    assert "\n" not in message and "(PADV2) failed to prepare" in message, message
+    assert "the PADV2 op writing '" in message and "PadV2'" in message, message
