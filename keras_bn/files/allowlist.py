@@ -461,3 +461,9 @@ GRAPH_OPS = _names("""
 #: Ops of the saver functions a SavedModel carries (they read and write its own
 #: `variables/`); allowed only in functions that nothing but the saver calls.
 SAVER_OPS = _names("SaveV2 RestoreV2 MergeV2Checkpoints ShardedFilename ShardedFilespec")
+
+
+#: Packages of Keras models whose refusal suggests `--import PACKAGE` by name (when it is
+#: installed): the file names the module, so any other package, even one on the path,
+#: could be the file's own code placed there; those get the general refusal.
+MODEL_PACKAGES = _names("keras_hub keras_cv keras_nlp keras_rs")

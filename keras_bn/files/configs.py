@@ -23,6 +23,7 @@ class Refusal(NamedTuple):
     what: str  # what loading it would make the loader do
     custom_class: str | None = None  # a class neither Keras nor keras_bn has, by name
     class_name: str | None = None  # the name the loader would look up, for a class
+    package: str | None = None  # the top-level package of a module the loader would import
 
 
 #: Keys of a model configuration that the loaders never deserialize with compile=False.
@@ -141,7 +142,8 @@ def _is_built_in(module, class_name, registered):
 def _unknown_class(module, class_name, registered):
     if module and module.split(".")[0] not in ("keras", "tf_keras", "keras_bn"):
         return Refusal("", f"class {class_name!r} from module {module!r}: the loader would "
-                       f"import '{module}' (running its code)", class_name=class_name)
+                       f"import '{module}' (running its code)", class_name=class_name,
+                       package=module.split(".")[0])
     shown = registered if registered not in (None, class_name) else class_name
     return Refusal("", f"custom class {shown!r}", shown, class_name)
 

@@ -30,7 +30,7 @@ import zipfile
 
 from keras_bn import flavour
 from keras_bn.errors import InputError, UnsafeModelError
-from keras_bn.files import arrays, configs, custom, hdf5, private_copy, saved_model
+from keras_bn.files import allowlist, arrays, configs, custom, hdf5, private_copy, saved_model
 
 
 def model_format(path):
@@ -128,6 +128,14 @@ def check_safe(path, shown=None, allowed=frozenset()):
     layers = list(dict.fromkeys(ref.layer for ref in found if ref.custom_class))
     requests = "; ".join(f"layer {ref.layer!r}: {ref.what}" for ref in found
                          if not ref.custom_class)
+    packages = list(dict.fromkeys(ref.package for ref in found))
+    if found and None not in packages and all(map(_installed, packages)):
+        imports = " ".join(f"--import {p}" for p in packages)
+        raise UnsafeModelError(
+            f"{shown}: layer(s) {', '.join(dict.fromkeys(repr(r.layer) for r in found))} "
+            f"use classes of the installed package(s) {', '.join(map(repr, packages))} "
+            f"({', '.join(dict.fromkeys(repr(r.class_name) for r in found))}): give "
+            f"{imports} (imports={packages!r}) to load them with the classes it registers.")
     if requests:
         raise UnsafeModelError(
             f"{shown}: refusing to load what the file asks for ({requests}). Loading it "
@@ -140,6 +148,19 @@ def check_safe(path, shown=None, allowed=frozenset()):
             f"built-in Keras or keras_bn class ({', '.join(map(repr, classes))}): give the "
             "module that registers them with --import MODULE (imports=[...]).")
     return fmt
+
+
+def _installed(package: str) -> bool:
+    """Whether `package` is one of the model packages whose import we suggest
+    (`allowlist.MODEL_PACKAGES`) and is installed (found, not imported: nothing runs)."""
+    import importlib.util
+
+    if package not in allowlist.MODEL_PACKAGES:
+        return False
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _check_zip(path, shown):

@@ -75,8 +75,10 @@ def call_input(model, layer):
     `model`'s inputs."""
     from keras.src.ops.function import make_node_key
 
+    graph = getattr(model, "_functional", None) or model  # a Sequential's own graph
+    nodes = getattr(graph, "_nodes", ())
     for index, node in enumerate(layer._inbound_nodes):
-        if make_node_key(layer, index) in model._nodes:
+        if make_node_key(layer, index) in nodes:
             tensors = node.input_tensors
             return tensors[0] if len(tensors) == 1 else tensors
     return layer.input

@@ -73,8 +73,9 @@ def call_input(model, layer):
     """The input tensor(s) of `layer`'s call in `model`'s graph. `layer.input` is that of
     its only call (it raises for a layer called more than once, in any model): for a
     layer also called in another model, the call that belongs to `model`."""
+    nodes = getattr(model, "_network_nodes", ())
     for index in range(len(layer._inbound_nodes)):
-        if f"{layer.name}_ib-{index}" in model._network_nodes:
+        if f"{layer.name}_ib-{index}" in nodes:
             return layer.get_input_at(index)
     return layer.input
 

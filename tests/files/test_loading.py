@@ -163,6 +163,28 @@ def test_keras3_application_layers_load_without_unsafe(tmp_path):
     assert type(loaded.layers[-1]) is CustomScaleLayer
 
 
+@pytest.mark.heavy
+def test_keras_hub_task_files_load_with_import_keras_hub(tmp_path):
+    """A saved keras-hub classifier task (its classes registered by keras_hub, named by
+    module in the file): refused in one line that names the package and the flag, then
+    folded and exported by the CLI with --import keras_hub, without --unsafe."""
+    from benchmarks import hub_models
+
+    hub_models.resnet_classifier().save(tmp_path / "classifier.keras")
+    refused = cli("inspect", "classifier.keras", cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    message = refused.stderr.strip().splitlines()[-1]
+    assert "'keras_hub'" in message and message.count("--import keras_hub") == 1, message
+    assert "'ResNetImageClassifier'" in message and "--unsafe" not in message, message
+    folded = cli("fold", "classifier.keras", "folded.keras", "--import", "keras_hub",
+                 cwd=tmp_path)
+    assert folded.returncode == 0, folded.stderr[-2000:]
+    exported = cli("export", "folded.keras", "--tflite", "c.tflite", "--import",
+                   "keras_hub", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path)) == ["c.tflite", "classifier.keras", "folded.keras"]
+
+
 @pytest.mark.parametrize("name,save", [("m.keras", {}), ("m.h5", {}),
                                        ("saved", {"save_format": "tf"})])
 def test_every_format_loads_from_its_content(tmp_path, name, save):
