@@ -27,6 +27,10 @@ isfinite = tf.math.is_finite
 logical_and = tf.logical_and
 logical_not = tf.logical_not
 stop_gradient = tf.stop_gradient
+sign = tf.sign
+floor = tf.floor
+abs = tf.abs  # noqa: A001 -- keras.ops's name
+zeros_like = tf.zeros_like
 
 
 def sum(x, axis=None, keepdims=False):  # noqa: A001 -- keras.ops's name
@@ -35,6 +39,10 @@ def sum(x, axis=None, keepdims=False):  # noqa: A001 -- keras.ops's name
 
 def mean(x, axis=None, keepdims=False):
     return tf.reduce_mean(x, axis=axis, keepdims=keepdims)
+
+
+def max(x, axis=None, keepdims=False):  # noqa: A001 -- keras.ops's name
+    return tf.reduce_max(x, axis=axis, keepdims=keepdims)
 
 
 def all(x, axis=None, keepdims=False):  # noqa: A001 -- keras.ops's name
