@@ -31,6 +31,8 @@ sign = tf.sign
 floor = tf.floor
 abs = tf.abs  # noqa: A001 -- keras.ops's name
 zeros_like = tf.zeros_like
+equal = tf.equal
+matmul = tf.matmul
 
 
 def sum(x, axis=None, keepdims=False):  # noqa: A001 -- keras.ops's name
@@ -61,3 +63,22 @@ def shape(x):
         return tuple(static)
     dynamic = tf.shape(x)
     return tuple(dynamic[i] if dim is None else dim for i, dim in enumerate(static))
+
+
+def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+    """A channels-last convolution of any rank, grouped where `kernel` has fewer input
+    channels than `inputs` (as `keras.ops.conv`)."""
+    del data_format  # channels last: the only layout the core passes
+    return tf.nn.convolution(inputs, kernel, strides=strides, padding=padding.upper(),
+                             dilations=dilation_rate)
+
+
+def depthwise_conv(inputs, kernel, strides=1, padding="valid", data_format=None,
+                   dilation_rate=1):
+    """A channels-last 2-D depthwise convolution (as `keras.ops.depthwise_conv`)."""
+    del data_format
+    strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
+    dilation_rate = (dilation_rate,) * 2 if isinstance(dilation_rate, int) else tuple(
+        dilation_rate)
+    return tf.nn.depthwise_conv2d(inputs, kernel, (1, *strides, 1), padding.upper(),
+                                  dilations=dilation_rate)

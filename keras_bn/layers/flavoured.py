@@ -2,7 +2,7 @@
 
 from types import ModuleType
 
-from keras_bn.layers import batch_normalization, batch_renormalization
+from keras_bn.layers import batch_normalization, batch_renormalization, quantized_conv_bn
 
 
 def layer_classes(flavour: ModuleType, module: str) -> tuple[type, type]:
@@ -23,3 +23,15 @@ def layer_classes(flavour: ModuleType, module: str) -> tuple[type, type]:
         cls.__module__, cls.__qualname__ = module, cls.__name__
     return (flavour.register_serializable(BatchNormalization),
             flavour.register_serializable(BatchRenormalization))
+
+
+def quantized_class(flavour: ModuleType, module: str) -> type:
+    """`QuantizedConvBN` for `flavour`, registered as `keras_bn>QuantizedConvBN`."""
+    core = quantized_conv_bn.QuantizedConvBN
+
+    class QuantizedConvBN(core, flavour.keras.layers.Layer):
+        __doc__ = core.__doc__
+        _flavour = flavour
+
+    QuantizedConvBN.__module__, QuantizedConvBN.__qualname__ = module, "QuantizedConvBN"
+    return flavour.register_serializable(QuantizedConvBN)

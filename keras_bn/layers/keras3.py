@@ -1,6 +1,7 @@
 """`keras_bn.keras3.BatchNormalization` and `.BatchRenormalization`: the layers on Keras 3."""
 
 from keras_bn import flavour
-from keras_bn.layers.flavoured import layer_classes
+from keras_bn.layers.flavoured import layer_classes, quantized_class
 
 BatchNormalization, BatchRenormalization = layer_classes(flavour.named("keras3"), __name__)
+QuantizedConvBN = quantized_class(flavour.named("keras3"), __name__)

@@ -1,6 +1,7 @@
 """`keras_bn.BatchNormalization` and `keras_bn.BatchRenormalization`: the layers on tf-keras."""
 
 from keras_bn import flavour
-from keras_bn.layers.flavoured import layer_classes
+from keras_bn.layers.flavoured import layer_classes, quantized_class
 
 BatchNormalization, BatchRenormalization = layer_classes(flavour.named("tf_keras"), __name__)
+QuantizedConvBN = quantized_class(flavour.named("tf_keras"), __name__)

@@ -1,0 +1,210 @@
+"""QuantizedConvBN: a convolution, depthwise convolution or dense layer and the
+BatchNormalization after it, trained as the int8 file will run them (BN folded into the
+weights, the weights fake-quantized), written once for both Keras flavours
+(`keras_bn.layers.flavoured` puts it on each flavour's Layer class)."""
+
+from keras_bn.layers import statistics as stats
+from keras_bn.quantization import fake_quant
+
+#: The layer kinds a QuantizedConvBN computes, by the `kind` argument.
+KINDS = ("conv", "depthwise", "dense")
+
+
+class QuantizedConvBN:
+    """A conv, depthwise conv or dense layer followed by batch normalization, trained with
+    the BN folded into its weights and the folded weights fake-quantized, as in the int8
+    file (Krishnamoorthi 2018, section 3.2; Jacob et al. 2018, section 3.2).
+
+    With `s = gamma / sqrt(moving_variance + epsilon)` per output channel, the layer runs
+    the operation once, on the folded kernel `W * s` put on the int8 grid
+    (`fake_quant.fake_quantize_weights`: symmetric per output channel, as TFLite and
+    onnxruntime write it): `y_q = op(x, q(W * s))`. Then:
+
+    - **training, before the statistics freeze** (`step < freeze_after`): the output is
+      corrected to what conv -> BN gives in training, with the batch's statistics of
+      the conv output `z = y_q / s + bias`:
+      `gamma * (z - mean_B) / sqrt(var_B + epsilon) + beta`, which is
+      `y_q * sqrt(moving_variance + epsilon) / sqrt(var_B + epsilon)` plus an offset
+      (the whitepaper's correction), and the moving statistics are updated as
+      `keras_bn.BatchNormalization` updates them (Bessel-corrected variance);
+    - **inference, and training once frozen**: the folded layer exactly,
+      `y_q + beta + (bias - moving_mean) * s`: training then runs the graph the file
+      runs, and the statistics no longer move.
+
+    Without `weight_bits` (None) nothing is quantized: the layer then equals conv -> BN
+    in training and the folded conv in inference, to float32 rounding.
+
+    Args:
+      kind: "conv" (Conv1D/2D/3D), "depthwise" (DepthwiseConv2D) or "dense".
+      filters: Output channels of a conv; units of a dense layer; the depth multiplier
+        of a depthwise conv.
+      kernel_size: Spatial size of the kernel (an int or a tuple; ignored for dense).
+      strides, padding, dilation_rate, groups: As the Keras layer of `kind` takes them
+        (channels last).
+      use_bias: Whether the conv has a bias (kept apart from BN's beta, as in the
+        unfolded model).
+      momentum, epsilon, center, scale: The BatchNormalization's.
+      freeze_after: Training steps (calls in training mode) after which the BN
+        statistics freeze and training runs the inference graph; None never freezes.
+      weight_bits: 8 (int8 weights) or None (float, for checks).
+      **kwargs: Base layer arguments (`name`, `dtype`, `trainable`, ...).
+
+    Call arguments:
+      inputs: A channels-last tensor of the rank `kind` needs.
+      training: Python boolean (tf-keras also takes a boolean tensor).
+
+    Weights: `kernel`, `bias` (with `use_bias`), `gamma`, `beta`, `moving_mean`,
+    `moving_variance` (the unfolded layers', under their names), and `step`.
+    """
+
+    _flavour = None
+
+    def __init__(self, kind, filters, kernel_size=1, strides=1, padding="valid",
+                 dilation_rate=1, groups=1, use_bias=True, momentum=0.99, epsilon=1e-3,
+                 center=True, scale=True, freeze_after=None, weight_bits=8, **kwargs):
+        super().__init__(**kwargs)
+        if kind not in KINDS:
+            raise ValueError(f"QuantizedConvBN layer '{self.name}': kind={kind!r}; use one "
+                             f"of {KINDS}.")
+        if weight_bits not in (8, None):
+            raise ValueError(f"QuantizedConvBN layer '{self.name}': weight_bits="
+                             f"{weight_bits!r}; use 8 (int8 weights) or None (float).")
+        self.kind, self.filters, self.use_bias = kind, int(filters), bool(use_bias)
+        self.kernel_size, self.strides, self.dilation_rate = kernel_size, strides, dilation_rate
+        self.padding, self.groups = padding, int(groups)
+        self.momentum, self.epsilon = float(momentum), float(epsilon)
+        self.center, self.scale = bool(center), bool(scale)
+        self.freeze_after, self.weight_bits = freeze_after, weight_bits
+
+    def _tuple(self, value, rank):
+        return (value,) * rank if isinstance(value, int) else tuple(value)
+
+    def build(self, input_shape):
+        flavour = self._flavour
+        shape = flavour.shape_tuple(input_shape)
+        channels, spatial = shape[-1], len(shape) - 2
+        if self.kind == "dense":
+            kernel, out = (channels, self.filters), self.filters
+        elif self.kind == "depthwise":
+            kernel = self._tuple(self.kernel_size, spatial) + (channels, self.filters)
+            out = channels * self.filters
+        else:
+            kernel = self._tuple(self.kernel_size, spatial) + (channels // self.groups,
+                                                                self.filters)
+            out = self.filters
+        self._rank = len(shape)
+        dtype = flavour.parameter_dtype(self)
+        self.kernel = flavour.add_parameter(self, "kernel", kernel, dtype,
+                                            flavour.initializers.get("glorot_uniform"))
+        self.bias = (flavour.add_parameter(self, "bias", (out,), dtype,
+                                           flavour.initializers.get("zeros"))
+                     if self.use_bias else None)
+        ones, zeros = flavour.initializers.get("ones"), flavour.initializers.get("zeros")
+        self.gamma = (flavour.add_parameter(self, "gamma", (out,), dtype, ones)
+                      if self.scale else None)
+        self.beta = (flavour.add_parameter(self, "beta", (out,), dtype, zeros)
+                     if self.center else None)
+        self.moving_mean = flavour.add_statistic(self, "moving_mean", (out,), dtype, zeros)
+        self.moving_variance = flavour.add_statistic(self, "moving_variance", (out,), dtype,
+                                                     ones)
+        self.step = flavour.add_counter(self, "step")
+        self.built = True
+
+    # -- the folded, quantized operation --------------------------------------------------
+
+    def _vector(self, variable, default):
+        ops = self._flavour.ops
+        if variable is None:
+            return ops.ones(self.moving_mean.shape) * default
+        return ops.convert_to_tensor(variable)
+
+    def _folded_kernel(self, s):
+        """`kernel * s` per output channel, on the int8 grid when `weight_bits`."""
+        ops = self._flavour.ops
+        kernel = ops.convert_to_tensor(self.kernel)
+        if self.kind == "depthwise":  # output channel c * multiplier + m
+            folded = kernel * ops.reshape(s, tuple(kernel.shape[-2:]))
+            reduce = tuple(range(len(kernel.shape) - 2))
+        else:
+            folded = kernel * s
+            reduce = tuple(range(len(kernel.shape) - 1))
+        if self.weight_bits is None:
+            return folded
+        return fake_quant.fake_quantize_weights(ops, folded, reduce, self.weight_bits)
+
+    def _operation(self, x, kernel):
+        ops = self._flavour.ops
+        if self.kind == "dense":
+            return ops.matmul(x, kernel)
+        spatial = self._rank - 2
+        strides = self._tuple(self.strides, spatial)
+        dilation = self._tuple(self.dilation_rate, spatial)
+        if self.kind == "depthwise":
+            return ops.depthwise_conv(x, kernel, strides, self.padding, "channels_last",
+                                      dilation)
+        return ops.conv(x, kernel, strides, self.padding, "channels_last", dilation)
+
+    # -- the two branches -----------------------------------------------------------------
+
+    def call(self, inputs, training=None):
+        flavour = self._flavour
+        ops = flavour.ops
+        x = ops.cast(inputs, self.compute_dtype)
+        gamma, beta = self._vector(self.gamma, 1.0), self._vector(self.beta, 0.0)
+        bias = self._vector(self.bias, 0.0)
+        sigma = ops.sqrt(ops.convert_to_tensor(self.moving_variance) + self.epsilon)
+        s = gamma / sigma
+        y = self._operation(x, self._folded_kernel(s))
+        folded = y + (beta + (bias - ops.convert_to_tensor(self.moving_mean)) * s)
+        training = flavour.training_flag(self, training)
+        if training is False:
+            return folded
+        return flavour.train_or_infer(
+            training, lambda gate: self._training(y, folded, s, sigma, gamma, beta, bias,
+                                                  gate),
+            lambda: folded)
+
+    def _frozen(self):
+        ops = self._flavour.ops
+        if self.freeze_after is None:
+            return ops.convert_to_tensor(False)
+        return ops.greater(ops.convert_to_tensor(self.step) + 1, self.freeze_after)
+
+    def _training(self, y, folded, s, sigma, gamma, beta, bias, training=True):
+        """conv -> BN in training (batch statistics of the conv output, moving statistics
+        updated) until `freeze_after` steps, the folded output after; `step` counts."""
+        ops = self._flavour.ops
+        safe = ops.where(ops.equal(s, 0.0), ops.ones_like(s), s)  # gamma 0: y is 0 too
+        z = y / safe + bias  # the unfolded conv's output (its weights quantized as folded)
+        axes = list(range(self._rank - 1))
+        mean, variance, count = stats.moments(ops, z, axes, None)
+        sigma_b = ops.sqrt(variance + self.epsilon)
+        corrected = y * (sigma / sigma_b) + (beta - (mean - bias) * gamma / sigma_b)
+        frozen = self._frozen()
+        learning = ops.logical_not(frozen)
+        if training is not True:
+            learning = ops.logical_and(learning, training)
+        valid = ops.logical_and(learning, ops.logical_and(
+            stats.all_finite(ops, mean, variance), stats.has_elements(ops, count)))
+        mean, variance = ops.reshape(mean, (-1,)), ops.reshape(variance, (-1,))
+        for variable, value in (
+                (self.moving_mean, stats.moving_average(self.moving_mean, mean,
+                                                        self.momentum)),
+                (self.moving_variance, stats.moving_average(
+                    self.moving_variance, stats.unbiased_variance(ops, variance, count),
+                    self.momentum))):
+            self._flavour.assign(self, variable, ops.where(
+                valid, ops.cast(ops.stop_gradient(value), variable.dtype),
+                ops.convert_to_tensor(variable)))
+        one = ops.cast(training if training is not True else True, "int32")
+        self._flavour.assign_add(self, self.step, one)
+        return ops.where(frozen, folded, corrected)
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind, "filters": self.filters,
+                "kernel_size": self.kernel_size, "strides": self.strides,
+                "padding": self.padding, "dilation_rate": self.dilation_rate,
+                "groups": self.groups, "use_bias": self.use_bias,
+                "momentum": self.momentum, "epsilon": self.epsilon, "center": self.center,
+                "scale": self.scale, "freeze_after": self.freeze_after,
+                "weight_bits": self.weight_bits}
