@@ -59,8 +59,15 @@ def _pair(flavour, case, weight_bits=None, freeze_after=None):
     return reference, model, data
 
 
+def _numpy(x):
+    """Any backend's tensor (a torch one may require grad) or variable as numpy."""
+    if isinstance(x, keras.Variable):
+        x = keras.ops.convert_to_numpy(x)
+    return np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, np.float64)
+
+
 def _close(got, want, rtol=RTOL):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    got, want = _numpy(got), _numpy(want)
     scale = np.max(np.abs(want))
     assert np.max(np.abs(got - want)) <= rtol * scale, np.max(np.abs(got - want)) / scale
 
@@ -79,8 +86,8 @@ def test_float_equals_conv_then_bn_in_training_and_the_folded_conv_in_inference(
     fused = model.layers[-1]
     for mine, theirs in ((fused.moving_mean, bn.moving_mean),
                          (fused.moving_variance, bn.moving_variance)):
-        _close(np.asarray(mine), np.asarray(theirs))
-    assert int(np.asarray(fused.step)) == 2
+        _close(mine, theirs)
+    assert int(_numpy(fused.step)) == 2
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
@@ -89,11 +96,11 @@ def test_after_freeze_after_steps_training_runs_the_folded_conv(flavour):
     fused = model.layers[-1]
     for _ in range(2):
         model(data, training=True)
-    frozen = [np.asarray(fused.moving_mean), np.asarray(fused.moving_variance)]
+    frozen = [_numpy(fused.moving_mean), _numpy(fused.moving_variance)]
     got = model(data, training=True)  # the third step: frozen
     _close(got, model(data, training=False))
-    np.testing.assert_array_equal(np.asarray(fused.moving_mean), frozen[0])
-    np.testing.assert_array_equal(np.asarray(fused.moving_variance), frozen[1])
+    np.testing.assert_array_equal(_numpy(fused.moving_mean), frozen[0])
+    np.testing.assert_array_equal(_numpy(fused.moving_variance), frozen[1])
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
@@ -108,5 +115,48 @@ def test_int8_inference_is_the_folded_conv_on_the_int8_grid(flavour, case):
     _close(model(data, training=False), folded(data, training=False))
     # and not the float folded conv: the int8 grid is visible at this tolerance
     unquantized = keras_bn.fold(reference)(data, training=False)
-    assert np.max(np.abs(np.asarray(model(data)) - np.asarray(unquantized))) > RTOL * np.max(
-        np.abs(np.asarray(unquantized)))
+    assert np.max(np.abs(_numpy(model(data)) - _numpy(unquantized))) > RTOL * np.max(
+        np.abs(_numpy(unquantized)))
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_fit_trains_through_the_int8_weights_and_saves(flavour, tmp_path):
+    """Gradients reach the kernel, gamma and beta through the fake-quantized folded
+    weights (straight through) and the correction; `step` counts the training steps;
+    the layer saves and loads as a registered class with its weights."""
+    k, layers, _ = FLAVOURS[flavour]
+    rs = np.random.RandomState(0)
+    inputs = k.Input((8, 8, 3))
+    x = layers.QuantizedConvBN("conv", 4, kernel_size=3, freeze_after=3)(inputs)
+    x = k.layers.GlobalAveragePooling2D()(k.layers.ReLU()(x))
+    model = k.Model(inputs, k.layers.Dense(2)(x))
+    model.compile("adam", "mse")
+    layer = model.layers[1]
+    before = [_numpy(v) for v in (layer.kernel, layer.gamma, layer.beta)]
+    data, targets = rs.randn(32, 8, 8, 3).astype("float32"), rs.randn(32, 2).astype("float32")
+    history = model.fit(data, targets, batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert all(np.any(_numpy(v) != b) for v, b in
+               zip((layer.kernel, layer.gamma, layer.beta), before))
+    assert int(_numpy(layer.step)) == 4  # 4 batches; frozen from the fourth
+    path = tmp_path / "qat.keras"
+    model.save(path)
+    loaded = k.models.load_model(path)
+    np.testing.assert_allclose(_numpy(loaded(data[:4])), _numpy(model(data[:4])), rtol=1e-6)
+    assert loaded.layers[1].get_config()["freeze_after"] == 3
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_keras3_cases_pass_on_the_other_backends(backend):
+    """This file's Keras 3 cases in a process on the JAX and torch backends (Keras 3
+    picks its backend at import; this process runs TensorFlow's)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "-p", "no:xdist", __file__, "-k", "keras3 and not other_backends"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-3000:]
+    assert "8 passed" in run.stdout, run.stdout[-500:]
