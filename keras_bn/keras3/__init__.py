@@ -9,6 +9,8 @@ holding them without `custom_objects`.
 Public API:
 
 * `BatchNormalization`, `BatchRenormalization`: the layers, Keras 3 subclasses.
+* `QuantizedConvBN`: a conv/depthwise/dense layer and its BN, trained as the int8 file
+  runs them (`keras_bn.quantization.quantize_aware` builds models of them).
 * `PreciseBN`, `BatchNormMonitor`: the callbacks of `keras_bn.callbacks` as
   `keras.callbacks.Callback`s, for Keras 3 models on any backend.
 * `fold`, `fold_plan`: as `keras_bn.fold` (re-exported for convenience).
@@ -17,9 +19,9 @@ Public API:
 from keras_bn import flavour as _flavour
 from keras_bn.calibration.monitoring import callback_classes as _callback_classes
 from keras_bn.folding import fold, fold_plan
-from keras_bn.layers.keras3 import BatchNormalization, BatchRenormalization
+from keras_bn.layers.keras3 import BatchNormalization, BatchRenormalization, QuantizedConvBN
 
 PreciseBN, BatchNormMonitor = _callback_classes(_flavour.named("keras3"), __name__)
 
 __all__ = ["BatchNormalization", "BatchRenormalization", "BatchNormMonitor", "PreciseBN",
-           "fold", "fold_plan"]
+           "QuantizedConvBN", "fold", "fold_plan"]

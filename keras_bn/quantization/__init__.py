@@ -6,6 +6,9 @@
 * The techniques, run on the folded Keras model before a converter quantizes it:
   cross-layer equalization (`equalization.py`), bias correction (`bias_correction.py`),
   both through `post_training.apply`; activation range estimators (`ranges.py`).
+* Quantization-aware training: `quantize_aware` (`aware.py`) turns every conv/dense ->
+  BN pair into a `QuantizedConvBN` (`keras_bn/layers/quantized_conv_bn.py`), its
+  rounding simulated by `fake_quant.py`; imported on first use (it needs Keras).
 * What they share: weights as int8 files hold them (`affine.py`, `kernels.py`) and the
   scores of a quantized file against the float model (`scoring.py`: top-1 agreement,
   errors, SQNR, the held-out split).
@@ -18,4 +21,14 @@ from keras_bn.quantization.options import (CALIBRATED, ESTIMATORS, FALLBACK_MODE
                                            FORMAT_MODES, MODES, QuantizationOptions)
 
 __all__ = ["CALIBRATED", "ESTIMATORS", "FALLBACK_MODES", "FORMAT_MODES", "MODES",
-           "QuantizationOptions"]
+           "QuantizationOptions", "quantize_aware"]
+
+
+def __getattr__(name):
+    """`quantize_aware` is imported on first use (PEP 562): this package stays free of
+    TensorFlow and Keras until it is asked for."""
+    if name == "quantize_aware":
+        from keras_bn.quantization.aware import quantize_aware
+
+        return quantize_aware
+    raise AttributeError(f"module 'keras_bn.quantization' has no attribute {name!r}")

@@ -1,0 +1,107 @@
+"""quantize_aware (keras_bn/quantization/aware.py) on whole models of both flavours:
+which pairs become QuantizedConvBN layers and which BNs stay (with the fold plan's
+reasons), the same answers as the original in float and as the int8-grid folded model
+in inference, training with fit, and a .keras file that loads without --unsafe."""
+
+import keras
+import numpy as np
+import pytest
+import tf_keras
+
+import keras_bn
+from keras_bn.files import load_model
+from keras_bn.quantization import affine
+from keras_bn.quantization import quantize_aware
+
+FLAVOURS = {"keras3": (keras, keras.layers.BatchNormalization),
+            "tf_keras": (tf_keras, keras_bn.BatchNormalization)}
+#: float32 rounding of a few layers' sums, relative to the output scale.
+RTOL = 2e-5
+
+
+def _numpy(x):
+    return np.asarray(x, np.float64)
+
+
+def _net(flavour):
+    """conv -> BN -> ReLU, depthwise -> BN -> ReLU, a BN after a ReLU (kept: it folds
+    into the separable conv after it), separable -> BN (kept: not simulated), pooling,
+    dense -> BN;
+    statistics and gammas as a trained net's (random, both signs)."""
+    k, bn = FLAVOURS[flavour]
+    inputs = k.Input((8, 8, 3))
+    x = k.layers.ReLU()(bn()(k.layers.Conv2D(6, 3, padding="same", use_bias=False, name="conv")(inputs)))
+    x = k.layers.ReLU()(bn()(k.layers.DepthwiseConv2D(3, strides=2, name="depthwise")(x)))
+    x = bn(name="after_relu")(x)
+    x = bn(name="after_separable")(k.layers.SeparableConv2D(4, 1)(x))
+    x = k.layers.GlobalAveragePooling2D()(x)
+    model = k.Model(inputs, bn(name="head_bn")(k.layers.Dense(3, name="head")(x)))
+    rs = np.random.RandomState(0)
+    for layer in model.layers:
+        if "Normalization" in type(layer).__name__:
+            n = layer.moving_mean.shape[0]
+            layer.gamma.assign((rs.uniform(0.5, 1.5, n) * rs.choice([-1, 1], n)).astype("f4"))
+            layer.beta.assign((rs.randn(n) * 0.2).astype("float32"))
+            layer.moving_mean.assign((rs.randn(n) * 0.5).astype("float32"))
+            layer.moving_variance.assign(rs.uniform(0.3, 2.0, n).astype("float32"))
+    return model, rs.randn(32, 8, 8, 3).astype("float32")
+
+
+def _close(got, want, rtol=RTOL):
+    got, want = _numpy(got), _numpy(want)
+    assert np.max(np.abs(got - want)) <= rtol * np.max(np.abs(want)), (
+        np.max(np.abs(got - want)) / np.max(np.abs(want)))
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_pairs_fuse_and_the_rest_stays_with_its_reason(flavour):
+    model, data = _net(flavour)
+    before = [w.copy() for w in model.get_weights()]
+    aware, plan = quantize_aware(model, weight_bits=None, return_plan=True)
+    assert sorted(plan.fused) == ["conv", "depthwise", "head"], plan
+    assert set(plan.kept) == {"after_relu", "after_separable"}, plan
+    assert plan.kept["after_relu"].startswith("before 'separable_conv2d"), plan
+    assert "SeparableConv2D" in plan.kept["after_separable"], plan
+    assert [type(aware.get_layer(n)).__name__ for n in plan.fused] == ["QuantizedConvBN"] * 3
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), before))
+    _close(aware(data, training=False), model(data, training=False))
+    _close(aware(data, training=True), model(data, training=True))
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_int8_inference_is_the_folded_model_with_int8_grid_kernels(flavour):
+    model, data = _net(flavour)
+    aware = quantize_aware(model)
+    folded = keras_bn.fold(model)
+    for name in ("conv", "depthwise", "head"):
+        layer = folded.get_layer(name)
+        weights = layer.get_weights()
+        axes = (-2, -1) if name == "depthwise" else (-1,)
+        layer.set_weights([affine.fake_quantize(weights[0], axes).astype("float32"),
+                           *weights[1:]])
+    _close(aware(data, training=False), folded(data, training=False))
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_fit_freezes_the_statistics_and_the_file_loads_safely(flavour, tmp_path):
+    model, data = _net(flavour)
+    aware = quantize_aware(model, freeze_after=2)
+    aware.compile("adam", "mse")
+    targets = np.asarray(model(data, training=False))
+    aware.fit(data, targets, batch_size=8, epochs=1, verbose=0)
+    layer = aware.get_layer("conv")
+    assert int(np.asarray(layer.step)) == 4
+    frozen = np.asarray(layer.moving_mean).copy()
+    aware.fit(data, targets, batch_size=8, epochs=1, verbose=0)
+    np.testing.assert_array_equal(np.asarray(layer.moving_mean), frozen)
+    path = tmp_path / "aware.keras"
+    aware.save(path)
+    loaded = load_model(path)  # safe loading: no --unsafe, no import
+    _close(loaded(data[:4], training=False), aware(data[:4], training=False), 1e-6)
+
+
+def test_bad_freeze_after_is_one_line():
+    model, _ = _net("keras3")
+    with pytest.raises(ValueError, match="freeze_after=0; give a number of training "
+                                         "steps >= 1, or None"):
+        quantize_aware(model, freeze_after=0)
