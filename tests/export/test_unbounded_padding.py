@@ -101,7 +101,7 @@ def test_a_file_litert_cannot_prepare_names_the_op_and_its_tensor(resnet_v2, tmp
     path.write_bytes(tflite._run_converter(model, model, ready.options, False))
     with pytest.raises(VerificationError) as caught:
         with IsolatedRuntime("tflite", path) as runtime:
-            runtime({"input_layer": rows[:1]})
+            runtime({runtime.inputs[0][0]: rows[:1]})
     message = str(caught.value)
     assert "\n" not in message and "(PADV2) failed to prepare" in message, message
     assert "the PADV2 op writing '" in message and "PadV2'" in message, message
