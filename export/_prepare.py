@@ -7,7 +7,9 @@ import collections
 import tensorflow as tf
 
 from keras_bn import flavour
+from keras_bn.errors import InputError
 from keras_bn.folding import fold as _fold
+from keras_bn.layers.find import quantization_aware_layers
 from keras_bn.verification import model_inputs
 from keras_bn.memo import LastModel, weights_digest
 from keras_bn.quantization import post_training
@@ -23,6 +25,12 @@ def prepare(model, fold, verify=True, samples=None):
     on `samples` or the default random batch, the inputs the file is checked on too)
     model when `fold`. The model runs on TensorFlow (a Keras 3 model on another backend
     goes through `through_tensorflow` first)."""
+    simulated = quantization_aware_layers(model)
+    if simulated:
+        shown = ", ".join(map(repr, simulated[:3])) + (", ..." if len(simulated) > 3 else "")
+        raise InputError(f"Model '{model.name}' is a quantization-aware training model "
+                         f"(layers {shown}): exporting it is not supported yet; export "
+                         "the model it was made from.")
     if not fold:
         return model, None
     arrays = [] if samples is None else model_inputs(model, samples, "samples")

@@ -15,8 +15,9 @@ Public API:
 * `freeze`, `unfreeze` (`keras_bn/tools/freezing.py`): BN layers in inference mode for
   fine-tuning.
 * `QuantizedConvBN` (`keras_bn/layers/quantized_conv_bn.py`): a conv/depthwise/dense
-  layer and its BN trained as the int8 file runs them; `keras_bn.quantization.
-  quantize_aware` builds a model of them (quantization-aware training).
+  layer and its BN trained as the int8 file runs them, `ActivationQuantizer` a tensor on
+  its int8 grid; `keras_bn.quantization.quantize_aware` builds a model of them
+  (quantization-aware training).
 * `InputError`, `UnsafeModelError`, `VerificationError`: what keras_bn raises on purpose.
 * `keras_bn.callbacks`: `PreciseBN` and `BatchNormMonitor` for a tf-keras `fit`
   (`keras_bn.keras3` has them for Keras 3).
@@ -40,6 +41,7 @@ _API = {
     "BatchNormalization": "keras_bn.layers.tf_keras",
     "BatchRenormalization": "keras_bn.layers.tf_keras",
     "QuantizedConvBN": "keras_bn.layers.tf_keras",
+    "ActivationQuantizer": "keras_bn.layers.tf_keras",
     "FoldPlan": "keras_bn.folding", "fold": "keras_bn.folding", "fold_plan": "keras_bn.folding",
     "freeze": "keras_bn.tools.freezing", "unfreeze": "keras_bn.tools.freezing",
     "recalibrate": "keras_bn.calibration.recalibration",

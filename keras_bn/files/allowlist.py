@@ -143,7 +143,8 @@ OPTIMIZERS = _names("""
 
 
 #: keras_bn's layers, registered as "keras_bn>Name" (tf-keras and Keras 3 alike).
-KERAS_BN_LAYERS = _names("BatchNormalization BatchRenormalization QuantizedConvBN")
+KERAS_BN_LAYERS = _names(
+    "BatchNormalization BatchRenormalization QuantizedConvBN ActivationQuantizer")
 KERAS_BN_PACKAGE = "keras_bn"
 
 #: Containers: what a whole model (or a nested one) is built as.

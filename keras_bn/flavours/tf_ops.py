@@ -18,6 +18,7 @@ zeros = tf.zeros
 ones_like = tf.ones_like
 where = tf.where
 maximum = tf.maximum
+minimum = tf.minimum
 clip = tf.clip_by_value
 sqrt = tf.sqrt
 rsqrt = tf.math.rsqrt
@@ -45,6 +46,10 @@ def mean(x, axis=None, keepdims=False):
 
 def max(x, axis=None, keepdims=False):  # noqa: A001 -- keras.ops's name
     return tf.reduce_max(x, axis=axis, keepdims=keepdims)
+
+
+def min(x, axis=None, keepdims=False):  # noqa: A001 -- keras.ops's name
+    return tf.reduce_min(x, axis=axis, keepdims=keepdims)
 
 
 def all(x, axis=None, keepdims=False):  # noqa: A001 -- keras.ops's name

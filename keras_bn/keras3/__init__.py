@@ -10,7 +10,8 @@ Public API:
 
 * `BatchNormalization`, `BatchRenormalization`: the layers, Keras 3 subclasses.
 * `QuantizedConvBN`: a conv/depthwise/dense layer and its BN, trained as the int8 file
-  runs them (`keras_bn.quantization.quantize_aware` builds models of them).
+  runs them, `ActivationQuantizer` a tensor on its int8 grid
+  (`keras_bn.quantization.quantize_aware` builds models of them).
 * `PreciseBN`, `BatchNormMonitor`: the callbacks of `keras_bn.callbacks` as
   `keras.callbacks.Callback`s, for Keras 3 models on any backend.
 * `fold`, `fold_plan`: as `keras_bn.fold` (re-exported for convenience).
@@ -19,9 +20,10 @@ Public API:
 from keras_bn import flavour as _flavour
 from keras_bn.calibration.monitoring import callback_classes as _callback_classes
 from keras_bn.folding import fold, fold_plan
-from keras_bn.layers.keras3 import BatchNormalization, BatchRenormalization, QuantizedConvBN
+from keras_bn.layers.keras3 import (ActivationQuantizer, BatchNormalization,
+                                    BatchRenormalization, QuantizedConvBN)
 
 PreciseBN, BatchNormMonitor = _callback_classes(_flavour.named("keras3"), __name__)
 
-__all__ = ["BatchNormalization", "BatchRenormalization", "BatchNormMonitor", "PreciseBN",
-           "QuantizedConvBN", "fold", "fold_plan"]
+__all__ = ["ActivationQuantizer", "BatchNormalization", "BatchRenormalization",
+           "BatchNormMonitor", "PreciseBN", "QuantizedConvBN", "fold", "fold_plan"]

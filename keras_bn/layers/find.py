@@ -7,7 +7,9 @@ Every helper takes a layer or model of either Keras flavour (tf-keras or Keras 3
 """
 
 from keras_bn import flavour
+from keras_bn.layers.activation_quantizer import ActivationQuantizer as _Quantizer
 from keras_bn.layers.batch_normalization import BatchNormalization as _Core
+from keras_bn.layers.quantized_conv_bn import QuantizedConvBN as _Fused
 
 
 def is_batch_norm(layer) -> bool:
@@ -52,6 +54,12 @@ def all_layers(model):
         yield layer
         if is_model(layer):
             yield from all_layers(layer)
+
+
+def quantization_aware_layers(model) -> list[str]:
+    """The names of the QuantizedConvBN and ActivationQuantizer layers of `model` (a
+    model `keras_bn.quantization.quantize_aware` made), nested models' included."""
+    return [layer.name for layer in all_layers(model) if isinstance(layer, (_Fused, _Quantizer))]
 
 
 def revived_layers(model) -> list[tuple[str, str]]:

@@ -2,7 +2,8 @@
 
 from types import ModuleType
 
-from keras_bn.layers import batch_normalization, batch_renormalization, quantized_conv_bn
+from keras_bn.layers import (activation_quantizer, batch_normalization, batch_renormalization,
+                             quantized_conv_bn)
 
 
 def layer_classes(flavour: ModuleType, module: str) -> tuple[type, type]:
@@ -25,13 +26,13 @@ def layer_classes(flavour: ModuleType, module: str) -> tuple[type, type]:
             flavour.register_serializable(BatchRenormalization))
 
 
-def quantized_class(flavour: ModuleType, module: str) -> type:
-    """`QuantizedConvBN` for `flavour`, registered as `keras_bn>QuantizedConvBN`."""
-    core = quantized_conv_bn.QuantizedConvBN
-
-    class QuantizedConvBN(core, flavour.keras.layers.Layer):
-        __doc__ = core.__doc__
-        _flavour = flavour
-
-    QuantizedConvBN.__module__, QuantizedConvBN.__qualname__ = module, "QuantizedConvBN"
-    return flavour.register_serializable(QuantizedConvBN)
+def quantization_classes(flavour: ModuleType, module: str) -> tuple[type, type]:
+    """`(QuantizedConvBN, ActivationQuantizer)` for `flavour`, registered as
+    `keras_bn>QuantizedConvBN`, ... and named as defined in `module`."""
+    made = []
+    for core in (quantized_conv_bn.QuantizedConvBN, activation_quantizer.ActivationQuantizer):
+        cls = type(core.__name__, (core, flavour.keras.layers.Layer),
+                   {"__doc__": core.__doc__, "_flavour": flavour, "__module__": module})
+        cls.__qualname__ = core.__name__
+        made.append(flavour.register_serializable(cls))
+    return tuple(made)

@@ -1,14 +1,16 @@
 """Quantization-aware training with BatchNormalization folded: the trainable model in
 which every conv, depthwise conv or dense layer followed by a BN is one
 `QuantizedConvBN` (its folded weights on the int8 files' grid, BN statistics updating
-until they freeze), so that fine-tuning learns weights that survive int8 rounding as
-the file will hold them.
+until they freeze), and, given calibration data, every activation tensor the int8 file
+holds passes an `ActivationQuantizer` (its range calibrated, then tracked), so that
+fine-tuning learns weights that survive int8 rounding as the file will hold them.
 
 The pairs are the ones `keras_bn.fold` folds "after" (the BN reads only that layer's
 output, on its channel axis); each BN that stays is named with the reason, as in the
 fold plan. The model is not changed.
 """
 
+import copy
 import dataclasses
 import importlib
 
@@ -16,10 +18,26 @@ import numpy as np
 
 from keras_bn import flavour
 from keras_bn.errors import InputError
-from keras_bn.folding.graph import Graph
+from keras_bn.folding.graph import Graph, Ref
 from keras_bn.folding.kinds import kind_of
 from keras_bn.folding.plan import plan_model
 from keras_bn.folding.rewrite import _arrays, _rebuild, _set_weights
+from keras_bn.quantization.activations import tensor_batches
+from keras_bn.verification import model_inputs
+
+#: Layers whose int8 kernels keep their input's grid (the converter gives their output
+#: the input's scale and zero point): no quantizer of their own.
+_SAME_GRID = frozenset("""
+    Reshape Flatten MaxPooling1D MaxPooling2D MaxPooling3D Dropout SpatialDropout1D
+    SpatialDropout2D SpatialDropout3D GaussianNoise GaussianDropout AlphaDropout
+    ZeroPadding1D ZeroPadding2D ZeroPadding3D Cropping1D Cropping2D Cropping3D Permute
+    RepeatVector ActivationQuantizer
+""".split())
+#: Layers the converter fuses a following ReLU/ReLU6 into (the tensor between is gone).
+_FUSES_RELU = frozenset("QuantizedConvBN Conv1D Conv2D Conv3D DepthwiseConv2D Dense Add "
+                        "SeparableConv1D SeparableConv2D".split())
+#: The grid int8 kernels give softmax and sigmoid outputs: [0, 1) in steps of 1/256.
+_UNIT_RANGE = (0.0, 255.0 / 256.0)
 
 #: Layer classes a QuantizedConvBN computes (channels last), by the kind it calls them.
 _CLASSES = {"Conv1D": "conv", "Conv2D": "conv", "Conv3D": "conv",
@@ -30,15 +48,21 @@ _CLASSES = {"Conv1D": "conv", "Conv2D": "conv", "Conv3D": "conv",
 class AwarePlan:
     """What `quantize_aware` did: `fused` maps each new QuantizedConvBN (named as the
     layer it replaces) to the BN merged into it; `kept` maps each BN left as it was to
-    the reason."""
+    the reason; `quantized` names the tensors given an ActivationQuantizer (by the
+    layer that makes them) and `ranges` their calibrated `(low, high)`."""
 
     fused: dict = dataclasses.field(default_factory=dict)
     kept: dict = dataclasses.field(default_factory=dict)
+    quantized: list = dataclasses.field(default_factory=list)
+    ranges: dict = dataclasses.field(default_factory=dict)
+
+
+def _layers_module(plumbing):
+    return importlib.import_module(f"keras_bn.layers.{plumbing.__name__.split('.')[-1]}")
 
 
 def _layer_class(plumbing):
-    module = importlib.import_module(f"keras_bn.layers.{plumbing.__name__.split('.')[-1]}")
-    return module.QuantizedConvBN
+    return _layers_module(plumbing).QuantizedConvBN
 
 
 def _why_not(layer, bn, decision):
@@ -92,7 +116,8 @@ def _weights(layer, bn, args):
     return weights
 
 
-def quantize_aware(model, *, freeze_after: int | None = None, weight_bits: int | None = 8,
+def quantize_aware(model, calibration=None, *, freeze_after: int | None = None,
+                   weight_bits: int | None = 8, momentum: float = 0.99,
                    return_plan: bool = False):
     """A trainable copy of `model` in which every conv, depthwise conv or dense layer
     followed by a BatchNormalization is one `QuantizedConvBN`.
@@ -103,6 +128,14 @@ def quantize_aware(model, *, freeze_after: int | None = None, weight_bits: int |
     statistics (moving statistics updated) until `freeze_after` training steps, the
     inference graph after. Train it with `model.fit` as the original.
 
+    With `calibration` data, every activation tensor the int8 file will hold (the
+    model's inputs, each layer's output, a conv's or an Add's after the ReLU/ReLU6 the
+    converter fuses into it; not the outputs of layers that keep their input's grid,
+    such as reshapes and max pools) passes an `ActivationQuantizer` whose range is the
+    tensor's min and max on those rows, tracked by a moving average (`momentum`) in
+    training; softmax and sigmoid outputs get the kernels' fixed [0, 1) grid. Without,
+    activations stay float (the weights-only simulation).
+
     Handles the flavours' own BatchNormalization and keras_bn's BatchNormalization and
     BatchRenormalization (trained here as BatchNormalization: the statistics are the
     batch's). Conv1D/2D/3D (groups too), DepthwiseConv2D and Dense, channels last, at
@@ -110,9 +143,13 @@ def quantize_aware(model, *, freeze_after: int | None = None, weight_bits: int |
 
     Args:
       model: A built Sequential or functional model (tf-keras or Keras 3); not changed.
+      calibration: Optional rows that set the activation ranges: an array, a list with
+        one array per input, or a dict by input name (a few hundred typical rows).
       freeze_after: Training steps after which the BN statistics freeze (Krishnamoorthi
         2018 freezes them after about a fifth of fine-tuning); None: never.
       weight_bits: 8 (int8 weights) or None (the float folded layer; for checks).
+      momentum: Of the activation ranges' moving averages in training (1 keeps the
+        calibrated ranges).
       return_plan: Also return the `AwarePlan` (the pairs fused, the BNs kept and why).
 
     Returns:
@@ -120,8 +157,8 @@ def quantize_aware(model, *, freeze_after: int | None = None, weight_bits: int |
       `(model, AwarePlan)`.
 
     Raises:
-      keras_bn.errors.InputError: an unbuilt or subclassed model, or `freeze_after`
-        that is not a positive integer.
+      keras_bn.errors.InputError: an unbuilt or subclassed model, `freeze_after` that
+        is not a positive integer, or calibration data that does not fit the inputs.
     """
     if freeze_after is not None and (not isinstance(freeze_after, (int, np.integer))
                                       or freeze_after < 1):
@@ -134,6 +171,7 @@ def quantize_aware(model, *, freeze_after: int | None = None, weight_bits: int |
     graph = Graph(model)
     entries, layer_class = graph.entries(), _layer_class(plumbing)
     plan, updates, removed = AwarePlan(), {}, {}
+    gone = set()  # layers whose output tensor the file will not hold (a BN folds there)
     for decision in plan_model(model).decisions:
         if not decision.folded:
             plan.kept[decision.bn] = decision.reason
@@ -145,12 +183,14 @@ def quantize_aware(model, *, freeze_after: int | None = None, weight_bits: int |
         if decision.position != "after":
             plan.kept[decision.bn] = (f"before '{decision.into}': it trains as a BN and "
                                       "folds into that layer's inputs on export")
+            gone.add(decision.bn)
             continue
         layer = graph.nodes[decision.into].layer
         bn = graph.nodes[decision.bn].layer
         why = _why_not(layer, bn, decision)
         if why:
             plan.kept[decision.bn] = why
+            gone.add(decision.into)  # still folded on export: one tensor, the BN's
             continue
         args = _arguments(layer, bn, freeze_after, weight_bits)
         instance = layer_class(**args)
@@ -161,7 +201,131 @@ def quantize_aware(model, *, freeze_after: int | None = None, weight_bits: int |
         updates[layer.name] = _weights(layer, bn, args)
         removed[decision.bn] = graph.nodes[decision.bn].calls[0].args[0]
         plan.fused[layer.name] = decision.bn
+    rows = None if calibration is None else model_inputs(model, calibration,
+                                                         "calibration data")
     config = graph.without(removed)
     new_model = _rebuild(model, config)
     _set_weights(new_model, model, updates, config)
+    if rows is not None:
+        new_model = _with_quantizers(new_model, rows, momentum, plan, gone)
     return (new_model, plan) if return_plan else new_model
+
+
+def _activation_name(layer):
+    """The activation a layer applies last, by name ("relu", "softmax", ...), or None."""
+    name = type(layer).__name__
+    if name == "ReLU":
+        config = layer.get_config()
+        plain = not config.get("negative_slope") and not config.get("threshold")
+        return {None: "relu", 6.0: "relu6"}.get(config.get("max_value"), "other") if \
+            plain else "other"
+    if name == "Softmax":
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", None) if activation is not None else None
+
+
+def _quantized_refs(graph, gone=frozenset()):
+    """`[(Ref, fixed range or None)]`: the tensors the int8 file holds, in graph order
+    (not the outputs of the layers in `gone`, which a fold merges away on export)."""
+    found = []
+    for name, node in graph.nodes.items():
+        layer = node.layer
+        if layer is None:
+            continue
+        if graph.flavour.is_input_layer(layer):  # the file quantizes its float inputs
+            if graph.flavour.is_float(layer.output.dtype):
+                found.append((Ref(name), None))
+            continue
+        cls = type(layer).__name__
+        if cls in _SAME_GRID or len(node.calls) == 0 or name in gone:
+            continue
+        for call in node.calls:
+            ref = Ref(name, call.index, 0)
+            readers = graph.consumers.get(ref, [])
+            if (cls in _FUSES_RELU and len(readers) == 1 and _activation_name(
+                    graph.nodes[readers[0].layer].layer) in ("relu", "relu6")):
+                continue  # the ReLU's output is the tensor
+            activation = _activation_name(layer)
+            found.append((ref, _UNIT_RANGE if activation in ("softmax", "sigmoid") else None))
+    return found
+
+
+def _with_quantizers(model, rows, momentum, plan, gone):
+    """`model` rebuilt with an ActivationQuantizer after each tensor of
+    `_quantized_refs`, its range the min and max of that tensor on `rows`."""
+    plumbing = flavour.of(model)
+    if isinstance(model, plumbing.keras.Sequential):  # as the functional model it is
+        model = plumbing.keras.Model(model.inputs, model.outputs, name=model.name)
+    graph = Graph(model)
+    refs = _quantized_refs(graph, gone)
+    config = graph.config
+    quantizer = _layers_module(plumbing).ActivationQuantizer
+    template = _template_entry(plumbing, quantizer)
+    position = {entry["name"]: i for i, entry in enumerate(config["layers"])}
+    inserted = []
+    for ref, fixed in refs:
+        name = f"{ref.layer}_quantized" + (f"_{ref.call}" if ref.call else "")
+        entry = copy.deepcopy(template)
+        entry["name"] = name
+        entry["config"] = quantizer(momentum=momentum, fixed=fixed, name=name).get_config()
+        plumbing.walk_references(entry["inbound_nodes"], lambda value, r=ref: value.__setitem__(
+            slice(0, 3), [r.layer, r.call, r.tensor]))
+        inserted.append((position[ref.layer], ref, name, entry))
+
+    def rewire(value, skip):
+        for _, ref, name, _ in inserted:
+            if name != skip and list(value[:3]) == [ref.layer, ref.call, ref.tensor]:
+                value[:3] = [name, 0, 0]
+                return
+
+    for entry in config["layers"]:
+        plumbing.walk_references(entry["inbound_nodes"], lambda v: rewire(v, None))
+    _walk_output_refs(config["output_layers"], lambda v: rewire(v, None))
+    layers = list(config["layers"])
+    for index, _, _, entry in sorted(inserted, key=lambda t: -t[0]):
+        layers.insert(index + 1, entry)
+    config["layers"] = layers
+    new_model = _rebuild(model, config)
+    for layer in new_model.layers:  # the same layers, the same weights; quantizers new
+        if layer.name in position:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    quantizers = [new_model.get_layer(name) for _, _, name, _ in inserted]
+    _calibrate(new_model, quantizers, rows, plan)
+    plan.quantized = [ref.layer for ref, _ in refs]
+    return new_model
+
+
+def _walk_output_refs(value, on_ref):
+    if isinstance(value, list) and len(value) == 3 and isinstance(value[0], str):
+        on_ref(value)
+    elif isinstance(value, (list, dict)):
+        for item in (value.values() if isinstance(value, dict) else value):
+            _walk_output_refs(item, on_ref)
+
+
+def _template_entry(plumbing, quantizer):
+    """A config entry of an ActivationQuantizer called on one tensor, in the flavour's
+    own format (its input reference then pointed at the tensor to quantize)."""
+    keras = plumbing.keras
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, quantizer(name="template")(inputs))
+    entry = copy.deepcopy(model.get_config()["layers"][1])
+    entry.pop("build_config", None)
+    return entry
+
+
+def _calibrate(model, quantizers, rows, plan):
+    """Sets each non-fixed quantizer's range to its input's min and max on `rows` (the
+    model run in inference mode: the quantizers pass values through until set)."""
+    plumbing = flavour.of(model)
+    free = [q for q in quantizers if q.fixed is None]
+    tensors = [plumbing.call_input(model, q) for q in free]
+    lows, highs = [np.inf] * len(free), [-np.inf] * len(free)
+    for values in tensor_batches(model, tensors, rows):
+        for i, value in enumerate(values):
+            lows[i] = min(lows[i], float(np.min(value)))
+            highs[i] = max(highs[i], float(np.max(value)))
+    for q, low, high in zip(free, lows, highs):
+        plumbing.set_values([(q.low, low), (q.high, high)])
+        plan.ranges[q.name] = (low, high)

@@ -50,8 +50,21 @@ def activation_grid(low: float, high: float, bits: int = 8) -> tuple[float, int]
     if high - low <= 0 or not np.isfinite(high - low):
         return 1.0, 0
     scale = (high - low) / (qmax - qmin)
-    zero_point = int(np.clip(np.round(qmin - low / scale), qmin, qmax))
+    v = qmin - low / scale
+    zero_point = int(np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5), qmin, qmax))
     return scale, zero_point
+
+
+def grid(ops, low, high, bits: int = 8):
+    """`activation_grid` on tensors (ranges that training tracks): `(scale, zero_point)`
+    as float tensors; an empty range gets a scale of 1 and zero point 0."""
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    low, high = ops.minimum(low, 0.0), ops.maximum(high, 0.0)
+    width = high - low
+    empty = ops.logical_not(width > 0)
+    scale = ops.where(empty, ops.ones_like(width), width / (qmax - qmin))
+    zero_point = ops.clip(round_half_away(ops, qmin - low / scale), qmin, qmax)
+    return scale, ops.where(empty, ops.zeros_like(zero_point), zero_point)
 
 
 def fake_quantize_activations(ops, x, scale, zero_point, bits: int = 8):

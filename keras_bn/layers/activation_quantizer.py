@@ -1,0 +1,74 @@
+"""ActivationQuantizer: a tensor put on the int8 grid its file will give it, with the
+range calibrated and then tracked in training; written once for both Keras flavours."""
+
+from keras_bn.quantization import fake_quant
+
+
+class ActivationQuantizer:
+    """Fake-quantizes a tensor per tensor, asymmetric int8 over the range
+    `[low, high]` (widened to hold zero, the zero point on the grid: TFLite's grid, see
+    `keras_bn.quantization.fake_quant`), with straight-through gradients inside the
+    range and none outside.
+
+    The range starts empty (`low == high == 0`): the layer then passes its input through
+    unchanged, so that a model can run its calibration data to set every range (as
+    `keras_bn.quantization.quantize_aware` does) before anything is quantized. In
+    training the range follows the batches' min and max as an exponential moving
+    average (`momentum`); in inference it is fixed.
+
+    A `fixed` range (`(low, high)`) is never tracked: the outputs of softmax and sigmoid,
+    which the int8 kernels write on `[0, 1)` with a step of 1/256.
+
+    Args:
+      momentum: Of the moving average of the range in training, in `[0, 1]`; 1 keeps the
+        calibrated range.
+      fixed: None, or a `(low, high)` range that never moves.
+      **kwargs: Base layer arguments.
+
+    Weights: `low`, `high` (not trainable).
+    """
+
+    _flavour = None
+
+    def __init__(self, momentum=0.99, fixed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"ActivationQuantizer layer '{self.name}': momentum="
+                             f"{momentum!r}; give a value in [0, 1].")
+        self.momentum = float(momentum)
+        self.fixed = None if fixed is None else tuple(float(v) for v in fixed)
+
+    def build(self, input_shape):
+        flavour = self._flavour
+        low, high = self.fixed or (0.0, 0.0)
+        self.low = flavour.add_statistic(self, "low", (), "float32",
+                                         flavour.initializers.Constant(low))
+        self.high = flavour.add_statistic(self, "high", (), "float32",
+                                          flavour.initializers.Constant(high))
+        self.built = True
+
+    def call(self, inputs, training=None):
+        flavour = self._flavour
+        ops = flavour.ops
+        x = ops.cast(inputs, "float32")
+        low, high = ops.convert_to_tensor(self.low), ops.convert_to_tensor(self.high)
+        if self.fixed is None and flavour.training_flag(self, training) is True:
+            batch_low = ops.stop_gradient(ops.min(x))
+            batch_high = ops.stop_gradient(ops.max(x))
+            calibrated = high > low
+            m = self.momentum
+            low = ops.where(calibrated, low * m + batch_low * (1 - m), batch_low)
+            high = ops.where(calibrated, high * m + batch_high * (1 - m), batch_high)
+            flavour.assign(self, self.low, low)
+            flavour.assign(self, self.high, high)
+        scale, zero_point = fake_quant.grid(ops, low, high)
+        y = fake_quant.fake_quantize_activations(ops, x, scale, zero_point)
+        y = ops.where(high > low, y, x)  # not calibrated yet: unchanged
+        return ops.cast(y, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum,
+                "fixed": None if self.fixed is None else list(self.fixed)}
