@@ -16,8 +16,8 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks import (exporting, harness, inference, models, recalibration,  # noqa: E402
-                        training)
+from benchmarks import (exporting, harness, inference, models, qat,  # noqa: E402
+                        recalibration, training)
 
 
 def _cpu_name():
@@ -77,6 +77,22 @@ def bench_keras3_training(quick, rows, log):
         rows.append(harness.Row(f"Keras 3 train step {case}", "keras_bn.keras3 BRN",
                                 "Keras 3 renorm", timings["keras_bn.keras3 BRN"],
                                 timings["Keras 3 renorm"]))
+
+
+def bench_qat(quick, rows, log):
+    """A quantization-aware training step (`quantize_aware`, calibrated) against the
+    float model's step: tf-keras and Keras 3 here, Keras 3's JAX and torch backends in
+    child processes. Goal: 1.5x the float step's CPU time."""
+    import keras
+
+    measured = {"tf-keras": qat.timings("tf_keras", quick),
+                f"Keras 3 ({keras.backend.backend()})": qat.timings("keras3", quick)}
+    for backend in qat.BACKENDS:
+        log(f"QAT step, Keras 3 on {backend} (child process)")
+        measured[f"Keras 3 ({backend})"] = qat.in_child(backend, quick)
+    for case, timing in measured.items():
+        rows.append(harness.Row(f"QAT train step, {case}", "QAT", "float", timing["QAT"],
+                                timing["float"], 1.5))
 
 
 def bench_inference(quick, rows, log, workdir):
@@ -185,7 +201,7 @@ def write_markdown(rows, info, extra, path):
     os.replace(tmp, path)
 
 
-GROUPS = ["training", "keras3", "inference", "export", "recalibration"]
+GROUPS = ["training", "keras3", "qat", "inference", "export", "recalibration"]
 
 
 def main(argv=None):
@@ -210,6 +226,8 @@ def main(argv=None):
             bench_training(args.quick, rows, log)
         if "keras3" in groups:
             bench_keras3_training(args.quick, rows, log)
+        if "qat" in groups:
+            bench_qat(args.quick, rows, log)
         if "inference" in groups:
             bench_inference(args.quick, rows, log, workdir)
         if "export" in groups:

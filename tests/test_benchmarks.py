@@ -159,8 +159,11 @@ def test_quick_run_covers_every_case_and_judges_nothing(tmp_path):
     data = json.loads((tmp_path / "results-quick.json").read_text())
     assert data["meta"]["quick"] is True
     cases = {row["case"].split()[0] for row in data["rows"]}
-    assert {"train", "Keras", "MobileNetV2"} <= cases
+    assert {"train", "Keras", "MobileNetV2", "QAT"} <= cases
     assert all(r["met"] is None for r in data["rows"])
+    qat = sorted(row["case"] for row in data["rows"] if row["case"].startswith("QAT"))
+    assert qat == ["QAT train step, Keras 3 (jax)", "QAT train step, Keras 3 (tensorflow)",
+                   "QAT train step, Keras 3 (torch)", "QAT train step, tf-keras"], qat
     depth = data["meta"]["recalibration_depth"]  # passes against depth, both starts
     assert [(r["depth"], r["start"]) for r in depth] == [
         (2, "trained"), (2, "fresh"), (8, "trained"), (8, "fresh")]
