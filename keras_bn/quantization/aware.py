@@ -18,7 +18,7 @@ import numpy as np
 
 from keras_bn import flavour
 from keras_bn.errors import InputError
-from keras_bn.folding.graph import Graph, Ref
+from keras_bn.folding.graph import Graph, Ref, _walk_outputs
 from keras_bn.folding.kinds import kind_of
 from keras_bn.folding.plan import plan_model
 from keras_bn.folding.rewrite import _arrays, _rebuild, _set_weights
@@ -273,15 +273,16 @@ def _with_quantizers(model, rows, momentum, plan, gone):
             slice(0, 3), [r.layer, r.call, r.tensor]))
         inserted.append((position[ref.layer], ref, name, entry))
 
-    def rewire(value, skip):
-        for _, ref, name, _ in inserted:
-            if name != skip and list(value[:3]) == [ref.layer, ref.call, ref.tensor]:
-                value[:3] = [name, 0, 0]
-                return
+    readers = {(ref.layer, ref.call, ref.tensor): name for _, ref, name, _ in inserted}
 
-    for entry in config["layers"]:
-        plumbing.walk_references(entry["inbound_nodes"], lambda v: rewire(v, None))
-    _walk_output_refs(config["output_layers"], lambda v: rewire(v, None))
+    def rewire(value):  # a reader of a quantized tensor reads the quantizer's output
+        name = readers.get(tuple(value[:3]))
+        if name is not None:
+            value[:3] = [name, 0, 0]
+
+    for entry in config["layers"]:  # before the quantizers' own entries join
+        plumbing.walk_references(entry["inbound_nodes"], rewire)
+    _walk_outputs(config["output_layers"], rewire)
     layers = list(config["layers"])
     for index, _, _, entry in sorted(inserted, key=lambda t: -t[0]):
         layers.insert(index + 1, entry)
@@ -294,14 +295,6 @@ def _with_quantizers(model, rows, momentum, plan, gone):
     _calibrate(new_model, quantizers, rows, plan)
     plan.quantized = [ref.layer for ref, _ in refs]
     return new_model
-
-
-def _walk_output_refs(value, on_ref):
-    if isinstance(value, list) and len(value) == 3 and isinstance(value[0], str):
-        on_ref(value)
-    elif isinstance(value, (list, dict)):
-        for item in (value.values() if isinstance(value, dict) else value):
-            _walk_output_refs(item, on_ref)
 
 
 def _template_entry(plumbing, quantizer):
