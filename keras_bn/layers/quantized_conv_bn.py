@@ -142,6 +142,13 @@ class QuantizedConvBN:
         if self.kind == "depthwise":
             return ops.depthwise_conv(x, kernel, strides, self.padding, "channels_last",
                                       dilation)
+        if all(k == 1 for k in kernel.shape[:-2]) and any(s > 1 for s in strides):
+            # A strided 1x1 convolution is the 1x1 convolution of every s-th position
+            # (either padding pads nothing): the same values, without the strided
+            # kernel whose training step crashes TensorFlow 2.21 with oneDNN on
+            # (SIGSEGV on few channels, e.g. 3 or 8: a residual net's downsampling).
+            x = x[(slice(None),) + tuple(slice(None, None, s) for s in strides)]
+            strides = (1,) * spatial
         return ops.conv(x, kernel, strides, self.padding, "channels_last", dilation)
 
     # -- the two branches -----------------------------------------------------------------

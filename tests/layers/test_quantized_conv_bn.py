@@ -19,6 +19,10 @@ FLAVOURS = {"keras3": (keras, k3_layers, keras_bn.keras3.BatchNormalization),
 CASES = {
     "conv": ("conv", "Conv2D", dict(filters=6, kernel_size=3, strides=2, padding="same"),
              dict(filters=6, kernel_size=3, strides=2, padding="same"), (9, 9, 4)),
+    "pointwise_strided": ("conv", "Conv2D", dict(filters=5, kernel_size=1, strides=2,
+                                                 padding="same"),
+                          dict(filters=5, kernel_size=1, strides=2, padding="same"),
+                          (9, 9, 3)),
     "depthwise": ("depthwise", "DepthwiseConv2D", dict(kernel_size=3, depth_multiplier=2),
                   dict(filters=2, kernel_size=3), (8, 8, 3)),
     "dense": ("dense", "Dense", dict(units=5), dict(filters=5), (7,)),
@@ -159,4 +163,32 @@ def test_the_keras3_cases_pass_on_the_other_backends(backend):
                           "-p", "no:xdist", __file__, "-k", "keras3 and not other_backends"],
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-3000:]
-    assert "8 passed" in run.stdout, run.stdout[-500:]
+    assert "10 passed" in run.stdout, run.stdout[-500:]
+
+
+def test_training_a_strided_pointwise_conv_does_not_crash_with_onednn_on(tmp_path):
+    """TensorFlow 2.21 with oneDNN on (the Makefile's setting) dies with SIGSEGV training
+    a Conv2D(16, 1, strides=2) on 3 channels; the QuantizedConvBN of that conv -> BN
+    trains (a child process: a crash is a return code, not this run's end)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, keras\n"
+        "from keras_bn.quantization import quantize_aware\n"
+        "i = keras.Input((64, 64, 3))\n"
+        "x = keras.layers.Conv2D(16, 1, strides=2, padding='same', use_bias=False)(i)\n"
+        "x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))\n"
+        "m = keras.Model(i, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))\n"
+        "d = np.random.rand(32, 64, 64, 3).astype('float32')\n"
+        "q = quantize_aware(m, d)\n"
+        "q.compile('adam', 'mse')\n"
+        "q.fit(d, np.random.rand(32, 2), epochs=2, verbose=0)\n"
+        "print('trained')\n")
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1", TF_CPP_MIN_LOG_LEVEL="3",
+               KERAS_BACKEND="tensorflow")
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0 and "trained" in run.stdout, (run.returncode,
+                                                             run.stderr[-2000:])
