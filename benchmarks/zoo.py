@@ -447,6 +447,18 @@ def _float32_cells(row):
             f"{row.get('noise_f32', float('nan')):.1e}")
 
 
+def _row(run, failed, case, *args):
+    """The row `run(case, *args)` returns, or `failed(text)` with the error's text when
+    the case died or raised (the run goes on and the table is still written); printed
+    as it comes."""
+    try:
+        row = run(case, *args)
+    except Exception as error:  # noqa: BLE001 - a row that says so
+        row = failed(f"{type(error).__name__}: {error}"[:300])
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", help="model names (default: all)")
@@ -470,31 +482,18 @@ def main(argv=None):
            else lambda fn, *a, **k: fn(*a, **k))
     with tempfile.TemporaryDirectory() as folder:
         for name in names:
-            try:
-                fold_rows.append(run(fold_row, name, args.flavour))
-            except Exception as error:  # died or raised: a row that says so, run goes on
-                fold_rows.append({"model": name, "flavour": args.flavour, "bn": "?",
-                                  "parity_dtype": "?", "verified": False,
-                                  "failure": f"{type(error).__name__}: {error}"[:300]})
-            print(json.dumps(fold_rows[-1]), flush=True)
+            fold_rows.append(_row(run, lambda text, name=name: {
+                "model": name, "flavour": args.flavour, "bn": "?", "parity_dtype": "?",
+                "verified": False, "failure": text}, fold_row, name, args.flavour))
         exported = [] if args.no_export else representatives(args.flavour) + hand_built
         for name in [n for n in exported if n in names]:
-            try:
-                export_rows.append(run(export_case, name, folder, args.flavour))
-            except Exception as error:  # a row that says so, and the table still written
-                export_rows.append({"model": name, "error": f"{type(error).__name__}: "
-                                                            f"{error}"[:300]})
-            print(json.dumps(export_rows[-1]), flush=True)
+            export_rows.append(_row(run, lambda text, name=name: {
+                "model": name, "error": text}, export_case, name, folder, args.flavour))
         integer = ([] if args.no_export or args.flavour != "keras_hub" else
                    [(n, seed) for n in INTEGER_MODELS if n in names for seed in INTEGER_SEEDS])
-        integer_rows = []
-        for name, seed in integer:
-            try:
-                integer_rows.append(run(integer_case, name, folder, seed))
-            except Exception as error:  # a row that says so, and the table still written
-                integer_rows.append({"model": name, "seed": seed, "error": (
-                    f"{type(error).__name__}: {error}"[:300])})
-            print(json.dumps(integer_rows[-1]), flush=True)
+        integer_rows = [_row(run, lambda text, name=name, seed=seed: {
+            "model": name, "seed": seed, "error": text}, integer_case, name, folder, seed)
+            for name, seed in integer]
     if isinstance(run, Worker):
         run.close()
     wall = time.perf_counter() - start

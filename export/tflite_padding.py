@@ -16,6 +16,8 @@ Two things go wrong in the converter's files of such a model:
 
 import numpy as np
 
+from keras_bn.quantization import affine
+
 #: A padding value this far out is a max pool's "minus infinity" (-inf, or the lowest
 #: float), not data.
 _UNBOUNDED = 1e38
@@ -61,11 +63,8 @@ def padding_ranges(content: bytes) -> dict:
 def padding_value(value: float, scale: float, zero_point: int, dtype) -> int:
     """The integer of `dtype` that stands for the padding `value` on the input's grid
     (`real = scale * (q - zero_point)`), saturated: an unbounded value becomes the
-    lowest or highest integer."""
-    info = np.iinfo(dtype)
-    if not np.isfinite(value) or abs(value) >= _UNBOUNDED:
-        return int(info.min if value < 0 else info.max)
-    return int(np.clip(np.round(value / scale) + zero_point, info.min, info.max))
+    lowest or highest integer (`keras_bn.quantization.affine.quantize`)."""
+    return int(affine.quantize(value, scale, zero_point, dtype))
 
 
 def integer_pad_values(content: bytes) -> bytes:

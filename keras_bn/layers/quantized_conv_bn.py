@@ -203,8 +203,7 @@ class QuantizedConvBN:
             self._flavour.assign(self, variable, ops.where(
                 valid, ops.cast(ops.stop_gradient(value), variable.dtype),
                 ops.convert_to_tensor(variable)))
-        one = ops.cast(training if training is not True else True, "int32")
-        self._flavour.assign_add(self, self.step, one)
+        self._flavour.assign_add(self, self.step, ops.cast(training, "int32"))
         return ops.where(frozen, folded, corrected)
 
     def get_config(self):

@@ -43,21 +43,19 @@ def fake_quantize_weights(ops, w, reduce_axes, bits: int = 8):
 def activation_grid(low: float, high: float, bits: int = 8) -> tuple[float, int]:
     """`(scale, zero_point)` of an asymmetric `bits`-bit tensor whose real range is
     [low, high]: widened to hold zero, `scale = (high - low) / 255` for int8, and the zero
-    point rounded onto [-128, 127] so that zero is exact. An empty range gets a scale of
-    1 (every value is then 0, as the converters write a constant tensor)."""
-    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    low, high = min(float(low), 0.0), max(float(high), 0.0)
-    if high - low <= 0 or not np.isfinite(high - low):
+    point rounded onto [-128, 127] so that zero is exact. An empty (or unbounded) range
+    gets a scale of 1 (every value is then 0, as the converters write a constant
+    tensor). `grid` on numbers."""
+    if not np.isfinite(float(high) - float(low)):
         return 1.0, 0
-    scale = (high - low) / (qmax - qmin)
-    v = qmin - low / scale
-    zero_point = int(np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5), qmin, qmax))
-    return scale, zero_point
+    scale, zero_point = grid(np, np.float64(low), np.float64(high), bits)
+    return float(scale), int(zero_point)
 
 
 def grid(ops, low, high, bits: int = 8):
-    """`activation_grid` on tensors (ranges that training tracks): `(scale, zero_point)`
-    as float tensors; an empty range gets a scale of 1 and zero point 0."""
+    """The grid of `activation_grid` on any tensor `ops` (numpy included; tensors: ranges
+    that training tracks): `(scale, zero_point)` as float tensors; an empty range gets
+    a scale of 1 and zero point 0."""
     qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     low, high = ops.minimum(low, 0.0), ops.maximum(high, 0.0)
     width = high - low
