@@ -9,10 +9,10 @@ import tensorflow as tf
 from keras_bn import flavour
 from keras_bn.errors import InputError
 from keras_bn.folding import fold as _fold
-from keras_bn.layers.find import quantization_aware_layers
 from keras_bn.verification import model_inputs
 from keras_bn.memo import LastModel, weights_digest
 from keras_bn.quantization import post_training
+from keras_bn.quantization.inference import inference_model, state
 
 #: The last fold: exporting the same model, weights and samples again (`to_onnx` then
 #: `to_tflite`, the CLI's two files) converts the same folded model without folding and
@@ -20,23 +20,32 @@ from keras_bn.quantization import post_training
 _LAST_FOLD = LastModel()
 
 
-def prepare(model, fold, verify=True, samples=None):
+def prepare(model, fold, verify=True, samples=None, learned=False):
     """`(model to convert, FoldPlan or None)`: the folded (and, with `verify`, checked
     on `samples` or the default random batch, the inputs the file is checked on too)
     model when `fold`. The model runs on TensorFlow (a Keras 3 model on another backend
-    goes through `through_tensorflow` first)."""
-    simulated = quantization_aware_layers(model)
-    if simulated:
-        shown = ", ".join(map(repr, simulated[:3])) + (", ..." if len(simulated) > 3 else "")
-        raise InputError(f"Model '{model.name}' is a quantization-aware training model "
-                         f"(layers {shown}): exporting it is not supported yet; export "
-                         "the model it was made from.")
-    if not fold:
+    goes through `through_tensorflow` first).
+
+    A quantization-aware model is first lowered to the plain model it computes in
+    inference (`keras_bn.quantization.inference_model`): with `learned`, its activation
+    quantizers stay, as the fake-quant ops that carry the learned int8 ranges into the
+    file (its fold then is not compared with float tolerance: a rounding the fold's
+    float noise flips moves a value by a whole step; the file is checked against the
+    model instead), else they go."""
+    aware = state(model).aware
+    if not fold and not aware:
         return model, None
     arrays = [] if samples is None else model_inputs(model, samples, "samples")
-    key = (verify, samples is None, weights_digest(model, *arrays))
-    return _LAST_FOLD.get(model, key, lambda: _fold(model, verify=verify, samples=samples,
-                                                     return_plan=True))
+    key = (fold, verify, learned, samples is None, weights_digest(model, *arrays))
+
+    def make():
+        lowered = inference_model(model, activations=learned) if aware else model
+        if not fold:
+            return lowered, None
+        return _fold(lowered, verify=verify and not learned, samples=samples,
+                     return_plan=True)
+
+    return _LAST_FOLD.get(model, key, make)
 
 
 #: The last post-trained model: the CLI's ONNX and TFLite files from one calibration
@@ -44,12 +53,13 @@ def prepare(model, fold, verify=True, samples=None):
 _LAST_POST_TRAINING = LastModel()
 
 
-def quantization_input(model, fold, verify, samples, options):
+def quantization_input(model, fold, verify, samples, options, learned=False):
     """`(model to convert, FoldPlan or None, [Technique])`: `prepare`'s model after the
     post-training techniques of `options` (a `QuantizationOptions` whose calibration
     rows are already checked), run on its calibration rows; the same model, options and
-    rows give the same object (both formats get the same weights)."""
-    converted, plan = prepare(model, fold, verify, samples)
+    rows give the same object (both formats get the same weights); `learned`: a
+    quantization-aware model's learned ranges go into the file (see `prepare`)."""
+    converted, plan = prepare(model, fold, verify, samples, learned)
     names = options.techniques()
     if not names:
         return converted, plan, []

@@ -48,6 +48,11 @@ class ExportResult:
       fallback: with `float_fallback`, the `keras_bn.quantization.fallback.Fallback`
         record: the layers kept in float, the agreement before and after, the integer
         file's size and latency; None otherwise.
+      steps_off: for a quantization-aware model's file (its learned ranges), the
+        largest difference between the file's outputs and the model's simulated
+        forward, in steps of the output's int8 grid (checked against
+        `keras_bn.quantization.inference.STEPS_OFF`); None otherwise.
+      steps_on: the rows `steps_off` was measured on.
     """
 
     path: str
@@ -67,6 +72,8 @@ class ExportResult:
     evaluated_on: str = ""
     post_training: list = field(default_factory=list)
     fallback: object = None
+    steps_off: float = None
+    steps_on: str = ""
 
 
 #: A float32 file's tolerance, relative to the output scale: the runtimes' kernels sum
@@ -120,6 +127,39 @@ def measure(result, model, run, samples, labels, verify, rtol, atol, latency_bat
     if latency_batch:
         result.latency_batch = latency_batch
         result.latency_ms = latency_ms(run, random_inputs(model, batch=latency_batch, seed=1))
+
+
+def check_simulated(result, model, run, ready, samples, what):
+    """For a quantization-aware `model` exported with its learned ranges: measures the
+    file (`run`) against the model's simulated forward (inference mode) in steps of
+    each output's int8 grid (`result.steps_off`), on the calibration rows of `ready`
+    (a `keras_bn.quantization.options.Prepared`) where given, else on the
+    verification inputs, and raises VerificationError beyond the steps each output
+    allows (`keras_bn.quantization.inference.output_steps`: "what you train is what
+    you ship")."""
+    from keras_bn.quantization.inference import output_steps
+
+    if ready.rows is not None:
+        rows, described = ready.rows, f"calibration rows ({len(ready.rows[0])})"
+    else:
+        batches, described = verification_batches(model, samples)
+        rows = batches[0]
+    worst, beyond = 0.0, None
+    for got, want, (step, allowed) in zip(run(rows), predict(model, rows),
+                                          output_steps(model)):
+        if step is None:
+            continue
+        off = float(np.max(np.abs(np.asarray(got, np.float64)
+                                  - np.asarray(want, np.float64)))) / step
+        worst = max(worst, off)
+        if off > allowed + 1e-3:  # float32 rounding of the step itself
+            beyond = beyond or (off, allowed)
+    result.steps_off, result.steps_on = worst, described
+    if beyond:
+        raise VerificationError(
+            f"{what}: the file is {beyond[0]:.2f} int8 steps from the quantization-aware "
+            f"model's simulated forward on {described} (at most {beyond[1]:g}): it does "
+            "not compute what was trained. Please report it with the model.")
 
 
 def score(result, model, run, ready, outputs):

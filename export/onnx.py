@@ -9,7 +9,8 @@ import numpy as np
 from keras_bn import flavour
 from keras_bn.errors import InputError
 from keras_bn.files.output import atomic_path, check_output
-from keras_bn.export import checks, onnx_quantization, selective, through_tensorflow
+from keras_bn.export import (checks, onnx_fake_quant, onnx_quantization, selective,
+                             through_tensorflow)
 from keras_bn.export._prepare import input_signature, output_names, quantization_input
 from keras_bn.export.frozen_graph import frozen_graph
 from keras_bn.export.isolated import IsolatedRuntime
@@ -85,7 +86,8 @@ def to_onnx(model, path: str | os.PathLike, *,
         return through_tensorflow.export("onnx", model, path, ready, dict(
             fold=fold, opset=opset, verify=verify, samples=samples, labels=labels,
             rtol=rtol, atol=atol, latency_batch=latency_batch))
-    converted, plan, records = quantization_input(model, fold, verify, samples, options)
+    converted, plan, records = quantization_input(model, fold, verify, samples, options,
+                                                  ready.learned)
     proto = _convert(converted, input_signature(model), output_names(model), opset)
     _check(proto, model.name)
     fallback = None
@@ -94,9 +96,10 @@ def to_onnx(model, path: str | os.PathLike, *,
             content, fallback = selective.with_fallback(file, latency_batch)
             proto, records = onnx.load_from_string(content), records + file.records
     elif options.mode is not None:
+        learned = onnx_fake_quant.learned_ranges(proto) if ready.learned else None
         content, estimated = onnx_quantization.quantize(
             proto.SerializeToString(), options, flavour.of(model).input_names(model),
-            f"ONNX {options.mode} export of '{model.name}'")
+            f"ONNX {options.mode} export of '{model.name}'", learned)
         proto, records = onnx.load_from_string(content), records + estimated
     result = checks.ExportResult(path=os.fspath(path), fold_plan=plan, post_training=records,
                                  format="onnx" + (f"-{options.mode}" if options.mode else ""),
@@ -123,6 +126,9 @@ def verify_file(result, model, file, samples, labels, verify, rtol, atol, latenc
                            checks.export_rtol(model, rtol), atol,
                            latency_batch, f"ONNX export of '{model.name}'", check=check)
             checks.score(result, model, run, ready, outputs)
+            if ready is not None and ready.learned and verify:
+                checks.check_simulated(result, model, run, ready, samples,
+                                       f"ONNX export of '{model.name}'")
     result.size_bytes = os.path.getsize(file)
     checks.check_agreement(result, model, ready)
 
@@ -223,4 +229,5 @@ def _erfc(ctx, node, name, args):
 
 
 #: tf2onnx handlers for TensorFlow ops it does not convert itself.
-CUSTOM_OPS = {"Erfc": (_erfc, [])}
+CUSTOM_OPS = {"Erfc": (_erfc, []),
+              "FakeQuantWithMinMaxArgs": (onnx_fake_quant.fake_quant, [])}

@@ -40,9 +40,11 @@ class Quantizer:
         (one array per name of `input_names`, in that order) calibrate.
       input_names: the file's input names.
       what: names the export in error messages.
+      learned: `{tensor name: (low, high)}`: the ranges of a quantization-aware model
+        (`onnx_fake_quant.learned_ranges`), written instead of calibrated ones.
     """
 
-    def __init__(self, content: bytes, options, input_names, what: str):
+    def __init__(self, content: bytes, options, input_names, what: str, learned=None):
         import numpy as np
 
         self.what = what
@@ -55,7 +57,9 @@ class Quantizer:
                         "out": os.path.join(self.work, "quantized.onnx"),
                         "rows": os.path.join(self.work, "rows.npz"),
                         "reply": os.path.join(self.work, "reply.json"),
-                        "inputs": list(input_names)}
+                        "inputs": list(input_names),
+                        "learned": None if learned is None else
+                        {n: [float(low), float(high)] for n, (low, high) in learned.items()}}
         with open(self.request["model"], "wb") as f:
             f.write(content)
         rows = options.calibration or []
@@ -108,10 +112,11 @@ class Quantizer:
         self.close()
 
 
-def quantize(content: bytes, options, input_names, what: str) -> tuple:
+def quantize(content: bytes, options, input_names, what: str, learned=None) -> tuple:
     """`(file content, [Technique])`: the float ONNX `content` quantized as `options` (a
-    checked `keras_bn.quantization.QuantizationOptions`) say (see `Quantizer`)."""
-    with Quantizer(content, options, input_names, what) as quantizer:
+    checked `keras_bn.quantization.QuantizationOptions`) say, or with the `learned`
+    ranges (see `Quantizer`)."""
+    with Quantizer(content, options, input_names, what, learned) as quantizer:
         return quantizer()
 
 
@@ -202,6 +207,16 @@ def _calibrated(request, arrays, op_types, symmetric):
     return TensorsData(CalibrationMethod.MinMax, data.data), [record]
 
 
+def _learned(ranges):
+    """The `TensorsData` of a quantization-aware model's learned `{tensor: [low, high]}`."""
+    import numpy as np
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+    return TensorsData(CalibrationMethod.MinMax, {
+        name: TensorData(lowest=np.array(low, np.float32), highest=np.array(high, np.float32))
+        for name, (low, high) in ranges.items()})
+
+
 def _bound_pads(path, data):
     """Gives the output of each Pad that pads with an unbounded value (a max pool's
     "minus infinity": -inf or the lowest float) its input's calibrated range, in place
@@ -238,24 +253,57 @@ def _static(request, arrays):
     if os.path.exists(cache):
         with open(request["records"]) as f:
             records = json.load(f)
+    elif request.get("learned") is not None:
+        save_tensors_data(_learned(request["learned"]), cache)
+        records = []
     else:
         data, found = _calibrated(request, arrays, op_types, symmetric=int16)
         records = [asdict(r) for r in found]
         save_tensors_data(data, cache)
         with open(request["records"], "w") as f:
             json.dump(records, f)
+    exclude, overrides = list(request.get("exclude") or []), {}
+    if request.get("learned") is not None:
+        overrides, unranged = _learned_grids(request, op_types)
+        exclude += unranged
     quantize_static(
         request["model"], request["out"], None, quant_format=QuantFormat.QDQ,
         op_types_to_quantize=op_types, per_channel=True,
         activation_type=QuantType.QInt16 if int16 else QuantType.QInt8,
         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
         calibration_cache_path=cache,
-        nodes_to_exclude=request.get("exclude") or None,
+        nodes_to_exclude=exclude or None,
         extra_options={"ActivationSymmetric": int16, "WeightSymmetric": True,
                        # a MatMul left unfused: a scale per output column, as
                        # TFLite's FullyConnected kernels have
-                       "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
+                       "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+                       "TensorQuantOverrides": overrides})
     return records
+
+
+def _learned_grids(request, op_types):
+    """`(overrides, nodes)`: onnxruntime's per-tensor overrides that give each learned
+    tensor exactly its grid (`keras_bn.quantization.fake_quant.activation_grid`; without
+    them onnxruntime, for one, puts a softmax's output on [0, 1] instead of the int8
+    kernels' [0, 255/256]), and the nodes to leave in float: those that read or write a
+    tensor without a learned range (as the TFLite converter leaves them)."""
+    import numpy as np
+    import onnx
+
+    from keras_bn.quantization.fake_quant import activation_grid
+
+    learned = request["learned"]
+    overrides = {}
+    for name, (low, high) in learned.items():
+        scale, zero_point = activation_grid(low, high)
+        overrides[name] = [{"scale": np.array(scale, np.float32),
+                            "zero_point": np.array(zero_point, np.int8)}]
+    model = onnx.load(request["model"], load_external_data=False)
+    constants = {i.name for i in model.graph.initializer}
+    unranged = [node.name for node in model.graph.node if node.op_type in op_types and any(
+        value and value not in constants and value not in learned
+        for value in list(node.input) + list(node.output))]
+    return overrides, unranged
 
 
 def _pre_processed(request):

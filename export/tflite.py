@@ -97,14 +97,15 @@ def to_tflite(model, path: str | os.PathLike, *,
         return through_tensorflow.export("tflite", model, path, ready, dict(
             fold=fold, verify=verify, samples=samples, labels=labels, rtol=rtol, atol=atol,
             latency_batch=latency_batch))
-    converted, plan, records = quantization_input(model, fold, verify, samples, options)
+    converted, plan, records = quantization_input(model, fold, verify, samples, options,
+                                                  ready.learned)
     fallback = None
     if options.float_fallback:
         with contextlib.closing(selective.TFLiteLayers(model, converted, ready)) as file:
             content, fallback = selective.with_fallback(file, latency_batch)
             records = records + file.records
     else:
-        content, estimated = _convert(converted, model, options)
+        content, estimated = _convert(converted, model, options, learned=ready.learned)
         records = records + estimated
     if options.mode and options.mode != "float16" and not tensor_types(content) & {
             "INT8", "UINT8"}:
@@ -141,6 +142,9 @@ def verify_file(result, model, file, samples, labels, verify, rtol, atol, latenc
                             latency_batch, f"TFLite export of '{model.name}'",
                             check=check)
             checks.score(result, model, run, ready, outputs)
+            if ready is not None and ready.learned and verify:
+                checks.check_simulated(result, model, run, ready, samples,
+                                       f"TFLite export of '{model.name}'")
     result.size_bytes = os.path.getsize(file)
     checks.check_agreement(result, model, ready)
 
@@ -174,11 +178,17 @@ def _read(y, quantization):
     return affine.dequantize(y, *quantization) if quantization else y
 
 
-def _converter_options(options, model):
-    """The TFLite converter settings of a quantization mode, as attributes."""
+def _converter_options(options, model, learned=False):
+    """The TFLite converter settings of a quantization mode, as attributes; `learned`:
+    the model's fake-quant ops give the int8 ranges (no representative data)."""
     mode = options.mode
     if mode is None:
         return {}
+    if learned:
+        settings = {"optimizations": [tf.lite.Optimize.DEFAULT]}
+        if mode == "int8-io":
+            settings.update(inference_input_type=tf.int8, inference_output_type=tf.int8)
+        return settings
     if mode == "dynamic":  # no representative data: weights only
         return {"optimizations": [tf.lite.Optimize.DEFAULT]}
     if mode == "float16":
@@ -201,19 +211,20 @@ def _converter_options(options, model):
     return settings
 
 
-def _convert(converted, model, options, calibrate_only=None):
+def _convert(converted, model, options, calibrate_only=None, learned=False):
     """`(file content, [Technique])`: the converter's file of `converted` in the options'
     mode; in the int8 modes (or with `calibrate_only`), the calibrated file of
     `calibrated` (its ranges checked, and re-estimated by another estimator than
     "minmax") quantized by `quantized`, the converter's own quantizer, with the record
-    of the new ranges; in every quantized mode, pads given integer padding values
-    (`tflite_padding.integer_pad_values`)."""
+    of the new ranges, unless `learned` (the ranges of the model's fake-quant ops, as
+    the converter reads them from a quantization-aware model); in every quantized mode,
+    pads given integer padding values (`tflite_padding.integer_pad_values`)."""
     if calibrate_only is None:  # the int8 modes: their ranges are checked first
-        calibrate_only = options.mode in ("int8", "int8-io")
+        calibrate_only = options.mode in ("int8", "int8-io") and not learned
     if calibrate_only:
         content, records = calibrated(converted, model, options)
         return quantized(content, options), records
-    content = _run_converter(converted, model, options, False)
+    content = _run_converter(converted, model, options, False, learned)
     return (tflite_padding.integer_pad_values(content) if options.mode else content), []
 
 
@@ -249,9 +260,9 @@ def quantized(content, options, float_nodes=()) -> bytes:
     return deduplicate_readonly_buffers(tflite_padding.integer_pad_values(content))
 
 
-def _run_converter(converted, model, options, calibrate_only):
+def _run_converter(converted, model, options, calibrate_only, learned=False):
     """The converter's file of `converted` (calibrated only, or converted)."""
-    settings = _converter_options(options, model)
+    settings = _converter_options(options, model, learned)
 
     def configure(converter):
         for name, value in settings.items():

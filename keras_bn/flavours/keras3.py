@@ -215,6 +215,17 @@ def train_or_infer(training, train: Callable, infer: Callable):
     return train(True) if training else infer()
 
 
+def fake_quant_op(x, low: float, high: float):
+    """TensorFlow's own 8-bit fake quantization of `x` over `[low, high]`
+    (`FakeQuantWithMinMaxArgs`, the op both converters read as a tensor's int8 range) on
+    the TensorFlow backend; None on the others, which have no such op."""
+    if backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    return tf.quantization.fake_quant_with_min_max_args(x, min=low, max=high, num_bits=8)
+
+
 def assign(layer, variable, value) -> None:
     """`variable.assign(value)` (Keras 3 tracks the new value itself, on every backend)."""
     del layer

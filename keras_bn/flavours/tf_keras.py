@@ -278,6 +278,12 @@ def train_or_infer(training, train: Callable, infer: Callable):
     return smart_cond(training, lambda: train(True), infer)
 
 
+def fake_quant_op(x, low: float, high: float):
+    """TensorFlow's own 8-bit fake quantization of `x` over `[low, high]`
+    (`FakeQuantWithMinMaxArgs`, the op both converters read as a tensor's int8 range)."""
+    return tf.quantization.fake_quant_with_min_max_args(x, min=low, max=high, num_bits=8)
+
+
 def assign(layer, variable, value) -> None:
     """`variable.assign(value)`, registered as an update so that TF1 graph mode
     (`layer.updates`, run by v1 `fit` and sessions) applies it too. In eager execution

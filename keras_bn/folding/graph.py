@@ -157,7 +157,7 @@ class Graph:
         config["layers"] = [e for e in config["layers"] if e["name"] not in removed]
         for entry in config["layers"]:
             self.flavour.walk_references(entry["inbound_nodes"], rewire)
-        _walk_outputs(config["output_layers"], rewire)
+        walk_outputs(config["output_layers"], rewire)
         return config
 
 
@@ -182,17 +182,17 @@ def corresponding(graph, rebuilt) -> dict:
     return pairs
 
 
-def _walk_outputs(value, on_ref):
+def walk_outputs(value, on_ref):
     """Calls `on_ref(list)` on every `[layer, node, tensor]` of a model's `output_layers`
     (one, or a list or dict of them)."""
     if isinstance(value, list) and len(value) == 3 and isinstance(value[0], str):
         on_ref(value)
     elif isinstance(value, (list, dict)):
         for item in (value.values() if isinstance(value, dict) else value):
-            _walk_outputs(item, on_ref)
+            walk_outputs(item, on_ref)
 
 
 def _flat_refs(value):
     found = []
-    _walk_outputs(value, found.append)
+    walk_outputs(value, found.append)
     return found

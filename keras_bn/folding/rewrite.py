@@ -31,7 +31,7 @@ def rewrite(model, plan):
     """
     folded = [d for d in plan.decisions if d.folded]
     config, updates = _edit(model, (), folded)
-    new_model = _rebuild(model, config)
+    new_model = rebuild(model, config)
     _set_weights(new_model, model, updates, config)
     return new_model
 
@@ -116,7 +116,7 @@ class _Revived:
         return self.layers[config["name"]]
 
 
-def _rebuild(model, config):
+def rebuild(model, config):
     """The model `config` describes, of `model`'s class.
 
     A model that holds Lambda layers already runs their Python code in this process (the
@@ -148,7 +148,7 @@ def _matched(new_model, model, config):
             continue
         if layer.name != name:
             plumbing.rename(layer, name)
-        yield name, layer, originals[name], entries[name]
+        yield name, layer, originals.get(name), entries[name]  # None: a new layer
 
 
 def _weight_pairs(new_model, model, updates, config):
@@ -167,13 +167,42 @@ def _weight_pairs(new_model, model, updates, config):
         yield from zip(weights, values)
 
 
+def rebuilt(model, config, updates=None):
+    """The model an edited config of `model` describes (layers added, removed or of
+    another class, matched by graph position), each layer with its weights in
+    `updates` (`{top-level layer name: {short weight name: array}}`) or else the
+    original layer's. The model is only read."""
+    new_model = rebuild(model, config)
+    _set_weights(new_model, model, updates or {}, config)
+    return new_model
+
+
+def describe(entry, layer) -> None:
+    """Makes the config `entry` of a model describe `layer` instead (its class, name and
+    configuration; its calls stay), for `rebuilt`."""
+    serialized = flavour.of(layer).keras.layers.serialize(layer)
+    for key in ("module", "class_name", "registered_name", "config", "build_config"):
+        if key in serialized:
+            entry[key] = serialized[key]
+        else:
+            entry.pop(key, None)
+    if "name" in entry:
+        entry["name"] = layer.name
+
+
+def short_name(weight) -> str:
+    """A weight's name without its layer's path ("kernel", "moving_mean"), the key of
+    `weight_arrays` and `rebuilt`'s updates."""
+    return _short(weight)
+
+
 def with_weights(model, updates):
     """A copy of `model` with some layers' weights replaced: `updates` maps a top-level
     layer name to `{short weight name: array}` (every weight of that layer); the other
     layers keep theirs. The model is only read (post-training quantization edits the
     weights of a folded model this way, never the model itself)."""
     config = Graph(model).without({})
-    new_model = _rebuild(model, config)
+    new_model = rebuild(model, config)
     _set_weights(new_model, model, updates, config)
     return new_model
 
@@ -199,7 +228,7 @@ def without_batch_norm(model, seed=0):
     optimize away, unlike a trained model's). Nested models are rebuilt the same way.
     """
     config = _without_config(model)
-    twin = _rebuild(model, config)
+    twin = rebuild(model, config)
     plumbing = flavour.of(model)
     plumbing.set_values(_copy_or_fill(twin, model, config, np.random.RandomState(seed)))
     return twin
@@ -249,7 +278,7 @@ def in_float64(model):
         float32); the caller reports the noise as not measured.
     """
     config = _widened(Graph(model).without({}))
-    twin = _rebuild(model, config)
+    twin = rebuild(model, config)
     plumbing = flavour.of(model)
     plumbing.set_values((weight, np.asarray(value).astype(plumbing.numpy_dtype(weight)))
                         for weight, value in _weight_pairs(twin, model, {}, config))

@@ -17,7 +17,12 @@ class ActivationQuantizer:
     average (`momentum`); in inference it is fixed.
 
     A `fixed` range (`(low, high)`) is never tracked: the outputs of softmax and sigmoid,
-    which the int8 kernels write on `[0, 1)` with a step of 1/256.
+    which the int8 kernels write on `[0, 1)` with a step of 1/256, and every range of
+    `keras_bn.quantization.inference_model` (the grid's own bounds, which every
+    converter's rounding of the zero point keeps). In inference on TensorFlow a fixed
+    range is TensorFlow's `fake_quant_with_min_max_args`, the op the TFLite converter
+    and tf2onnx read as the tensor's int8 range (the same values, halves of a step
+    aside).
 
     Args:
       momentum: Of the moving average of the range in training, in `[0, 1]`; 1 keeps the
@@ -51,8 +56,13 @@ class ActivationQuantizer:
         flavour = self._flavour
         ops = flavour.ops
         x = ops.cast(inputs, "float32")
+        training = flavour.training_flag(self, training)
+        if self.fixed is not None and training is False:
+            native = flavour.fake_quant_op(x, *self.fixed)  # what the converters read
+            if native is not None:
+                return ops.cast(native, inputs.dtype)
         low, high = ops.convert_to_tensor(self.low), ops.convert_to_tensor(self.high)
-        if self.fixed is None and flavour.training_flag(self, training) is True:
+        if self.fixed is None and training is True:
             batch_low = ops.stop_gradient(ops.min(x))
             batch_high = ops.stop_gradient(ops.max(x))
             calibrated = high > low

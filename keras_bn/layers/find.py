@@ -62,6 +62,11 @@ def quantization_aware_layers(model) -> list[str]:
     return [layer.name for layer in all_layers(model) if isinstance(layer, (_Fused, _Quantizer))]
 
 
+def activation_quantizers(model) -> list:
+    """The ActivationQuantizer layers of `model`, nested models' included."""
+    return [layer for layer in all_layers(model) if isinstance(layer, _Quantizer)]
+
+
 def revived_layers(model) -> list[tuple[str, str]]:
     """`(name, saved class name)` of every layer of `model` (nested models' included,
     `outer/inner` names) that tf-keras revived from a SavedModel without its class."""

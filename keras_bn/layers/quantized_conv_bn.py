@@ -153,16 +153,33 @@ class QuantizedConvBN:
 
     # -- the two branches -----------------------------------------------------------------
 
-    def call(self, inputs, training=None):
-        flavour = self._flavour
-        ops = flavour.ops
-        x = ops.cast(inputs, self.compute_dtype)
+    def _factors(self):
+        """`(gamma, beta, bias, sigma, s, shift)`: BN's parameters (ones, zeros where
+        absent), the moving sigma, the fold's factor `s = gamma / sigma` and the folded
+        bias `shift = beta + (bias - moving_mean) * s`."""
+        ops = self._flavour.ops
         gamma, beta = self._vector(self.gamma, 1.0), self._vector(self.beta, 0.0)
         bias = self._vector(self.bias, 0.0)
         sigma = ops.sqrt(ops.convert_to_tensor(self.moving_variance) + self.epsilon)
         s = gamma / sigma
+        shift = beta + (bias - ops.convert_to_tensor(self.moving_mean)) * s
+        return gamma, beta, bias, sigma, s, shift
+
+    def folded_weights(self):
+        """`(kernel, bias)` of the folded layer this layer computes in inference, as
+        numpy arrays: the kernel `W * s` (on the int8 grid with `weight_bits`), shaped
+        as this layer's kernel, and the bias `shift` of `_factors`."""
+        _, _, _, _, s, shift = self._factors()
+        kernel, bias = self._flavour.get_values([self._folded_kernel(s), shift])
+        return kernel, bias
+
+    def call(self, inputs, training=None):
+        flavour = self._flavour
+        ops = flavour.ops
+        x = ops.cast(inputs, self.compute_dtype)
+        gamma, beta, bias, sigma, s, shift = self._factors()
         y = self._operation(x, self._folded_kernel(s))
-        folded = y + (beta + (bias - ops.convert_to_tensor(self.moving_mean)) * s)
+        folded = y + shift
         training = flavour.training_flag(self, training)
         if training is False:
             return folded

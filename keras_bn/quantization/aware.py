@@ -18,16 +18,17 @@ import numpy as np
 
 from keras_bn import flavour
 from keras_bn.errors import InputError
-from keras_bn.folding.graph import Graph, Ref, _walk_outputs
+from keras_bn.folding.graph import Graph, Ref, walk_outputs
 from keras_bn.folding.kinds import kind_of
 from keras_bn.folding.plan import plan_model
-from keras_bn.folding.rewrite import _arrays, _rebuild, _set_weights
+from keras_bn.folding.rewrite import rebuild, rebuilt, weight_arrays
 from keras_bn.quantization.activations import tensor_batches
+from keras_bn.quantization.splitting import split_for_int8
 from keras_bn.verification import model_inputs
 
 #: Layers whose int8 kernels keep their input's grid (the converter gives their output
 #: the input's scale and zero point): no quantizer of their own.
-_SAME_GRID = frozenset("""
+SAME_GRID = frozenset("""
     Reshape Flatten MaxPooling1D MaxPooling2D MaxPooling3D Dropout SpatialDropout1D
     SpatialDropout2D SpatialDropout3D GaussianNoise GaussianDropout AlphaDropout
     ZeroPadding1D ZeroPadding2D ZeroPadding3D Cropping1D Cropping2D Cropping3D Permute
@@ -101,7 +102,7 @@ def _arguments(layer, bn, freeze_after, weight_bits):
 def _weights(layer, bn, args):
     """`{short name: array}` of the QuantizedConvBN: the layer's kernel (and bias), the
     BN's parameters and statistics, and its step counter at 0."""
-    mine = _arrays(layer)
+    mine = weight_arrays(layer)
     kernel = mine.get("depthwise_kernel", mine.get("kernel"))
     flat = lambda v: np.reshape(np.asarray(v), -1)
     weights = {"kernel": kernel}
@@ -168,6 +169,7 @@ def quantize_aware(model, calibration=None, *, freeze_after: int | None = None,
         raise InputError(f"Model '{model.name}' is not built: call it on data or give it "
                          "an Input shape first.")
     plumbing = flavour.of(model)
+    model = split_for_int8(model)  # every tensor the file holds a layer's output
     graph = Graph(model)
     entries, layer_class = graph.entries(), _layer_class(plumbing)
     plan, updates, removed = AwarePlan(), {}, {}
@@ -204,8 +206,7 @@ def quantize_aware(model, calibration=None, *, freeze_after: int | None = None,
     rows = None if calibration is None else model_inputs(model, calibration,
                                                          "calibration data")
     config = graph.without(removed)
-    new_model = _rebuild(model, config)
-    _set_weights(new_model, model, updates, config)
+    new_model = rebuilt(model, config, updates)
     if rows is not None:
         new_model = _with_quantizers(new_model, rows, momentum, plan, gone)
     return (new_model, plan) if return_plan else new_model
@@ -238,7 +239,7 @@ def _quantized_refs(graph, gone=frozenset()):
                 found.append((Ref(name), None))
             continue
         cls = type(layer).__name__
-        if cls in _SAME_GRID or len(node.calls) == 0 or name in gone:
+        if cls in SAME_GRID or len(node.calls) == 0 or name in gone:
             continue
         for call in node.calls:
             ref = Ref(name, call.index, 0)
@@ -282,12 +283,12 @@ def _with_quantizers(model, rows, momentum, plan, gone):
 
     for entry in config["layers"]:  # before the quantizers' own entries join
         plumbing.walk_references(entry["inbound_nodes"], rewire)
-    _walk_outputs(config["output_layers"], rewire)
+    walk_outputs(config["output_layers"], rewire)
     layers = list(config["layers"])
     for index, _, _, entry in sorted(inserted, key=lambda t: -t[0]):
         layers.insert(index + 1, entry)
     config["layers"] = layers
-    new_model = _rebuild(model, config)
+    new_model = rebuild(model, config)
     for layer in new_model.layers:  # the same layers, the same weights; quantizers new
         if layer.name in position:
             layer.set_weights(model.get_layer(layer.name).get_weights())

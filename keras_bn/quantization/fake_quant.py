@@ -52,6 +52,17 @@ def activation_grid(low: float, high: float, bits: int = 8) -> tuple[float, int]
     return float(scale), int(zero_point)
 
 
+def grid_bounds(low: float, high: float, bits: int = 8) -> tuple[float, float]:
+    """The smallest and largest real values of the grid of `activation_grid(low,
+    high)`: `(qmin - zero_point) * scale` and `(qmax - zero_point) * scale`. Given as a
+    range, they give back that same grid under any rounding of the zero point (it is
+    then an integer): TensorFlow's fake-quant ops and the converters that read them
+    round halves of a step up where `grid` rounds them away from zero."""
+    scale, zero_point = activation_grid(low, high, bits)
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return (qmin - zero_point) * scale, (qmax - zero_point) * scale
+
+
 def grid(ops, low, high, bits: int = 8):
     """The grid of `activation_grid` on any tensor `ops` (numpy included; tensors: ranges
     that training tracks): `(scale, zero_point)` as float tensors; an empty range gets

@@ -128,11 +128,14 @@ class Prepared:
         input order (held-out rows removed).
       scored: the rows the file is scored on (a list of arrays) or None.
       scored_on: which rows those are, for the report.
+      learned: the file takes the model's learned activation ranges (a calibrated
+        quantization-aware model in an int8 mode): no calibration, no technique.
     """
 
     options: QuantizationOptions
     scored: list | None = None
     scored_on: str = ""
+    learned: bool = False
 
     @property
     def rows(self) -> list | None:
@@ -154,9 +157,15 @@ def _modes(fmt):
     return tuple(m for m in (FORMAT_MODES[fmt] if fmt else MODES) if m is not None)
 
 
-def check(options: QuantizationOptions, fmt: str, name: str) -> None:
+#: The modes that write a quantization-aware model's learned int8 ranges.
+LEARNED_MODES = ("int8", "int8-io")
+
+
+def check(options: QuantizationOptions, fmt: str, name: str, learned: bool = False) -> None:
     """Raises InputError (one line naming the model, the value and the fix) when
-    `options` cannot be used for a `fmt` ("tflite" or "onnx") file of model `name`."""
+    `options` cannot be used for a `fmt` ("tflite" or "onnx") file of model `name`;
+    `learned`: the model carries learned activation ranges (quantization-aware
+    training), which replace calibration."""
     what = f"{_FORMATS[fmt]} export of '{name}'"
     mode = options.mode
     if mode not in MODES:
@@ -167,6 +176,9 @@ def check(options: QuantizationOptions, fmt: str, name: str) -> None:
         raise InputError(f"{what}: {_FORMATS[fmt]} has no {mode!r} mode; use one of "
                          f"{_modes(fmt)}" + (f", or export to {_FORMATS[others[0]]}"
                                              if others else "") + ".")
+    if learned:
+        _check_learned(options, fmt, what)
+        return
     if options.ranges not in ESTIMATORS:
         raise InputError(f"{what}: ranges={options.ranges!r}; use one of {ESTIMATORS}.")
     if options.ranges != "minmax" and mode not in ("int8", "int8-io"):
@@ -198,6 +210,32 @@ def check(options: QuantizationOptions, fmt: str, name: str) -> None:
                          "fraction between 0 and 1 (0.99 for 99 %).")
 
 
+def _check_learned(options, fmt, what):
+    """The checks of a model with learned int8 ranges: an int8 mode, nothing that would
+    change its weights or ranges."""
+    mode, learned = options.mode, f"{what}: the model carries learned int8 activation ranges"
+    if mode not in LEARNED_MODES:
+        modes = " or ".join(repr(m) for m in LEARNED_MODES if m in FORMAT_MODES[fmt])
+        raise InputError(f"{learned} (quantization-aware training): export it with mode "
+                         f"{modes}, not {mode!r}; for a {mode or 'float32'} file export "
+                         "keras_bn.quantization.inference_model(model, activations=False).")
+    changes = [n for n, on in (("equalization", options.equalization),
+                               ("bias_correction", options.bias_correction),
+                               ("float_fallback", options.float_fallback)) if on]
+    if changes:
+        raise InputError(f"{learned}: {' and '.join(changes)} would change the weights or "
+                         "ranges training learned; leave them off.")
+    if options.ranges != "minmax":
+        raise InputError(f"{learned}, which the file keeps: ranges={options.ranges!r} "
+                         "estimates new ones; leave ranges out.")
+    if options.calibration_rows < 1:
+        raise InputError(f"{what}: calibration_rows={options.calibration_rows}; give at "
+                         "least 1.")
+    if options.min_agreement is not None and not 0 <= options.min_agreement <= 1:
+        raise InputError(f"{what}: min_agreement={options.min_agreement!r}; give a "
+                         "fraction between 0 and 1 (0.99 for 99 %).")
+
+
 def prepared(quantize, model, fmt: str, verify: bool = True, samples=None) -> Prepared:
     """The checked `Prepared` decisions of `quantize` (see `as_options`) for a `fmt` file
     of `model`: calibration and evaluation rows checked against the model's inputs
@@ -210,16 +248,25 @@ def prepared(quantize, model, fmt: str, verify: bool = True, samples=None) -> Pr
     from keras_bn.quantization import scoring
     from keras_bn.verification import model_inputs
 
+    from keras_bn.quantization.inference import state
+
     options = as_options(quantize)
-    check(options, fmt, model.name)
-    if options.calibrated:
+    learned = state(model).learned
+    check(options, fmt, model.name, learned)
+    if learned:  # no technique: the weights are the trained ones
+        options = replace(options, bias_correction=False)
+    if options.calibrated and options.calibration is not None:
         options = replace(options, calibration=model_inputs(
             model, options.calibration, "calibration data"))
     scored, scored_on = None, ""
     if options.evaluation is not None:
         scored = model_inputs(model, options.evaluation, "evaluation data")
         scored_on = f"evaluation data ({len(scored[0])} rows)"
-    elif options.calibrated and verify:
+    elif learned and options.calibration is not None and verify:  # none calibrates
+        scored = options.calibration
+        scored_on = (f"calibration rows ({len(scored[0])}; the ranges are the learned "
+                     "ones)")
+    elif options.calibrated and verify and not learned:
         rows, held_out = scoring.held_out_split(options.calibration)
         if held_out is not None:
             scored, options = held_out, replace(options, calibration=rows)
@@ -229,7 +276,7 @@ def prepared(quantize, model, fmt: str, verify: bool = True, samples=None) -> Pr
         scored = model_inputs(model, samples, "samples")
         scored_on = f"samples ({len(scored[0])} rows)"
     _check_min_agreement(model, options.min_agreement, scored)
-    return Prepared(options, scored, scored_on)
+    return Prepared(options, scored, scored_on, learned)
 
 
 def _check_min_agreement(model, min_agreement, rows):
