@@ -120,7 +120,8 @@ def _parser():
         "float activations), float16 (float16 weights), int8 (full integer, float inputs "
         "and outputs; ONNX: QDQ), int8-io (TFLite only: int8 inputs and outputs too), "
         "int16x8 (integer only, int16 activations); int8, int8-io and int16x8 need "
-        "--calibration")
+        "--calibration, except int8 and int8-io of a quantization-aware model (its "
+        "learned ranges)")
     made["export"].add_argument("--calibration", metavar="DATA",
                                 help="int8 calibration inputs: a .npy array (one-input "
                                 "models) or a .npz with one array per model input, named "
@@ -250,6 +251,14 @@ def _export(args):
     samples = load_arrays(args.samples) if args.samples else None
     steps = Steps(1 + bool(args.onnx) + bool(args.tflite))
     model = _load(args, steps)
+    if quantize in CALIBRATED and not calibration:
+        from keras_bn.quantization.inference import state
+
+        if not (quantize in ("int8", "int8-io") and state(model).learned):
+            raise UserError(f"--quantize {quantize} is calibrated on typical inputs: give "
+                            "--calibration DATA (a .npy or .npz of a few hundred rows); "
+                            "only a quantization-aware model's int8 files take its learned "
+                            "ranges instead")
     if samples is not None:
         from keras_bn.verification import model_inputs
 
@@ -277,6 +286,9 @@ def _export(args):
             print(f"{r.format} {technique.summary()}")
         if r.fallback is not None:
             print(f"{r.format} {r.fallback.summary(r.size_bytes, r.latency_ms)}")
+        if r.steps_off is not None:
+            print(f"{r.format} learned ranges: at most {r.steps_off:.2f} output steps from "
+                  f"the quantization-aware model's simulated forward on {r.steps_on}")
     scored = [r for r in results if r.evaluation]
     if scored:
         print(scores_table(scored))
@@ -374,9 +386,6 @@ def _quantization(args):
             raise UserError(f"{flag} {path}: {fmt.upper() if fmt == 'onnx' else 'TFLite'} "
                             f"has no {quantize} mode; --quantize applies to every file "
                             f"written, and {flag} takes {', '.join(takes)}")
-    if quantize in CALIBRATED and not calibration:
-        raise UserError(f"--quantize {quantize} is calibrated on typical inputs: give "
-                        "--calibration DATA (a .npy or .npz of a few hundred rows)")
     if args.calibration and quantize not in CALIBRATED:
         raise UserError(f"--calibration is for --quantize {' or '.join(CALIBRATED)}"
                         + (f", not {quantize}" if quantize else ""))

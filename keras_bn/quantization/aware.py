@@ -212,7 +212,7 @@ def quantize_aware(model, calibration=None, *, freeze_after: int | None = None,
     return (new_model, plan) if return_plan else new_model
 
 
-def _activation_name(layer):
+def activation_name(layer):
     """The activation a layer applies last, by name ("relu", "softmax", ...), or None."""
     name = type(layer).__name__
     if name == "ReLU":
@@ -244,10 +244,10 @@ def _quantized_refs(graph, gone=frozenset()):
         for call in node.calls:
             ref = Ref(name, call.index, 0)
             readers = graph.consumers.get(ref, [])
-            if (cls in _FUSES_RELU and len(readers) == 1 and _activation_name(
+            if (cls in _FUSES_RELU and len(readers) == 1 and activation_name(
                     graph.nodes[readers[0].layer].layer) in ("relu", "relu6")):
                 continue  # the ReLU's output is the tensor
-            activation = _activation_name(layer)
+            activation = activation_name(layer)
             found.append((ref, _UNIT_RANGE if activation in ("softmax", "sigmoid") else None))
     return found
 

@@ -378,3 +378,19 @@ def test_help_does_not_import_tensorflow():
         assert result.returncode == 0 and "usage: keras-bn" in result.stdout
         imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
         assert "keras_bn" in imported and "tensorflow" not in imported, sorted(imported)
+
+
+def test_export_of_a_quantization_aware_model_needs_no_calibration(tmp_path):
+    """A trained QAT .keras file (loaded safely) gives integer files from its learned
+    ranges: `--quantize int8` alone, both formats, each within the output steps the
+    exporter checks."""
+    from tests.export.test_quantization_aware import _trained
+
+    aware, _ = _trained("keras3")
+    aware.save(tmp_path / "qat.keras")
+    result = keras_bn_cli("export", tmp_path / "qat.keras", "--onnx", tmp_path / "q.onnx",
+                          "--tflite", tmp_path / "q.tflite", "--quantize", "int8")
+    assert result.returncode == 0, result.stderr
+    for fmt in ("onnx-int8", "tflite-int8"):
+        assert f"{fmt} learned ranges: at most" in result.stdout, result.stdout
+    assert (tmp_path / "q.onnx").exists() and (tmp_path / "q.tflite").exists()
