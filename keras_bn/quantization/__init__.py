@@ -10,8 +10,9 @@
   BN pair into a `QuantizedConvBN` (`keras_bn/layers/quantized_conv_bn.py`), its
   rounding simulated by `fake_quant.py`, after splitting the layers the files compute
   as two ops (`splitting.py`); `inference_model` (`inference.py`) is the plain model it
-  computes, which the exporters write with its learned ranges; imported on first use
-  (they need Keras).
+  computes, which the exporters write with its learned ranges; `distill`
+  (`distillation.py`) fine-tunes it toward the float model's answers from unlabelled
+  rows, or on labels; imported on first use (they need Keras).
 * What they share: weights as int8 files hold them (`affine.py`, `kernels.py`) and the
   scores of a quantized file against the float model (`scoring.py`: top-1 agreement,
   errors, SQNR, the held-out split).
@@ -24,12 +25,12 @@ from keras_bn.quantization.options import (CALIBRATED, ESTIMATORS, FALLBACK_MODE
                                            FORMAT_MODES, MODES, QuantizationOptions)
 
 __all__ = ["CALIBRATED", "ESTIMATORS", "FALLBACK_MODES", "FORMAT_MODES", "MODES",
-           "QuantizationOptions", "inference_model", "quantize_aware"]
+           "QuantizationOptions", "distill", "inference_model", "quantize_aware"]
 
 
 def __getattr__(name):
-    """`quantize_aware` and `inference_model` are imported on first use (PEP 562): this
-    package stays free of TensorFlow and Keras until they are asked for."""
+    """`quantize_aware`, `inference_model` and `distill` are imported on first use (PEP
+    562): this package stays free of TensorFlow and Keras until they are asked for."""
     if name == "quantize_aware":
         from keras_bn.quantization.aware import quantize_aware
 
@@ -38,4 +39,8 @@ def __getattr__(name):
         from keras_bn.quantization.inference import inference_model
 
         return inference_model
+    if name == "distill":
+        from keras_bn.quantization.distillation import distill
+
+        return distill
     raise AttributeError(f"module 'keras_bn.quantization' has no attribute {name!r}")

@@ -131,6 +131,9 @@ def distill(aware, teacher, data, *, labels=None, epochs: int = 10,
                          "or labels.")
     rows = model_inputs(aware, data, "distillation data")
     count = len(rows[0])
+    if labels is not None and len(np.asarray(labels)) != count:
+        raise InputError(f"distill of '{aware.name}': {len(np.asarray(labels))} labels "
+                         f"for {count} rows; give one label per row.")
     rng = np.random.default_rng(seed)
     order = rng.permutation(count)
     hold = int(round(held_out * count))
@@ -201,9 +204,6 @@ def _objective(aware, teacher, train_rows, train_labels, temperature, count, lab
     keras = plumbing.keras
     softmaxes = _softmax_layers(aware)
     if labels is not None:
-        if len(np.asarray(labels)) != count:
-            raise InputError(f"distill of '{aware.name}': {len(np.asarray(labels))} labels "
-                             f"for {count} rows; give one label per row.")
         if len(softmaxes) != 1 or softmaxes[0] is None:
             raise InputError(f"distill of '{aware.name}': labels train a model with one "
                              "softmax output; distill from the float model instead (no "

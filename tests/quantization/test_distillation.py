@@ -1,0 +1,106 @@
+"""distill (keras_bn/quantization/distillation.py) on a trained digits net, both flavours
+(Keras 3 on JAX and torch too, subprocesses): held-out rows judge every epoch and the
+best is kept (a learning rate that wrecks the model is undone), KL at a temperature on a
+softmax head and mean squared error on logits, the task loss from labels, one-line
+errors."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tf_keras
+
+import keras_bn
+from keras_bn.quantization import quantize_aware
+from keras_bn.quantization.distillation import distill
+
+from tests.quantization.test_aware import _numpy
+
+FLAVOURS = {"keras3": (keras, keras.layers.BatchNormalization),
+            "tf_keras": (tf_keras, keras_bn.BatchNormalization)}
+
+
+def _trained(flavour, head):
+    """A digits MLP (dense -> BN -> ReLU twice, a dense head: logits or softmax)
+    trained 3 epochs, its QAT model calibrated on 300 rows, and 400 unlabelled rows."""
+    from sklearn.datasets import load_digits
+
+    k, bn = FLAVOURS[flavour]
+    k.utils.set_random_seed(0)
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16).astype("float32")
+    L = k.layers
+    model = k.Sequential([k.Input((64,)), L.Dense(32, use_bias=False), bn(), L.ReLU(),
+                          L.Dense(32, use_bias=False), bn(), L.ReLU(),
+                          L.Dense(10, activation=head)])
+    model.compile(k.optimizers.Adam(3e-3), k.losses.SparseCategoricalCrossentropy(
+        from_logits=head is None))
+    model.fit(x[:1000], y[:1000], batch_size=32, epochs=3, verbose=0)
+    return model, quantize_aware(model, x[:300], freeze_after=1), x[1000:1400], y[1000:1400]
+
+
+def _held_out(rows, fraction=0.2, seed=0):
+    order = np.random.default_rng(seed).permutation(len(rows))
+    return rows[order[:int(round(fraction * len(rows)))]]
+
+
+def _agreement(model, teacher, rows):
+    got, want = _numpy(model(rows, training=False)), _numpy(teacher(rows, training=False))
+    return float(np.mean(np.argmax(got, -1) == np.argmax(want, -1)))
+
+
+@pytest.mark.parametrize("head", [None, "softmax"])
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_distillation_keeps_the_best_held_out_epoch(flavour, head):
+    model, aware, rows, _ = _trained(flavour, head)
+    record = distill(aware, model, rows, epochs=3, learning_rate=1e-4, verbose=0)
+    assert [e["epoch"] for e in record.epochs] == [0, 1, 2, 3]
+    assert (record.held_out, record.trained_on) == (80, 320)
+    assert ("KL divergence at temperature 2" if head else "mean squared error") in record.loss
+    assert record.after >= record.before
+    # The weights kept are those of the best epoch, judged on the rows held out.
+    assert _agreement(aware, model, _held_out(rows)) == pytest.approx(record.after)
+    assert "top-1 agreement with the float model" in record.summary()
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_learning_rate_that_wrecks_the_model_is_undone(flavour):
+    model, aware, rows, _ = _trained(flavour, "softmax")
+    before = [w.copy() for w in aware.get_weights()]
+    record = distill(aware, model, rows, epochs=2, learning_rate=1.0, verbose=0)
+    assert max(e["agreement"] for e in record.epochs[1:]) < record.before, record.epochs
+    assert record.best_epoch == 0
+    assert all(np.array_equal(a, b) for a, b in zip(aware.get_weights(), before))
+
+
+def test_labels_train_the_task_loss_judged_by_accuracy():
+    model, aware, rows, labels = _trained("tf_keras", "softmax")
+    record = distill(aware, None, rows, labels=labels, epochs=2, verbose=0)
+    assert record.judged_by == "accuracy on the held-out labels"
+    assert "sparse categorical cross-entropy" in record.loss
+    assert record.after >= record.before
+
+
+def test_bad_arguments_are_one_line():
+    model, aware, rows, labels = _trained("keras3", None)
+    cases = [({"epochs": 0}, "epochs=0; give a number >= 1"),
+             ({"held_out": 1.0}, "held_out=1.0; give a fraction in \\[0, 1\\)"),
+             ({"labels": labels}, "labels train a model with one softmax output"),
+             ({"labels": labels[:5]}, "5 labels for 400 rows")]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            distill(aware, model, rows, verbose=0, **kwargs)
+    with pytest.raises(ValueError, match="give the float model to learn from, or labels"):
+        distill(aware, None, rows, verbose=0)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_keras3_cases_pass_on_the_other_backends(backend):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "-p", "no:xdist", __file__, "-k", "keras3 and not other_backends"],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0 and "3 passed" in run.stdout, run.stdout[-3000:]
