@@ -28,6 +28,7 @@ examples:
   keras-bn export model.keras --tflite model_int8.tflite --int8 calibration.npy
   keras-bn export model.keras --tflite edge.tflite --quantize int8-io --calibration x.npy
   keras-bn export model.keras --onnx q.onnx --tflite q.tflite --quantize int8 --calibration x.npy
+  keras-bn qat model.keras qat.keras --data unlabelled.npy
   keras-bn demo --out demo_results
 
 output files:
@@ -60,6 +61,12 @@ COMMANDS = {
                     "  keras-bn sensitivity model.keras --calibration x.npy\n"
                     "  keras-bn sensitivity model.keras --calibration x.npy --eval held_out.npy "
                     "--format onnx --plot sensitivity.png"),
+    "qat": ("quantization-aware training with the BNs folded: fine-tune toward the "
+            "model's own answers on unlabelled DATA (or on --labels), best held-out epoch "
+            "kept; then `export OUT.keras --quantize int8` writes its learned int8 files",
+            "  keras-bn qat model.keras qat.keras --data unlabelled.npy\n"
+            "  keras-bn qat model.keras qat.keras --data x.npy --labels y.npy --epochs 5\n"
+            "  keras-bn export qat.keras --tflite q.tflite --onnx q.onnx --quantize int8"),
     "inspect": ("table of the BN layers: shape, momentum, epsilon, statistics, foldability",
                 "  keras-bn inspect model.keras"),
     "demo": ("train a small CNN with both layers on scikit-learn's digits, fold, export, "
@@ -171,6 +178,27 @@ def _parser():
                                      help="activation range estimator (as export's)")
     made["sensitivity"].add_argument("--plot", metavar="FILE",
                                      help="write a bar chart (.png, .svg or .pdf)")
+    made["qat"].add_argument("out", metavar="OUT", help="where to write the trained "
+                             "quantization-aware model (.keras; not MODEL)")
+    made["qat"].add_argument("--data", metavar="DATA", required=True,
+                             help="training inputs (.npy, or .npz by input name; a few "
+                             "hundred typical rows; the first --calibration-rows also set "
+                             "the activation ranges)")
+    made["qat"].add_argument("--labels", metavar="LABELS",
+                             help="integer class labels of DATA (.npy): train the task "
+                             "loss instead of distilling from the model")
+    made["qat"].add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
+    made["qat"].add_argument("--learning-rate", type=float, default=3e-5,
+                             help="Adam's learning rate (default 3e-5: fine-tuning)")
+    made["qat"].add_argument("--temperature", type=float, default=2.0,
+                             help="distillation temperature of a softmax output (default 2)")
+    made["qat"].add_argument("--held-out", type=float, default=0.2, metavar="FRACTION",
+                             help="rows that judge each epoch, not trained on (default 0.2)")
+    made["qat"].add_argument("--freeze-after", type=int, metavar="STEPS",
+                             help="training steps after which the BN statistics freeze "
+                             "(default: a fifth of all steps)")
+    made["qat"].add_argument("--calibration-rows", type=int, default=500, metavar="N",
+                             help="rows of DATA that set the activation ranges (default 500)")
     made["demo"].add_argument("--epochs", type=int, default=12, help="training epochs")
     made["demo"].add_argument("--out", default="demo_results",
                               help="folder for the exported files and the plot")
@@ -424,6 +452,58 @@ def scores_table(results):
     return aligned(rows)
 
 
+def _qat(args):
+    from keras_bn.files import load_arrays
+    from keras_bn.files.output import atomic_path, check_output
+
+    inputs = [args.model, args.data] + _given(args.labels)
+    check_output(args.out, (".keras",), inputs)
+    for flag, value, low in (("--epochs", args.epochs, 1), ("--freeze-after",
+                             args.freeze_after, 1), ("--calibration-rows",
+                             args.calibration_rows, 1)):
+        if value is not None and value < low:
+            raise UserError(f"{flag} {value}: give at least {low}")
+    data = load_arrays(args.data)
+    labels = None
+    if args.labels:
+        labels = load_arrays(args.labels)
+        if isinstance(labels, dict) or labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise UserError(f"--labels {args.labels}: give one integer class label per "
+                            "row of DATA (a 1-D integer .npy)")
+    steps = Steps(4)
+    model = _load(args, steps)
+    from keras_bn.quantization import distill, quantize_aware
+    from keras_bn.verification import model_inputs
+
+    rows = model_inputs(model, data, f"--data {args.data}")
+    count = len(rows[0])
+    per_epoch = -(-int(count * (1 - args.held_out)) // 32)  # steps of batch 32
+    freeze_after = args.freeze_after or max(1, args.epochs * per_epoch // 5)
+    aware, plan = steps.run(
+        "make the quantization-aware model", quantize_aware, model,
+        [r[:args.calibration_rows] for r in rows], freeze_after=freeze_after,
+        return_plan=True)
+    record = steps.run("train" + (" on the labels" if labels is not None else
+                                  " toward the model's answers"),
+                       distill, aware, model, rows,
+                       labels=labels, epochs=args.epochs, learning_rate=args.learning_rate,
+                       temperature=args.temperature, held_out=args.held_out)
+
+    def save():
+        with atomic_path(args.out, (".keras",), inputs=inputs) as tmp:
+            aware.save(tmp)
+
+    steps.run(f"save {args.out}", save)
+    print(f"{len(plan.fused)} layer -> BN pair(s) trained folded and int8, "
+          f"{len(plan.quantized)} activation(s) quantized, BN statistics frozen after "
+          f"{freeze_after} steps")
+    for bn, reason in plan.kept.items():
+        print(f"kept BN '{bn}': {reason}")
+    print(record.summary())
+    print(f"written to {args.out}; its int8 files: keras-bn export {args.out} --tflite "
+          "q.tflite --onnx q.onnx --quantize int8")
+
+
 def _inspect(args):
     from keras_bn.tools.inspection import summary
 
@@ -447,7 +527,7 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     debug = args.debug or os.environ.get("KERAS_BN_DEBUG", "") not in ("", "0")
     handlers = {"fold": _fold, "export": _export, "inspect": _inspect, "demo": _demo,
-                "sensitivity": _sensitivity}
+                "sensitivity": _sensitivity, "qat": _qat}
     with contextlib.ExitStack() as quiet:
         if not args.verbose:
             quiet.enter_context(_quiet_native_logs())

@@ -394,3 +394,32 @@ def test_export_of_a_quantization_aware_model_needs_no_calibration(tmp_path):
     for fmt in ("onnx-int8", "tflite-int8"):
         assert f"{fmt} learned ranges: at most" in result.stdout, result.stdout
     assert (tmp_path / "q.onnx").exists() and (tmp_path / "q.tflite").exists()
+
+
+def test_qat_trains_toward_the_models_answers_and_its_file_exports(tmp_path):
+    """`qat MODEL OUT --data DATA` on unlabelled rows: a .keras QAT model written
+    atomically, the held-out agreement reported; `export OUT --quantize int8` then needs
+    no calibration. Labels of the wrong kind are one line."""
+    from tests.quantization.test_distillation import _trained
+
+    model, _, rows, labels = _trained("tf_keras", "softmax")
+    model.save(tmp_path / "model.keras")
+    np.save(tmp_path / "x.npy", rows)
+    np.save(tmp_path / "y.npy", labels)
+    np.save(tmp_path / "bad.npy", rows[:, 0])
+    result = keras_bn_cli("qat", tmp_path / "model.keras", tmp_path / "qat.keras",
+                          "--data", tmp_path / "x.npy", "--epochs", "2")
+    assert result.returncode == 0, result.stderr
+    assert "2 layer -> BN pair(s) trained folded and int8" in result.stdout, result.stdout
+    assert "judged on 80 held-out rows: top-1 agreement with the float model" in result.stdout
+    exported = keras_bn_cli("export", tmp_path / "qat.keras", tmp_path / "q.tflite",
+                            "--quantize", "int8")
+    assert exported.returncode == 0, exported.stderr
+    labelled = keras_bn_cli("qat", tmp_path / "model.keras", tmp_path / "qat2.keras",
+                            "--data", tmp_path / "x.npy", "--labels", tmp_path / "y.npy",
+                            "--epochs", "1")
+    assert labelled.returncode == 0 and "task loss" in labelled.stdout, labelled.stderr
+    bad = keras_bn_cli("qat", tmp_path / "model.keras", tmp_path / "qat3.keras",
+                       "--data", tmp_path / "x.npy", "--labels", tmp_path / "bad.npy")
+    assert bad.returncode == 2 and "give one integer class label per row" in bad.stderr
+    assert not (tmp_path / "qat3.keras").exists()
