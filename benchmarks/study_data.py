@@ -163,8 +163,9 @@ def _audio_cnn(keras, bn, outputs=len(SOUNDS)):
     return keras.Model(inputs, L.Dense(outputs)(x))
 
 
-def trained(name, seed):
-    """`(model, (calibration rows, held-out rows, held-out targets))` of a study model."""
+def trained(name, seed, training_rows=False):
+    """`(model, (calibration rows, held-out rows, held-out targets))` of a study model;
+    with `training_rows`, also `(training rows, their targets)` as a third item."""
     import tf_keras
 
     import keras_bn
@@ -211,4 +212,6 @@ def trained(name, seed):
                 from_logits=not name.startswith("mini_xception")))
     model.compile(tf_keras.optimizers.Adam(3e-3), loss)
     model.fit(x[train], y[train], batch_size=32, epochs=epochs, verbose=0)
+    if training_rows:
+        return model, (x[train][:300], x[test], y[test]), (x[train], y[train])
     return model, (x[train][:300], x[test], y[test])

@@ -50,9 +50,11 @@ class ExportResult:
         file's size and latency; None otherwise.
       steps_off: for a quantization-aware model's file (its learned ranges), the
         largest difference between the file's outputs and the model's simulated
-        forward, in steps of the output's int8 grid (checked against
-        `keras_bn.quantization.inference.STEPS_OFF`); None otherwise.
-      steps_on: the rows `steps_off` was measured on.
+        forward, in steps of the output's int8 grid; None otherwise.
+      steps_within: the fraction of output values within the steps each output allows
+        (`keras_bn.quantization.inference.STEPS_OFF`), checked to be at least
+        `STEPS_WITHIN`; None otherwise.
+      steps_on: the rows both were measured on.
     """
 
     path: str
@@ -73,6 +75,7 @@ class ExportResult:
     post_training: list = field(default_factory=list)
     fallback: object = None
     steps_off: float = None
+    steps_within: float = None
     steps_on: str = ""
 
 
@@ -129,37 +132,49 @@ def measure(result, model, run, samples, labels, verify, rtol, atol, latency_bat
         result.latency_ms = latency_ms(run, random_inputs(model, batch=latency_batch, seed=1))
 
 
+#: Random rows `check_simulated` measures on when no rows are given.
+SIMULATION_BATCH = 128
+
+
 def check_simulated(result, model, run, ready, samples, what):
     """For a quantization-aware `model` exported with its learned ranges: measures the
     file (`run`) against the model's simulated forward (inference mode) in steps of
-    each output's int8 grid (`result.steps_off`), on the calibration rows of `ready`
-    (a `keras_bn.quantization.options.Prepared`) where given, else on the
-    verification inputs, and raises VerificationError beyond the steps each output
-    allows (`keras_bn.quantization.inference.output_steps`: "what you train is what
-    you ship")."""
-    from keras_bn.quantization.inference import output_steps
+    each output's int8 grid (`result.steps_off`, `result.steps_within`), on the
+    calibration rows of `ready` (a `keras_bn.quantization.options.Prepared`) where
+    given, else on `samples`, else on `SIMULATION_BATCH` random rows, and raises
+    VerificationError when fewer than `STEPS_WITHIN` of the values are within the
+    steps each output allows (`keras_bn.quantization.inference.output_steps`): "what
+    you train is what you ship"."""
+    from keras_bn.quantization.inference import STEPS_WITHIN, output_steps
 
     if ready.rows is not None:
         rows, described = ready.rows, f"calibration rows ({len(ready.rows[0])})"
-    else:
+    elif samples is not None:
         batches, described = verification_batches(model, samples)
         rows = batches[0]
-    worst, beyond = 0.0, None
+    else:  # enough values for a fraction to mean something
+        rows = random_inputs(model, batch=SIMULATION_BATCH, seed=0)
+        described = f"random inputs (batch {SIMULATION_BATCH}, in the model's input range)"
+    worst, within, total = 0.0, 0, 0
     for got, want, (step, allowed) in zip(run(rows), predict(model, rows),
                                           output_steps(model)):
         if step is None:
             continue
-        off = float(np.max(np.abs(np.asarray(got, np.float64)
-                                  - np.asarray(want, np.float64)))) / step
-        worst = max(worst, off)
-        if off > allowed + 1e-3:  # float32 rounding of the step itself
-            beyond = beyond or (off, allowed)
-    result.steps_off, result.steps_on = worst, described
-    if beyond:
+        off = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64)) / step
+        worst = max(worst, float(np.max(off)))
+        within += int(np.sum(off <= allowed + 1e-3))  # float32 rounding of the step
+        total += off.size
+    if not total:
+        return
+    result.steps_off, result.steps_within = worst, within / total
+    result.steps_on = described
+    if result.steps_within < STEPS_WITHIN:
         raise VerificationError(
-            f"{what}: the file is {beyond[0]:.2f} int8 steps from the quantization-aware "
-            f"model's simulated forward on {described} (at most {beyond[1]:g}): it does "
-            "not compute what was trained. Please report it with the model.")
+            f"{what}: {1 - result.steps_within:.1%} of the file's output values are more "
+            f"than a step of the output's int8 grid from the quantization-aware model's "
+            f"simulated forward on {described} (the largest {worst:.1f} steps; at most "
+            f"{1 - STEPS_WITHIN:.0%} may be): it does not compute what was trained. Please "
+            "report it with the model.")
 
 
 def score(result, model, run, ready, outputs):

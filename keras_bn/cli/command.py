@@ -315,8 +315,10 @@ def _export(args):
         if r.fallback is not None:
             print(f"{r.format} {r.fallback.summary(r.size_bytes, r.latency_ms)}")
         if r.steps_off is not None:
-            print(f"{r.format} learned ranges: at most {r.steps_off:.2f} output steps from "
-                  f"the quantization-aware model's simulated forward on {r.steps_on}")
+            print(f"{r.format} learned ranges: {r.steps_within:.2%} of the output values "
+                  f"within a step (two after a softmax) of the quantization-aware model's "
+                  f"simulated forward on "
+                  f"{r.steps_on} (the largest difference {r.steps_off:.1f} steps)")
     scored = [r for r in results if r.evaluation]
     if scored:
         print(scores_table(scored))

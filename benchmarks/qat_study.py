@@ -1,0 +1,197 @@
+"""The quantization-aware training study: how much of a trained float model's answers
+its integer-only int8 files keep after post-training quantization (the best of keras-bn's
+estimators), after QAT on labels, and after QAT distilled from the float model on a few
+hundred unlabelled rows.
+
+    python -m benchmarks.qat_study [--seeds 3] [--only MODEL ...] [--replot]
+
+Models (`benchmarks.study_data`, trained here per seed with keras_bn's BN): the
+mini-Xception at 32x32 and 64x64 and the MobileNet-style net on synthesized shapes, and
+the audio CNN on synthesized sounds: the post-training study's models whose int8 files
+lose the most. Per model and seed, each arm writes a TFLite and an ONNX int8 file, scored
+on held-out rows neither trained, calibrated nor distilled on:
+
+- `dynamic`: int8 weights, float activations (the reference the goal is judged by);
+- `PTQ best`: the best on held-out agreement of full-integer int8 with the min/max and
+  the MSE range estimator (bias correction on), per format;
+- `QAT labels`: `quantize_aware(model, 300 rows)`, then `distill(..., labels=...)` on the
+  training rows with their labels (`LABELS`);
+- `QAT distilled`: the same QAT model distilled from the float model on the 300
+  calibration rows, no labels (`DISTILLED`).
+
+The QAT files take their learned ranges (no calibration). Each fine-tuning holds out a
+fifth of its rows and keeps the best epoch by agreement with the float model. Writes
+benchmarks/results/qat_study.{md,json,png}.
+
+TensorFlow's oneDNN kernels are off, as in the post-training study (the 64x64
+mini-Xception's training aborted with them on).
+"""
+
+import os
+
+os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"  # before TensorFlow is imported (see above)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from benchmarks import study_data  # noqa: E402
+
+MODELS = ("mini_xception", "mobilenet", "audio_cnn", "mini_xception64")
+FORMATS = ("tflite", "onnx")
+#: The fine-tuning settings of each QAT arm (`keras_bn.quantization.distill`).
+LABELS = {"epochs": 4, "learning_rate": 3e-5}
+DISTILLED = {"epochs": 6, "learning_rate": 1e-4}
+ARMS = ("dynamic", "PTQ best", "QAT labels", "QAT distilled")
+
+
+def _export(model, fmt, path, quantize, x_test, y_test):
+    from keras_bn.export import to_onnx, to_tflite
+
+    export_to = to_tflite if fmt == "tflite" else to_onnx
+    result = export_to(model, path, quantize=quantize, samples=x_test, labels=y_test,
+                       latency_batch=None)
+    return {"agreement": result.evaluation[0].agreement, "accuracy": result.accuracy,
+            "sqnr_db": float(result.evaluation[0].sqnr_db), "steps_off": result.steps_off,
+            "steps_within": result.steps_within}
+
+
+def run_model(name, seed, folder):
+    """The rows of one trained model (one seed): one per arm and format."""
+    from keras_bn.export import QuantizationOptions
+    from keras_bn.quantization import distill, quantize_aware
+
+    model, (x_cal, x_test, y_test), (x_train, y_train) = study_data.trained(
+        name, seed, training_rows=True)
+    rows = []
+
+    def add(arm, fmt, scores, seconds, **extra):
+        rows.append({"model": name, "seed": seed, "arm": arm, "format": fmt, **scores,
+                     "seconds": seconds, **extra})
+        print(json.dumps(rows[-1]), flush=True)
+
+    for fmt in FORMATS:
+        path = os.path.join(folder, f"{name}_{seed}.{fmt}")
+        start = time.perf_counter()
+        add("dynamic", fmt, _export(model, fmt, path, QuantizationOptions(
+            "dynamic", evaluation=x_test), x_test, y_test), time.perf_counter() - start)
+        best = None
+        start = time.perf_counter()
+        for ranges in ("minmax", "mse"):
+            scores = _export(model, fmt, path, QuantizationOptions(
+                "int8", calibration=x_cal, ranges=ranges, evaluation=x_test), x_test, y_test)
+            if best is None or scores["agreement"] > best[0]["agreement"]:
+                best = scores, ranges
+        add("PTQ best", fmt, best[0], time.perf_counter() - start, ranges=best[1])
+    for arm, settings in (("QAT labels", LABELS), ("QAT distilled", DISTILLED)):
+        start = time.perf_counter()
+        aware = quantize_aware(model, x_cal, freeze_after=1)
+        if arm == "QAT labels":
+            record = distill(aware, model, x_train, labels=y_train, verbose=0, **settings)
+        else:
+            record = distill(aware, model, x_cal, verbose=0, **settings)
+        trained_s = time.perf_counter() - start
+        for fmt in FORMATS:
+            path = os.path.join(folder, f"{name}_{seed}_qat.{fmt}")
+            add(arm, fmt, _export(aware, fmt, path, QuantizationOptions("int8", evaluation=x_test),
+                                  x_test, y_test), trained_s,
+                best_epoch=record.best_epoch, held_out_before=record.before,
+                held_out_after=record.after)
+    return rows
+
+
+def summarize(rows):
+    """`{(model, arm, format): {metric: (mean, std)}}` over seeds."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["arm"], row["format"]), []).append(row)
+    out = {}
+    for key, group in groups.items():
+        out[key] = {}
+        for metric in ("agreement", "accuracy", "sqnr_db", "steps_within"):
+            values = [r[metric] for r in group if r.get(metric) is not None]
+            out[key][metric] = ((float(np.mean(values)), float(np.std(values)))
+                                if values else None)
+        out[key]["seeds"] = len(group)
+    return out
+
+
+def _cell(value, fmt, scale=1.0):
+    if value is None:
+        return "-"
+    mean, std = value
+    return f"{mean * scale:{fmt}} ± {std * scale:{fmt}}"
+
+
+def table(rows) -> str:
+    summary = summarize(rows)
+    lines = ["| model | arm | format | top-1 agreement % | accuracy % | SQNR dB | "
+             "outputs within a step of the QAT model % |", "|---|---|---|---|---|---|---|"]
+    for (model, arm, fmt), s in summary.items():
+        lines.append(f"| {model} | {arm} | {fmt} | {_cell(s['agreement'], '.2f', 100)} | "
+                     f"{_cell(s['accuracy'], '.2f', 100)} | {_cell(s['sqnr_db'], '.1f')} | "
+                     f"{_cell(s['steps_within'], '.2f', 100)} |")
+    seeds = max(s["seeds"] for s in summary.values())
+    return ("\n".join(lines) + f"\n\nMean ± std over {seeds} seeds; agreement and accuracy "
+            "on held-out rows. Goal: every integer-only file within 1 point of the dynamic "
+            "file's agreement.\n")
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize(rows)
+    models = list(dict.fromkeys(m for m, _, _ in summary))
+    figure, axes = plt.subplots(1, len(FORMATS), figsize=(13, 4.5), sharey=True)
+    width = 0.8 / len(ARMS)
+    for ax, fmt in zip(axes, FORMATS):
+        for i, arm in enumerate(ARMS):
+            values = [summary.get((m, arm, fmt), {}).get("agreement") for m in models]
+            ax.bar(np.arange(len(models)) + i * width,
+                   [v[0] * 100 if v else np.nan for v in values], width,
+                   yerr=[v[1] * 100 if v else 0 for v in values], label=arm)
+        ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2)
+        ax.set_xticklabels(models, rotation=15)
+        ax.set_title(f"{fmt} int8 files (dynamic: float activations)")
+        ax.set_ylim(94, 100.2)
+    axes[0].set_ylabel("held-out top-1 agreement with the float model (%)")
+    axes[-1].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--only", nargs="*", default=list(MODELS))
+    parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+    parser.add_argument("--replot", action="store_true",
+                        help="only rewrite the table and plot from OUT/qat_study.json")
+    args = parser.parse_args(argv)
+    rows = []
+    if args.replot:
+        with open(os.path.join(args.out, "qat_study.json")) as f:
+            rows = json.load(f)
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            for name in args.only:
+                for seed in range(args.seeds):
+                    rows.extend(run_model(name, seed, folder))
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "qat_study.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+    text = table(rows)
+    with open(os.path.join(args.out, "qat_study.md"), "w") as f:
+        f.write(text)
+    plot(rows, os.path.join(args.out, "qat_study.png"))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
