@@ -53,8 +53,10 @@ def export(fmt: str, model, path, ready, options: dict):
                          "the model and export it with KERAS_BACKEND=tensorflow.")
     modules = _modules(model)
     plan = None
-    if options["fold"]:  # the fold itself, verified on the model's own backend
-        _, plan = fold(model, verify=options["verify"], return_plan=True)
+    if options["fold"]:  # the fold itself, verified on the model's own backend (not
+        # with learned ranges: see `_prepare.prepare`; the file is checked instead)
+        _, plan = fold(model, verify=options["verify"] and not ready.learned,
+                       return_plan=True)
     suffix = "." + fmt
     with tempfile.TemporaryDirectory(prefix="keras_bn_export_") as work:
         request = {"format": fmt, "model": os.path.join(work, "model.keras"),

@@ -316,7 +316,8 @@ def _export(args):
             print(f"{r.format} {r.fallback.summary(r.size_bytes, r.latency_ms)}")
         if r.steps_off is not None:
             print(f"{r.format} learned ranges: {r.steps_within:.2%} of the output values "
-                  f"within a step (two after a softmax) of the quantization-aware model's "
+                  f"within a step (after a softmax: two, and a step of its logits) of the "
+                  f"quantization-aware model's "
                   f"simulated forward on "
                   f"{r.steps_on} (the largest difference {r.steps_off:.1f} steps)")
     scored = [r for r in results if r.evaluation]

@@ -140,7 +140,11 @@ def quantize_aware(model, calibration=None, *, freeze_after: int | None = None,
     Handles the flavours' own BatchNormalization and keras_bn's BatchNormalization and
     BatchRenormalization (trained here as BatchNormalization: the statistics are the
     batch's). Conv1D/2D/3D (groups too), DepthwiseConv2D and Dense, channels last, at
-    the model's top level.
+    the model's top level; a SeparableConv1D/2D is first split into the depthwise and
+    1x1 convolutions the files compute, and a layer with an activation the integer
+    kernels do not fuse (softmax, sigmoid, ...) into the layer and an Activation
+    (`keras_bn.quantization.splitting`), so that every int8 tensor of the file is
+    simulated.
 
     Args:
       model: A built Sequential or functional model (tf-keras or Keras 3); not changed.

@@ -153,14 +153,16 @@ def _plain(plumbing, layer):
 #: How many steps of its int8 grid an output value of a file may be from the simulated
 #: forward: the files compute on the same grids, but their integer kernels requantize
 #: with fixed-point arithmetic, which can move a value the simulation puts within a
-#: hair of the middle of two steps to the other one; softmax and sigmoid kernels (their
-#: outputs' fixed grids) also approximate exp with a table.
-STEPS_OFF = {"requantized": 1.0, "table": 2.0}
-#: The fraction of output values that must be within `STEPS_OFF`. A near-tie flipped
-#: inside the network moves everything computed from that value, by as many output steps
-#: as the layers after it amplify a step (a sharp softmax after logits with a coarse
-#: grid: tens), so single values may be far off; a file that does not compute what was
-#: trained (other grids or weights) is off on most values.
+#: hair of the middle of two steps to the other one. A softmax's or sigmoid's output
+#: (their fixed grids) may also be off by the kernels' table of exp ("table"), plus
+#: what one step of the logits grid moves it ("logit": a step `d` of the input moves a
+#: sigmoid by at most `d / 4`, a softmax output by at most `d / 2`; on a coarse logits
+#: grid that is tens of output steps).
+STEPS_OFF = {"requantized": 1.0, "table": 2.0, "logit": 0.5}
+#: The fraction of output values that must be within their steps. A near tie flipped
+#: inside the network moves what is computed from that value, so single values may be
+#: further off; a file that does not compute what was trained (other grids or weights)
+#: is off on most values.
 STEPS_WITHIN = 0.99
 
 
@@ -170,23 +172,39 @@ def output_steps(model) -> list:
     output (through layers that keep their input's grid, such as reshapes) and how many
     steps a file may be off there (`STEPS_OFF`); `(None, None)` for an output no
     calibrated quantizer makes."""
-    from keras_bn.quantization.aware import SAME_GRID
-
     graph = Graph(model)
     steps = []
     for ref in graph.outputs:
-        step = None, None
-        while ref is not None:
-            node = graph.nodes[ref.layer]
-            if isinstance(node.layer, ActivationQuantizer):
-                found = _range(node.layer)
-                if found is not None:
-                    # a fixed range in a QAT model: a softmax's or sigmoid's output
-                    kind = "requantized" if node.layer.fixed is None else "table"
-                    step = fake_quant.activation_grid(*found)[0], STEPS_OFF[kind]
-                break
-            calls = node.calls
-            same = type(node.layer).__name__ in SAME_GRID and calls and calls[ref.call].args
-            ref = calls[ref.call].args[0] if same else None
-        steps.append(step)
+        quantizer = _quantizer_of(graph, ref)
+        found = None if quantizer is None else _range(quantizer.layer)
+        if found is None:
+            steps.append((None, None))
+            continue
+        step = fake_quant.activation_grid(*found)[0]
+        if quantizer.layer.fixed is None:
+            steps.append((step, STEPS_OFF["requantized"]))
+            continue
+        # a fixed range in a QAT model: a softmax's or sigmoid's output; its logits
+        activation = graph.nodes[quantizer.calls[0].args[0].layer]
+        logits = (_quantizer_of(graph, activation.calls[0].args[0])
+                  if activation.calls and activation.calls[0].args else None)
+        logit_range = None if logits is None else _range(logits.layer)
+        slack = (0.0 if logit_range is None else
+                 STEPS_OFF["logit"] * fake_quant.activation_grid(*logit_range)[0] / step)
+        steps.append((step, STEPS_OFF["table"] + slack))
     return steps
+
+
+def _quantizer_of(graph, ref):
+    """The graph node of the ActivationQuantizer that makes the tensor `ref` (through
+    layers that keep their input's grid), or None."""
+    from keras_bn.quantization.aware import SAME_GRID
+
+    while ref is not None:
+        node = graph.nodes[ref.layer]
+        if isinstance(node.layer, ActivationQuantizer):
+            return node
+        calls = node.calls
+        same = type(node.layer).__name__ in SAME_GRID and calls and calls[ref.call].args
+        ref = calls[ref.call].args[0] if same else None
+    return None

@@ -25,7 +25,7 @@ def test_the_plain_model_computes_the_simulation(flavour):
     # The grids' own bounds: halves of a step aside (input ties), the same values.
     got, want = _numpy(plain(data, training=False)), _numpy(aware(data, training=False))
     step, allowed = output_steps(aware)[0]
-    assert step > 0 and allowed == 2.0
+    assert step > 0 and allowed == 1.0
     assert np.max(np.abs(got - want)) <= 1e-6, np.max(np.abs(got - want)) / step
     floats = inference_model(aware, activations=False)
     assert not state(floats).aware
