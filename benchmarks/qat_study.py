@@ -14,8 +14,10 @@ on held-out rows neither trained, calibrated nor distilled on:
 - `dynamic`: int8 weights, float activations (the reference the goal is judged by);
 - `PTQ best`: the best on held-out agreement of full-integer int8 with the min/max and
   the MSE range estimator (bias correction on), per format;
-- `QAT labels`: `quantize_aware(model, 300 rows)`, then `distill(..., labels=...)` on the
-  training rows with their labels (`LABELS`);
+- `QAT untrained`: `quantize_aware(model, 300 rows)` exported as it is (its weights on
+  the int8 grid, its ranges the calibration's), the start of both fine-tunings;
+- `QAT labels`: the same, then `distill(..., labels=...)` on the training rows with
+  their labels (`LABELS`);
 - `QAT distilled`: the same QAT model distilled from the float model on the 300
   calibration rows, no labels (`DISTILLED`).
 
@@ -45,7 +47,7 @@ FORMATS = ("tflite", "onnx")
 #: The fine-tuning settings of each QAT arm (`keras_bn.quantization.distill`).
 LABELS = {"epochs": 4, "learning_rate": 3e-5}
 DISTILLED = {"epochs": 6, "learning_rate": 1e-4}
-ARMS = ("dynamic", "PTQ best", "QAT labels", "QAT distilled")
+ARMS = ("dynamic", "PTQ best", "QAT untrained", "QAT labels", "QAT distilled")
 
 
 def _export(model, fmt, path, quantize, x_test, y_test):
@@ -86,20 +88,23 @@ def run_model(name, seed, folder):
             if best is None or scores["agreement"] > best[0]["agreement"]:
                 best = scores, ranges
         add("PTQ best", fmt, best[0], time.perf_counter() - start, ranges=best[1])
-    for arm, settings in (("QAT labels", LABELS), ("QAT distilled", DISTILLED)):
+    for arm, settings in (("QAT untrained", None), ("QAT labels", LABELS),
+                          ("QAT distilled", DISTILLED)):
         start = time.perf_counter()
         aware = quantize_aware(model, x_cal, freeze_after=1)
+        record = None
         if arm == "QAT labels":
             record = distill(aware, model, x_train, labels=y_train, verbose=0, **settings)
-        else:
+        elif arm == "QAT distilled":
             record = distill(aware, model, x_cal, verbose=0, **settings)
         trained_s = time.perf_counter() - start
+        extra = {} if record is None else {"best_epoch": record.best_epoch,
+                                           "held_out_before": record.before,
+                                           "held_out_after": record.after}
         for fmt in FORMATS:
             path = os.path.join(folder, f"{name}_{seed}_qat.{fmt}")
-            add(arm, fmt, _export(aware, fmt, path, QuantizationOptions("int8", evaluation=x_test),
-                                  x_test, y_test), trained_s,
-                best_epoch=record.best_epoch, held_out_before=record.before,
-                held_out_after=record.after)
+            add(arm, fmt, _export(aware, fmt, path, QuantizationOptions(
+                "int8", evaluation=x_test), x_test, y_test), trained_s, **extra)
     return rows
 
 

@@ -78,8 +78,9 @@ def distill(aware, teacher, data, *, labels=None, epochs: int = 10,
     int8 logits (the tensor the softmax reads; the teacher's logits are taken as the
     log of its probabilities, which is the same up to a constant the softmax ignores),
     by KL divergence scaled by `temperature ** 2`; any other output the teacher's values
-    by mean squared error. With integer `labels` (one output with a softmax), it trains
-    the task loss, sparse categorical cross-entropy.
+    by mean squared error. With integer `labels` (one classifier output: a softmax's
+    probabilities, or logits), it trains the task loss, sparse categorical
+    cross-entropy.
 
     A fraction `held_out` of the rows (at random, `seed`) is not trained on: after each
     epoch the model's held-out top-1 agreement with the teacher (the simulated int8
@@ -204,12 +205,17 @@ def _objective(aware, teacher, train_rows, train_labels, temperature, count, lab
     keras = plumbing.keras
     softmaxes = _softmax_layers(aware)
     if labels is not None:
-        if len(softmaxes) != 1 or softmaxes[0] is None:
+        shape = tuple(aware.outputs[0].shape)
+        if len(aware.outputs) != 1 or len(shape) < 2 or (shape[-1] or 0) < 2:
             raise InputError(f"distill of '{aware.name}': labels train a model with one "
-                             "softmax output; distill from the float model instead (no "
-                             "labels).")
-        return (aware, np.asarray(train_labels), keras.losses.SparseCategoricalCrossentropy(),
-                None, "task loss (sparse categorical cross-entropy) on the labels")
+                             f"classifier output (output shapes "
+                             f"{[tuple(o.shape) for o in aware.outputs]}); distill from the "
+                             "float model instead (no labels).")
+        logits = softmaxes[0] is None  # a classifier without a softmax gives logits
+        return (aware, np.asarray(train_labels),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=logits), None,
+                "task loss (sparse categorical cross-entropy" +
+                (" on logits" if logits else "") + ") on the labels")
     taught = predict(teacher, train_rows)
     outputs, targets, losses, weights = [], [], [], []
     for output, softmax, target in zip(aware.outputs, softmaxes, taught):

@@ -76,11 +76,13 @@ def test_a_learning_rate_that_wrecks_the_model_is_undone(flavour):
     assert all(np.array_equal(a, b) for a, b in zip(aware.get_weights(), before))
 
 
-def test_labels_train_the_task_loss_judged_by_accuracy():
-    model, aware, rows, labels = _trained("tf_keras", "softmax")
+@pytest.mark.parametrize("head", [None, "softmax"])
+def test_labels_train_the_task_loss_judged_by_accuracy(head):
+    model, aware, rows, labels = _trained("tf_keras", head)
     record = distill(aware, None, rows, labels=labels, epochs=2, verbose=0)
     assert record.judged_by == "accuracy on the held-out labels"
-    assert "sparse categorical cross-entropy" in record.loss
+    assert record.loss == ("task loss (sparse categorical cross-entropy" +
+                           (" on logits" if head is None else "") + ") on the labels")
     assert record.after >= record.before
 
 
@@ -88,7 +90,7 @@ def test_bad_arguments_are_one_line():
     model, aware, rows, labels = _trained("keras3", None)
     cases = [({"epochs": 0}, "epochs=0; give a number >= 1"),
              ({"held_out": 1.0}, "held_out=1.0; give a fraction in \\[0, 1\\)"),
-             ({"labels": labels}, "labels train a model with one softmax output"),
+             ({"held_out": -0.1}, "held_out=-0.1; give a fraction"),
              ({"labels": labels[:5]}, "5 labels for 400 rows")]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
