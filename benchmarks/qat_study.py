@@ -53,9 +53,15 @@ ARMS = ("dynamic", "PTQ best", "QAT untrained", "QAT labels", "QAT distilled")
 def _export(model, fmt, path, quantize, x_test, y_test):
     from keras_bn.export import to_onnx, to_tflite
 
+    from keras_bn.errors import VerificationError
+
     export_to = to_tflite if fmt == "tflite" else to_onnx
-    result = export_to(model, path, quantize=quantize, samples=x_test, labels=y_test,
-                       latency_batch=None)
+    try:
+        result = export_to(model, path, quantize=quantize, samples=x_test, labels=y_test,
+                           latency_batch=None)
+    except VerificationError as error:  # a file that fails its check: recorded, no score
+        return {"agreement": None, "accuracy": None, "sqnr_db": None, "steps_off": None,
+                "steps_within": None, "error": str(error)}
     return {"agreement": result.evaluation[0].agreement, "accuracy": result.accuracy,
             "sqnr_db": float(result.evaluation[0].sqnr_db), "steps_off": result.steps_off,
             "steps_within": result.steps_within}
@@ -73,7 +79,7 @@ def run_model(name, seed, folder):
     def add(arm, fmt, scores, seconds, **extra):
         rows.append({"model": name, "seed": seed, "arm": arm, "format": fmt, **scores,
                      "seconds": seconds, **extra})
-        print(json.dumps(rows[-1]), flush=True)
+        print(json.dumps(rows[-1], default=float), flush=True)
 
     for fmt in FORMATS:
         path = os.path.join(folder, f"{name}_{seed}.{fmt}")
@@ -85,7 +91,7 @@ def run_model(name, seed, folder):
         for ranges in ("minmax", "mse"):
             scores = _export(model, fmt, path, QuantizationOptions(
                 "int8", calibration=x_cal, ranges=ranges, evaluation=x_test), x_test, y_test)
-            if best is None or scores["agreement"] > best[0]["agreement"]:
+            if best is None or (scores["agreement"] or 0) > (best[0]["agreement"] or 0):
                 best = scores, ranges
         add("PTQ best", fmt, best[0], time.perf_counter() - start, ranges=best[1])
     for arm, settings in (("QAT untrained", None), ("QAT labels", LABELS),
@@ -190,7 +196,7 @@ def main(argv=None):
                     rows.extend(run_model(name, seed, folder))
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "qat_study.json"), "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump(rows, f, indent=1, default=float)
     text = table(rows)
     with open(os.path.join(args.out, "qat_study.md"), "w") as f:
         f.write(text)

@@ -163,7 +163,7 @@ STEPS_OFF = {"requantized": 1.0, "table": 2.0, "logit": 0.5}
 #: inside the network moves what is computed from that value, so single values may be
 #: further off; a file that does not compute what was trained (other grids or weights)
 #: is off on most values.
-STEPS_WITHIN = 0.99
+STEPS_WITHIN = 0.95
 
 
 def output_steps(model) -> list:
