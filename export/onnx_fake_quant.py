@@ -94,8 +94,53 @@ def learned_ranges(proto) -> dict:
                                          [output.name], name=f"{output.name}_learned"))
     del graph.node[:]
     graph.node.extend(kept)
+    _bias_into_conv(graph)
     _propagate(graph, ranges)
     return ranges
+
+
+def _bias_into_conv(graph):
+    """Moves a bias that tf2onnx adds after a Conv and a Squeeze (its form of a Conv1D: a
+    2-D Conv between an Unsqueeze and a Squeeze, then an Add of a `(1, C, 1)` constant)
+    into the Conv, as TensorFlow and TFLite hold it. The Conv's output then is the
+    tensor the learned range covers (through the Squeeze, which keeps the grid), instead
+    of a pre-bias float tensor with no range that would leave the Conv in float."""
+    from onnx import numpy_helper
+
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    readers, makers = {}, {}
+    for node in graph.node:
+        for value in node.input:
+            readers.setdefault(value, []).append(node)
+        for value in node.output:
+            makers[value] = node
+    outputs = {o.name for o in graph.output}
+    dropped = set()
+    for add in graph.node:
+        if add.op_type != "Add" or len(add.input) != 2 or add.input[1] not in constants:
+            continue
+        bias = constants[add.input[1]]
+        squeeze = makers.get(add.input[0])
+        conv = makers.get(squeeze.input[0]) if squeeze is not None else None
+        if (squeeze is None or squeeze.op_type != "Squeeze" or conv is None
+                or conv.op_type != "Conv" or len(conv.input) != 2
+                or bias.ndim < 2 or bias.shape[1] != bias.size  # per channel (axis 1)
+                or len(readers.get(conv.output[0], [])) != 1
+                or len(readers.get(squeeze.output[0], [])) != 1
+                or add.output[0] in outputs):
+            continue
+        name = f"{add.input[1]}_conv_bias"
+        graph.initializer.append(numpy_helper.from_array(bias.reshape(-1), name))
+        conv.input.append(name)
+        for reader in readers.get(add.output[0], []):
+            for i, value in enumerate(reader.input):
+                if value == add.output[0]:
+                    reader.input[i] = squeeze.output[0]
+        dropped.add(id(add))
+    if dropped:
+        kept = [node for node in graph.node if id(node) not in dropped]
+        del graph.node[:]
+        graph.node.extend(kept)
 
 
 def _resolve(renamed, value):
