@@ -169,7 +169,7 @@ def plot(rows, path):
                    yerr=[v[1] * 100 if v else 0 for v in values], label=arm)
         ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2)
         ax.set_xticklabels(models, rotation=15)
-        ax.set_title(f"{fmt} int8 files (dynamic: float activations)")
+        ax.set_title(f"{fmt} files")
         ax.set_ylim(94, 100.2)
     axes[0].set_ylabel("held-out top-1 agreement with the float model (%)")
     axes[-1].legend(fontsize=8)
