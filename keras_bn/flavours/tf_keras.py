@@ -278,6 +278,28 @@ def train_or_infer(training, train: Callable, infer: Callable):
     return smart_cond(training, lambda: train(True), infer)
 
 
+def fuses_elementwise() -> bool:
+    """Whether the backend's compiler fuses chains of elementwise ops into one pass:
+    not TensorFlow's, on CPU."""
+    return False
+
+
+def select(condition, if_true: Callable, if_false: Callable):
+    """`if_true()` where the scalar boolean tensor `condition` holds, else `if_false()`;
+    only that branch is computed (`tf.cond`)."""
+    return tf.cond(condition, if_true, if_false)
+
+
+def fused_fake_quant(x, low, high, scale, zero_point):
+    """`x` on the 8-bit grid over `[low, high]` (scalar tensors, the range holding zero)
+    by TensorFlow's fused `FakeQuantWithMinMaxVars`, whose gradient is the
+    straight-through estimator inside the range (one pass each way instead of a dozen
+    elementwise ops; the same values as the composed grid, halves of a step aside)."""
+    del scale, zero_point  # the kernel computes its grid from the range
+    return tf.quantization.fake_quant_with_min_max_vars(
+        x, tf.stop_gradient(low), tf.stop_gradient(high), num_bits=8)
+
+
 def fake_quant_op(x, low: float, high: float):
     """TensorFlow's own 8-bit fake quantization of `x` over `[low, high]`
     (`FakeQuantWithMinMaxArgs`, the op both converters read as a tensor's int8 range)."""

@@ -14,7 +14,9 @@ class ActivationQuantizer:
     unchanged, so that a model can run its calibration data to set every range (as
     `keras_bn.quantization.quantize_aware` does) before anything is quantized. In
     training the range follows the batches' min and max as an exponential moving
-    average (`momentum`); in inference it is fixed.
+    average (`momentum`), of the global batch under a `tf.distribute` strategy; in
+    inference it is fixed. On TensorFlow and torch the rounding is the backend's fused
+    fake-quantization kernel (`flavour.fused_fake_quant`).
 
     A `fixed` range (`(low, high)`) is never tracked: the outputs of softmax and sigmoid,
     which the int8 kernels write on `[0, 1)` with a step of 1/256, and every range of
@@ -63,18 +65,37 @@ class ActivationQuantizer:
                 return ops.cast(native, inputs.dtype)
         low, high = ops.convert_to_tensor(self.low), ops.convert_to_tensor(self.high)
         if self.fixed is None and training is True:
-            batch_low = ops.stop_gradient(ops.min(x))
-            batch_high = ops.stop_gradient(ops.max(x))
+            batch_low, batch_high = self._batch_range(x)
             calibrated = high > low
             m = self.momentum
             low = ops.where(calibrated, low * m + batch_low * (1 - m), batch_low)
             high = ops.where(calibrated, high * m + batch_high * (1 - m), batch_high)
             flavour.assign(self, self.low, low)
             flavour.assign(self, self.high, high)
-        scale, zero_point = fake_quant.grid(ops, low, high)
-        y = fake_quant.fake_quantize_activations(ops, x, scale, zero_point)
-        y = ops.where(high > low, y, x)  # not calibrated yet: unchanged
+        y = flavour.select(high > low, lambda: self._quantize(x, low, high),
+                           lambda: x)  # not calibrated yet: unchanged
         return ops.cast(y, inputs.dtype)
+
+    def _batch_range(self, x):
+        """The batch's min and max, of the global batch across `tf.distribute` replicas
+        (JAX's DataParallel computes on the global batch already)."""
+        ops = self._flavour.ops
+        if self._flavour.backend() == "tensorflow":
+            from keras_bn.layers import fused  # TensorFlow: imported on that backend only
+
+            low, high = fused.global_range(x)
+        else:
+            low, high = ops.min(x), ops.max(x)
+        return ops.stop_gradient(low), ops.stop_gradient(high)
+
+    def _quantize(self, x, low, high):
+        ops = self._flavour.ops
+        scale, zero_point = fake_quant.grid(ops, low, high)
+        fused = self._flavour.fused_fake_quant(x, ops.minimum(low, 0.0),
+                                               ops.maximum(high, 0.0), scale, zero_point)
+        if fused is not None:
+            return fused
+        return fake_quant.fake_quantize_activations(ops, x, scale, zero_point)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -165,3 +165,16 @@ def synchronized_moments(x, reduction_axes, mask=None):
     mean = total / safe
     variance = tf.nn.relu(total_sq / safe - tf.square(mean))
     return mean, variance, count
+
+
+def global_range(x):
+    """`(min, max)` of `x` over the global batch across the replicas of the active
+    `tf.distribute` strategy (scalars); without a strategy, or with one replica, this
+    batch's. (`ReduceOp` has only SUM and MEAN: the replicas' extremes are gathered.)"""
+    low, high = tf.reduce_min(x), tf.reduce_max(x)
+    replica = tf.distribute.get_replica_context()
+    if replica is None or replica.num_replicas_in_sync == 1:
+        return low, high
+    gathered = replica.all_gather(tf.stack([-low, high])[tf.newaxis], axis=0)
+    extremes = tf.reduce_max(gathered, axis=0)
+    return -extremes[0], extremes[1]
