@@ -1,6 +1,7 @@
 """Every example runs end to end in its fast setting (real training, real exports)."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -18,7 +19,13 @@ def run_example(name, *args, cwd=None):
 
 
 def test_quickstart():
-    assert "held-out accuracy" in run_example("quickstart.py")
+    """The quick start trains: its loss falls and the held-out accuracy of the two-class
+    task is far above chance (measured 2026-12-05: loss 0.151 -> 0.003, accuracy 1.000)."""
+    found = re.search(r"training loss ([\d.]+) -> ([\d.]+); held-out accuracy ([\d.]+)",
+                      run_example("quickstart.py"))
+    assert found, "the quick start printed no training figures"
+    first, last, accuracy = (float(v) for v in found.groups())
+    assert last < 0.7 * first and accuracy >= 0.9, found.group(0)
 
 
 def test_sequential():
