@@ -10,9 +10,25 @@ Both fold the BatchNormalization layers first, take the same
 an `ExportResult`; quantized files are scored against the Keras model.
 """
 
-from keras_bn.export.onnx import to_onnx
-from keras_bn.export.tflite import to_tflite
-from keras_bn.export.checks import ExportResult
-from keras_bn.quantization.options import QuantizationOptions
+import importlib
 
-__all__ = ["ExportResult", "QuantizationOptions", "to_onnx", "to_tflite"]
+#: Public name -> the module that defines it.
+_API = {"to_onnx": "keras_bn.export.onnx", "to_tflite": "keras_bn.export.tflite",
+        "ExportResult": "keras_bn.export.checks",
+        "QuantizationOptions": "keras_bn.quantization.options"}
+__all__ = sorted(_API)
+
+
+def __getattr__(name):
+    """Each public name is imported on first use (PEP 562), as in `keras_bn`:
+    `import keras_bn.export` imports no TensorFlow, tf2onnx or LiteRT, so the command line
+    and its users can import this package's modules for their constants."""
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'keras_bn.export' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))

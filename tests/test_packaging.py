@@ -23,6 +23,19 @@ def test_editable_install_maps_export_folder():
     assert callable(keras_bn.export.to_onnx) and callable(keras_bn.export.to_tflite)
 
 
+def test_export_package_imports_its_exporters_on_first_use():
+    """`import keras_bn.export` (and its constants' modules) loads no TensorFlow, tf2onnx
+    or LiteRT, as `import keras_bn`; the exporters come on first use."""
+    code = ("import sys\nimport keras_bn.export as e\n"
+            "from keras_bn.quantization.options import MODES\n"
+            "heavy = {'tensorflow', 'tf2onnx', 'onnxruntime', 'ai_edge_litert'}\n"
+            "assert not heavy & set(sys.modules), heavy & set(sys.modules)\n"
+            "assert e.__all__ == ['ExportResult', 'QuantizationOptions', 'to_onnx', "
+            "'to_tflite']\n"
+            "assert callable(e.to_tflite) and 'tensorflow' in sys.modules\n")
+    _run([sys.executable, "-c", code], env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
 def _modules(source):
     """Every module a wheel must hold, as its path inside the wheel."""
     root = pathlib.Path(source)
