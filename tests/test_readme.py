@@ -10,11 +10,32 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md")).read()
-SNIPPETS = re.findall(r"^```python\n(.*?)^```", README, flags=re.S | re.M)
+#: The README and the docs pages its sections moved to: their snippets stay tested.
+PAGES = ("README.md", "docs/layers.md", "docs/fold.md", "docs/export.md",
+         "docs/training.md")
+SNIPPETS = [snippet for page in PAGES
+            for snippet in re.findall(r"^```python\n(.*?)^```",
+                                      open(os.path.join(ROOT, page)).read(),
+                                      flags=re.S | re.M)]
 
 
 def test_the_readme_has_snippets():
-    assert len(SNIPPETS) >= 4
+    assert len(SNIPPETS) >= 6
+
+
+def test_the_readme_is_short_and_starts_with_install():
+    """At most 250 lines; what it is, then how to install (a clone, the wheel, the
+    extras, the versions tested), and every docs page it links exists."""
+    assert len(README.splitlines()) <= 250
+    sections = re.findall(r"^## (.+)$", README, flags=re.M)
+    assert sections[0] == "Install", sections
+    install = README.split("## Install", 1)[1].split("\n## ", 1)[0]
+    for needed in ("pip install -e .", "python -m build --wheel", "dist/keras_bn-",
+                   "`dev`", "`demo`", "`tensorboard`", "| TensorFlow |", "| tf-keras |",
+                   "| Keras 3 |", "| JAX", "| torch", "| Python |"):
+        assert needed in install, needed
+    for link in re.findall(r"\]\((docs/[^)#]+)", README):
+        assert os.path.exists(os.path.join(ROOT, link)), link
 
 
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))

@@ -14,7 +14,7 @@ from keras_bn.folding.graph import Graph, Ref
 from keras_bn.folding.kinds import channel_axis, kind_of, zero_padded
 from keras_bn.verification import noise_label
 from keras_bn.layers.find import (batch_norm_paths, batch_norm_paths_in, bn_axes, bn_kind,
-                                  is_batch_norm, is_model)
+                                  is_batch_norm, is_model, per_sample_note)
 
 
 @dataclass
@@ -56,6 +56,9 @@ class FoldPlan:
 
     decisions: list = field(default_factory=list)
     verdict: object = None
+    #: One line naming the model's per-sample normalization layers (GroupNormalization,
+    #: LayerNormalization, ...) and why they stay; None where it has none.
+    others: str | None = None
 
     @property
     def max_error(self):
@@ -92,7 +95,8 @@ class FoldPlan:
             summary += (f"; verified on {self.verdict.inputs}: max abs error "
                         f"{self.max_error:.3g} (tolerance {self.tolerance:.3g}; the "
                         f"model's own {noise_label(self.verdict)} {noise})")
-        return aligned(rows, rule=True) + "\n" + summary
+        others = "" if self.others is None else "\n" + self.others
+        return aligned(rows, rule=True) + "\n" + summary + others
 
     def __str__(self):
         return self.table()
@@ -104,7 +108,7 @@ def plan_model(model) -> FoldPlan:
     Raises:
       ValueError: a subclassed model.
     """
-    return FoldPlan(_plan(Graph(model), ()))
+    return FoldPlan(_plan(Graph(model), ()), others=per_sample_note(model))
 
 
 def _plan(graph, path):

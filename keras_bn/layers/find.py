@@ -83,6 +83,43 @@ def revived_layers(model) -> list[tuple[str, str]]:
     return found
 
 
+#: Normalization layers that use each sample's own statistics (Keras built-ins and the
+#: usual add-ons' names): nothing fixed to fold, whatever the neighbours.
+PER_SAMPLE_NORMALIZATIONS = ("GroupNormalization", "LayerNormalization",
+                             "UnitNormalization", "RMSNormalization",
+                             "InstanceNormalization")
+
+#: Why such a layer stays, in one line.
+PER_SAMPLE_REASON = ("normalizes each sample by its own statistics, computed anew for "
+                     "every input, so it is no fixed affine map and cannot fold")
+
+
+def per_sample_normalizations(model) -> list[tuple[str, str]]:
+    """`(name, class name)` of every layer of `model` (nested models' included,
+    `outer/inner` names) of a class in `PER_SAMPLE_NORMALIZATIONS`."""
+    found = []
+
+    def walk(layers, path):
+        for layer in layers:
+            if is_model(layer):
+                walk(layer.layers, path + (layer.name,))
+            elif type(layer).__name__ in PER_SAMPLE_NORMALIZATIONS:
+                found.append(("/".join(path + (layer.name,)), type(layer).__name__))
+
+    walk(model.layers, ())
+    return found
+
+
+def per_sample_note(model) -> str | None:
+    """One line saying which per-sample normalization layers `model` holds and why they
+    stay (None where it holds none)."""
+    found = per_sample_normalizations(model)
+    if not found:
+        return None
+    names = ", ".join(f"'{name}' ({cls})" for name, cls in found)
+    return f"Not BN, kept: {names}: each {PER_SAMPLE_REASON}."
+
+
 def batch_norm_paths(model, path=()):
     """`(path, layer)` for every BN layer of `model`, in layer order: nested models' and
     those a custom layer or wrapper holds (keras-hub's blocks, `TimeDistributed`)

@@ -5,7 +5,7 @@ import numpy as np
 from keras_bn import flavour
 from keras_bn.tools.table import aligned
 from keras_bn.folding.plan import plan_model
-from keras_bn.layers.find import batch_norm_layers, bn_axes, revived_layers
+from keras_bn.layers.find import batch_norm_layers, bn_axes, per_sample_note, revived_layers
 
 #: |gamma| below this (relative to the layer's largest |gamma|) counts as a dead channel.
 DEAD_GAMMA = 1e-3
@@ -30,7 +30,8 @@ def summary(model, print_fn=print) -> list:
     `outer/inner`): channels, momentum, epsilon, the range of the moving mean and
     variance and of gamma, the number of dead channels (|gamma| below 1e-3 of the layer's
     largest), of channels with moving variance below 1e-6, and what `keras_bn.fold` would
-    fold the layer into (or why not).
+    fold the layer into (or why not). A line after the table names the per-sample
+    normalization layers (GroupNormalization, LayerNormalization, ...) and why they stay.
 
     Args:
       model: A built tf-keras or Keras 3 model (any kind; a subclassed model's BNs are
@@ -78,6 +79,9 @@ def summary(model, print_fn=print) -> list:
         })
     if print_fn is not None:
         print_fn(format_table(rows, model.name))
+        others = per_sample_note(model)
+        if others:
+            print_fn(others)
         revived = revived_layers(model)
         if revived:
             print_fn("Revived from a SavedModel without their classes (their saved graphs "

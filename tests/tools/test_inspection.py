@@ -23,3 +23,29 @@ def test_summary_table_and_data(flavour):
     assert rows[0]["foldable"] == "conv (after)"
     assert rows[1]["foldable"].startswith("no: input comes from ReLU")
     assert "bn1" in printed[0] and "conv (after)" in printed[0]
+
+
+def test_fold_and_summary_say_why_group_and_layer_norms_stay(flavour):
+    """GroupNormalization and LayerNormalization (here one inside a nested model) are not
+    passed over: the plan, fold's table and summary name them in one line with the
+    reason; a model without them gets no such line."""
+    k, _ = flavour
+    inner = k.Sequential([k.Input((4,)), k.layers.Dense(4),
+                          k.layers.LayerNormalization(name="ln")], name="head")
+    inputs = k.Input((8, 8, 3))
+    x = k.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = k.layers.GroupNormalization(groups=2, name="gn")(x)
+    x = k.layers.BatchNormalization(name="bn")(k.layers.Conv2D(4, 1, name="pw")(x))
+    x = inner(k.layers.GlobalAveragePooling2D()(x))
+    model = k.Model(inputs, x)
+    folded, plan = keras_bn.fold(model, return_plan=True)
+    assert plan.others is not None and plan.others.count("\n") == 0
+    for part in ("'gn' (GroupNormalization)", "'head/ln' (LayerNormalization)",
+                 "cannot fold"):
+        assert part in plan.others and part in str(plan).splitlines()[-1], part
+    printed = []
+    keras_bn.summary(model, print_fn=printed.append)
+    assert plan.others in printed
+    assert [d.bn for d in plan.folded] == ["bn"]
+    plain = k.Sequential([k.Input((4,)), k.layers.Dense(4), k.layers.BatchNormalization()])
+    assert keras_bn.fold_plan(plain).others is None
