@@ -8,7 +8,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export TF_ENABLE_ONEDNN_OPTS ?= 1
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: install test demo bench zoo clean
+.PHONY: install test typecheck install-check demo bench zoo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,22 @@ install: $(VENV)/.installed
 # builds (TensorFlow keeps caches past clear_session), and one worker that had folded half
 # the zoo reached 18 GB converting InceptionResNetV2 and was OOM-killed.
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider --durations=10 -n 2
-test: install
+test: install typecheck
 	$(PYTEST) --ignore=tests/test_zoo.py
 	$(PYTEST) tests/test_zoo.py -k "not export"
 	$(PYTEST) tests/test_zoo.py -k export
+
+# mypy over keras_bn/ and the exporters (pyproject.toml's [tool.mypy]), staged as the
+# wheel lays them out: export/ installs as keras_bn.export, the name their imports use.
+typecheck: install
+	rm -rf build/typecheck && mkdir -p build/typecheck
+	cp -r keras_bn build/typecheck/ && cp -r export build/typecheck/keras_bn/export
+	cd build/typecheck && $(abspath $(PY)) -m mypy --config-file ../../pyproject.toml keras_bn
+
+# The README's Install section followed as written, in fresh virtualenvs on a clean
+# clone (from the clone, then from the built wheel), and its quick start run in each.
+install-check:
+	.ci/install_check
 
 demo: install
 	$(VENV)/bin/keras-bn demo

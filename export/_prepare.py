@@ -8,11 +8,12 @@ import tensorflow as tf
 
 from keras_bn import flavour
 from keras_bn.errors import InputError
+from keras_bn.flavour import Model
 from keras_bn.folding import fold as _fold
-from keras_bn.verification import model_inputs
 from keras_bn.memo import LastModel, weights_digest
 from keras_bn.quantization import post_training
 from keras_bn.quantization.inference import inference_model, state
+from keras_bn.verification import model_inputs
 
 #: The last fold: exporting the same model, weights and samples again (`to_onnx` then
 #: `to_tflite`, the CLI's two files) converts the same folded model without folding and
@@ -75,7 +76,7 @@ def input_signature(model):
             for spec, name in zip(model.inputs, flavour.of(model).input_names(model))]
 
 
-def output_names(model) -> list[str]:
+def output_names(model: Model) -> list[str]:
     """The name of each output in the written files, in the order of `model.outputs`.
 
     A model that returns a dict (keras-hub's feature pyramids, detection heads) names
@@ -88,7 +89,8 @@ def output_names(model) -> list[str]:
     layers = plumbing.output_names(model)
     names = ["_".join(str(p) for p in path) if any(isinstance(p, str) for p in path)
              else layer for path, layer in zip(paths, layers)]
-    unique, counts = [], collections.Counter()
+    unique: list[str] = []
+    counts: collections.Counter[str] = collections.Counter()
     for name in names:
         new = name
         while new in unique:

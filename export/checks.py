@@ -1,9 +1,12 @@
 """What every exporter shares: the result object, parity, scores and timing (the atomic
 write is `keras_bn.files.output.atomic_path`)."""
 
+from __future__ import annotations
+
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,6 +14,12 @@ from keras_bn.errors import VerificationError
 from keras_bn.quantization import scoring
 from keras_bn.verification import (check_outputs, default_rtol, predict, random_inputs,
                                    verification_batches)
+
+if TYPE_CHECKING:
+    from keras_bn.folding.plan import FoldPlan
+    from keras_bn.quantization.fallback import Fallback
+    from keras_bn.quantization.scoring import OutputScore
+    from keras_bn.quantization.technique import Technique
 
 
 @dataclass
@@ -60,22 +69,22 @@ class ExportResult:
     path: str
     format: str
     size_bytes: int = 0
-    op_counts: dict = field(default_factory=dict)
-    max_error: float = None
-    tolerance: float = None
-    noise: float = None
+    op_counts: dict[str, int] = field(default_factory=dict)
+    max_error: float | None = None
+    tolerance: float | None = None
+    noise: float | None = None
     verified_on: str = ""
-    accuracy: float = None
-    keras_accuracy: float = None
-    latency_ms: float = None
-    latency_batch: int = None
-    fold_plan: object = None
-    evaluation: list = None
+    accuracy: float | None = None
+    keras_accuracy: float | None = None
+    latency_ms: float | None = None
+    latency_batch: int | None = None
+    fold_plan: FoldPlan | None = None
+    evaluation: list[OutputScore] | None = None
     evaluated_on: str = ""
-    post_training: list = field(default_factory=list)
-    fallback: object = None
-    steps_off: float = None
-    steps_within: float = None
+    post_training: list[Technique] = field(default_factory=list)
+    fallback: Fallback | None = None
+    steps_off: float | None = None
+    steps_within: float | None = None
     steps_on: str = ""
 
 

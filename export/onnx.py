@@ -3,24 +3,26 @@
 import collections
 import contextlib
 import os
+from collections.abc import Callable
 
 import numpy as np
 
 from keras_bn import flavour
 from keras_bn.errors import InputError
-from keras_bn.files.output import atomic_path, check_output
 from keras_bn.export import (checks, onnx_fake_quant, onnx_quantization, selective,
                              through_tensorflow)
 from keras_bn.export._prepare import input_signature, output_names, quantization_input
 from keras_bn.export.frozen_graph import frozen_graph
-from keras_bn.export.isolated import IsolatedRuntime
+from keras_bn.export.isolated import IsolatedRuntime, TimedRun
+from keras_bn.files.output import atomic_path, check_output
+from keras_bn.flavour import Inputs, Model
 from keras_bn.quantization.options import QuantizationOptions, prepared
 
 
-def to_onnx(model, path: str | os.PathLike, *,
+def to_onnx(model: Model, path: str | os.PathLike, *,
             quantize: str | QuantizationOptions | None = None, fold: bool = True,
-            opset: int | None = None, verify: bool = True, samples=None, labels=None,
-            rtol: float | None = None, atol: float = 1e-5,
+            opset: int | None = None, verify: bool = True, samples: Inputs | None = None,
+            labels: Inputs | None = None, rtol: float | None = None, atol: float = 1e-5,
             latency_batch: int | None = 1) -> checks.ExportResult:
     """Exports `model` to an ONNX file and proves the file computes what the model does.
 
@@ -140,8 +142,7 @@ def file_runner(runtime, names, outputs):
         got = runtime({n: np.asarray(x) for n, x in zip(names, inputs)})
         return [got[name] for name in outputs]
 
-    run.seconds = lambda: runtime.seconds
-    return run
+    return TimedRun(runtime, run)
 
 
 def _check(proto, name):
@@ -229,5 +230,5 @@ def _erfc(ctx, node, name, args):
 
 
 #: tf2onnx handlers for TensorFlow ops it does not convert itself.
-CUSTOM_OPS = {"Erfc": (_erfc, []),
+CUSTOM_OPS: dict[str, tuple[Callable, list]] = {"Erfc": (_erfc, []),
               "FakeQuantWithMinMaxArgs": (onnx_fake_quant.fake_quant, [])}

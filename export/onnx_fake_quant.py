@@ -11,6 +11,8 @@ calibrated range (`onnx_quantization`): the file's weights, biases and fused act
 come out as in a post-training int8 file, its activation grids are the trained ones.
 """
 
+from typing import Any
+
 import numpy as np
 
 from keras_bn.quantization import fake_quant as simulated
@@ -40,7 +42,7 @@ def fake_quant(ctx, node, name, args):
     ctx.remove_node(node.name)
 
 
-def learned_ranges(proto) -> dict:
+def learned_ranges(proto: Any) -> dict:
     """`{tensor name: (low, high)}`: the range of every QuantizeLinear -> DequantizeLinear
     pair `fake_quant` wrote into the ONNX `proto` (tf2onnx may have moved transposes and
     squeezes in between), each pair taken out in place: its readers read the float
@@ -55,7 +57,7 @@ def learned_ranges(proto) -> dict:
     for node in graph.node:
         if node.op_type == "Constant":
             constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    readers = {}
+    readers: dict[str, list] = {}
     for node in graph.node:
         for value in node.input:
             readers.setdefault(value, []).append(node)
@@ -64,7 +66,9 @@ def learned_ranges(proto) -> dict:
         found = readers.get(tensor, [])
         return found[0] if len(found) == 1 else None
 
-    ranges, dropped, renamed = {}, set(), {}
+    ranges: dict[str, tuple] = {}
+    dropped: set[int] = set()  # ids of the nodes to drop
+    renamed: dict[str, str] = {}
     for q in graph.node:
         if q.op_type != "QuantizeLinear":
             continue
@@ -108,7 +112,8 @@ def _bias_into_conv(graph):
     from onnx import numpy_helper
 
     constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    readers, makers = {}, {}
+    readers: dict[str, list] = {}
+    makers: dict[str, Any] = {}
     for node in graph.node:
         for value in node.input:
             readers.setdefault(value, []).append(node)

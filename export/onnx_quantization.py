@@ -24,6 +24,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from keras_bn.quantization.options import QuantizationOptions
 
 #: Rows per calibration batch run in onnxruntime.
 _BATCH = 32
@@ -44,12 +48,13 @@ class Quantizer:
         (`onnx_fake_quant.learned_ranges`), written instead of calibrated ones.
     """
 
-    def __init__(self, content: bytes, options, input_names, what: str, learned=None):
+    def __init__(self, content: bytes, options: QuantizationOptions, input_names: Sequence[str],
+                 what: str, learned: dict | None = None) -> None:
         import numpy as np
 
         self.what = what
         self.work = tempfile.mkdtemp(prefix="keras_bn_onnx_quantize_")
-        self.request = {"mode": options.mode, "ranges": options.ranges,
+        self.request: dict[str, Any] = {"mode": options.mode, "ranges": options.ranges,
                         "model": os.path.join(self.work, "float.onnx"),
                         "pre_processed": os.path.join(self.work, "pre_processed.onnx"),
                         "cache": os.path.join(self.work, "ranges.json"),
@@ -66,7 +71,7 @@ class Quantizer:
         count = min(options.calibration_rows, len(rows[0])) if rows else 0
         np.savez(self.request["rows"], *[r[:count] for r in rows])
 
-    def __call__(self, exclude=()) -> tuple:
+    def __call__(self, exclude: Iterable[str] = ()) -> tuple:
         """`(file content, [Technique])`, the nodes named in `exclude` left in float; the
         records say how the ranges were estimated."""
         from keras_bn.errors import InputError, VerificationError
@@ -112,7 +117,8 @@ class Quantizer:
         self.close()
 
 
-def quantize(content: bytes, options, input_names, what: str, learned=None) -> tuple:
+def quantize(content: bytes, options: QuantizationOptions, input_names: Sequence[str],
+             what: str, learned: dict | None = None) -> tuple:
     """`(file content, [Technique])`: the float ONNX `content` quantized as `options` (a
     checked `keras_bn.quantization.QuantizationOptions`) say, or with the `learned`
     ranges (see `Quantizer`)."""
@@ -164,7 +170,7 @@ def _histograms(path, tensors, arrays, names, bins):
             model.graph.output.append(known.get(name) or onnx.helper.ValueInfoProto(name=name))
     session = onnxruntime.InferenceSession(model.SerializeToString(),
                                            providers=["CPUExecutionProvider"])
-    counts = {}
+    counts: dict[str, np.ndarray] = {}
     for start in range(0, len(arrays[0]), _BATCH):
         feed = {n: a[start:start + _BATCH] for n, a in zip(names, arrays)}
         for name, value in zip(wanted, session.run(wanted, feed)):

@@ -24,6 +24,7 @@ is named after.
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -31,8 +32,9 @@ from keras_bn import flavour
 from keras_bn.errors import InputError
 from keras_bn.export._prepare import input_signature, output_names, quantization_input
 from keras_bn.export.isolated import IsolatedRuntime
+from keras_bn.flavour import Inputs, Model
 from keras_bn.quantization import scoring
-from keras_bn.quantization.options import FALLBACK_MODES, prepared
+from keras_bn.quantization.options import FALLBACK_MODES, Prepared, QuantizationOptions, prepared
 from keras_bn.verification import predict
 
 
@@ -83,24 +85,31 @@ class LayerwiseFile:
 
     fmt = ""
 
-    def __init__(self, model, ready, nodes: dict):
+    def __init__(self, model: Model, ready: Prepared, nodes: dict) -> None:
         self.model, self.ready, self.nodes = model, ready, nodes
         self.layers = list(nodes)
         self.names = flavour.of(model).input_names(model)
         self.outputs = output_names(model)
         rows = ready.scored
+        if rows is None:
+            raise InputError(
+                f"'{model.name}': per-layer scores need rows to score on: give evaluation "
+                f"rows (evaluation=, --eval) or at least {scoring.MIN_ROWS_TO_SPLIT} "
+                "calibration rows (a fifth is then held out)")
+        self.rows: list = rows
         self.reference = [np.concatenate(parts) for parts in zip(*(
             predict(model, [r[i:i + 64] for r in rows]) for i in range(0, len(rows[0]), 64)))]
 
-    def content(self, float_layers=()) -> bytes:  # pragma: no cover - each format's own
+    def content(self, float_layers: Iterable[str] = ()) -> bytes:  # pragma: no cover
+        # each format's own
         """The file with the layers of `float_layers` left in float."""
         raise NotImplementedError
 
-    def float_nodes(self, float_layers) -> list[str]:
+    def float_nodes(self, float_layers: Iterable[str]) -> list[str]:
         """The op or node names of the layers of `float_layers`."""
         return [n for layer in float_layers for n in self.nodes[layer]]
 
-    def score(self, float_layers=()) -> list[scoring.OutputScore]:
+    def score(self, float_layers: Iterable[str] = ()) -> list[scoring.OutputScore]:
         """Scores of `content(float_layers)` against the Keras model on the rows."""
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "candidate." + self.fmt)
@@ -108,8 +117,8 @@ class LayerwiseFile:
                 f.write(self.content(float_layers))
             with IsolatedRuntime(self.fmt, path) as runtime:
                 run = self._runner(runtime)
-                got = [run([r[i:i + 64] for r in self.ready.scored])
-                       for i in range(0, len(self.ready.scored[0]), 64)]
+                got = [run([r[i:i + 64] for r in self.rows])
+                       for i in range(0, len(self.rows[0]), 64)]
         got = [np.concatenate([g[k] for g in got]) for k in range(len(self.outputs))]
         return scoring.score(self.outputs, self.reference, got)
 
@@ -120,7 +129,7 @@ class LayerwiseFile:
         module = onnx if self.fmt == "onnx" else tflite
         return module.file_runner(runtime, self.names, self.outputs)
 
-    def latency_ms(self, float_layers, batch: int) -> float:
+    def latency_ms(self, float_layers: Iterable[str], batch: int) -> float:
         """Median milliseconds of a batch of `batch` random inputs through
         `content(float_layers)` in its runtime, as `checks.latency_ms` times files."""
         from keras_bn.export import checks
@@ -150,7 +159,7 @@ class TFLiteLayers(LayerwiseFile):
         self.calibrated, self.records = tflite.calibrated(converted, model, ready.options)
         super().__init__(model, ready, _tflite_nodes(self.calibrated, converted))
 
-    def content(self, float_layers=()) -> bytes:
+    def content(self, float_layers: Iterable[str] = ()) -> bytes:
         from keras_bn.export import tflite
 
         return tflite.quantized(self.calibrated, self.ready.options,
@@ -170,7 +179,7 @@ def _tflite_nodes(content, converted):
             key = output.name.decode() if isinstance(output.name, bytes) else output.name
             if key in names:
                 renamed[output.tensorIndex] = key
-    nodes = {}
+    nodes: dict[str, list[str]] = {}
     for op in graph.operators:
         tensor = graph.tensors[op.outputs[0]]
         name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
@@ -200,14 +209,14 @@ class OnnxLayers(LayerwiseFile):
             f"ONNX {ready.options.mode} export of '{model.name}'")
         self.first, self.records = self.quantizer()
         names, weighted, top = _names(converted)
-        nodes = {}
+        nodes: dict[str, list] = {}
         for node in self.quantizer.nodes():
             layer = layer_of(node, names, weighted, top)
             if layer is not None:
                 nodes.setdefault(layer, []).append(node)
         super().__init__(model, ready, nodes)
 
-    def content(self, float_layers=()) -> bytes:
+    def content(self, float_layers: Iterable[str] = ()) -> bytes:
         if not float_layers:
             return self.first
         return self.quantizer(self.float_nodes(float_layers))[0]
@@ -217,8 +226,8 @@ class OnnxLayers(LayerwiseFile):
 
 
 @contextlib.contextmanager
-def open_file(model, fmt: str, options, *, fold: bool = True, verify: bool = True,
-              samples=None):
+def open_file(model: Model, fmt: str, options: QuantizationOptions, *, fold: bool = True,
+              verify: bool = True, samples: Inputs | None = None) -> Iterator[LayerwiseFile]:
     """Yields the `LayerwiseFile` of `model` in format `fmt` ("tflite" or "onnx") as
     `options` (a `QuantizationOptions`) quantize it; see the module docstring."""
     ready = prepared(options, model, fmt, verify, samples)
@@ -249,7 +258,7 @@ def open_file(model, fmt: str, options, *, fold: bool = True, verify: bool = Tru
 FLOAT_LAYERS_KEY = "keras_bn.float_layers"
 
 
-def named_float_layers(fmt: str, content: bytes, layers) -> bytes:
+def named_float_layers(fmt: str, content: bytes, layers: Iterable[str]) -> bytes:
     """`content` with the names of `layers` stored under `FLOAT_LAYERS_KEY`, so that the
     file itself says which of its layers compute in float."""
     text = ",".join(layers).encode()
@@ -300,7 +309,9 @@ def with_fallback(file: LayerwiseFile, latency_batch: int | None) -> tuple:
 
     what = (f"{file.fmt.upper() if file.fmt == 'onnx' else 'TFLite'} "
             f"{file.ready.options.mode} export of '{file.model.name}'")
-    record = fallback.choose(file.layers, file.score, file.ready.options.min_agreement, what)
+    target = file.ready.options.min_agreement
+    assert target is not None  # float_fallback requires it (QuantizationOptions)
+    record = fallback.choose(file.layers, file.score, target, what)
     record.size_bytes_integer = len(file.content())
     if latency_batch and record.layers:
         record.latency_ms_integer = file.latency_ms((), latency_batch)

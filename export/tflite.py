@@ -3,6 +3,7 @@
 import collections
 import contextlib
 import os
+from collections.abc import Iterable
 
 import numpy as np
 import tensorflow as tf
@@ -11,19 +12,21 @@ from tensorflow.lite.python.convert_phase import ConverterError
 
 from keras_bn import flavour
 from keras_bn.errors import InputError, VerificationError
-from keras_bn.files.output import atomic_path, check_output
 from keras_bn.export import (checks, selective, through_tensorflow, tflite_padding,
                              tflite_ranges)
 from keras_bn.export._prepare import input_signature, output_names, quantization_input
-from keras_bn.export.isolated import IsolatedRuntime
+from keras_bn.export.isolated import IsolatedRuntime, TimedRun
+from keras_bn.files.output import atomic_path, check_output
+from keras_bn.flavour import Inputs, Model
 from keras_bn.quantization import affine
 from keras_bn.quantization.options import QuantizationOptions, prepared
 
 
-def to_tflite(model, path: str | os.PathLike, *,
+def to_tflite(model: Model, path: str | os.PathLike, *,
               quantize: str | QuantizationOptions | None = None, fold: bool = True,
-              verify: bool = True, samples=None, labels=None, rtol: float | None = None,
-              atol: float = 1e-5, latency_batch: int | None = 1) -> checks.ExportResult:
+              verify: bool = True, samples: Inputs | None = None, labels: Inputs | None = None,
+              rtol: float | None = None, atol: float = 1e-5,
+              latency_batch: int | None = 1) -> checks.ExportResult:
     """Exports `model` to a TFLite file and runs the file in LiteRT to check it.
 
     Folds the BatchNormalization layers first (`keras_bn.fold`, itself verified), converts
@@ -161,15 +164,15 @@ def file_runner(runtime, names, outputs):
                        for n, x in zip(names, inputs)})
         return [_read(got[name], runtime.quantization.get(name)) for name in outputs]
 
-    run.seconds = lambda: runtime.seconds
-    return run
+    return TimedRun(runtime, run)
 
 
 def _fed(x, dtype, quantization):
     """An input batch as the file takes it: quantized where the file's input is an
     integer tensor standing for real values (int8-io), else cast to its dtype."""
     if quantization and np.issubdtype(np.asarray(x).dtype, np.floating):
-        return affine.quantize(x, *quantization, dtype)
+        scale, zero_point = quantization
+        return affine.quantize(x, scale, zero_point, dtype)
     return np.asarray(x, dtype)
 
 
@@ -185,7 +188,7 @@ def _converter_options(options, model, learned=False):
     if mode is None:
         return {}
     if learned:
-        settings = {"optimizations": [tf.lite.Optimize.DEFAULT]}
+        settings: dict[str, object] = {"optimizations": [tf.lite.Optimize.DEFAULT]}
         if mode == "int8-io":
             settings.update(inference_input_type=tf.int8, inference_output_type=tf.int8)
         return settings
@@ -228,7 +231,7 @@ def _convert(converted, model, options, calibrate_only=None, learned=False):
     return (tflite_padding.integer_pad_values(content) if options.mode else content), []
 
 
-def calibrated(converted, model, options) -> tuple:
+def calibrated(converted: Model, model: Model, options: QuantizationOptions) -> tuple:
     """`(calibrated file, [Technique])`: the converter's float file of `converted` holding
     each activation's calibrated range (`_experimental_calibrate_only`), a max pool's
     unbounded padding given its input's range (`tflite_padding.padding_ranges`), the
@@ -249,7 +252,8 @@ def calibrated(converted, model, options) -> tuple:
     return tflite_ranges.with_ranges(content, new), [record]
 
 
-def quantized(content, options, float_nodes=()) -> bytes:
+def quantized(content: bytes, options: QuantizationOptions,
+              float_nodes: Iterable[str] = ()) -> bytes:
     """The calibrated file `content` quantized by the converter's own quantizer
     (`mlir_quantize`, what `convert()` calls after calibrating), the ops whose output
     tensors are named in `float_nodes` left in float (as the QuantizationDebugger's
@@ -307,7 +311,7 @@ def op_counts(content):
 
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     model = schema.Model.GetRootAsModel(content, 0)
-    counts = collections.Counter()
+    counts: collections.Counter[str] = collections.Counter()
     for s in range(model.SubgraphsLength()):
         subgraph = model.Subgraphs(s)
         for o in range(subgraph.OperatorsLength()):

@@ -16,6 +16,7 @@ Two things go wrong in the converter's files of such a model:
 
 import numpy as np
 
+from keras_bn.flavour import DType
 from keras_bn.quantization import affine
 
 #: A padding value this far out is a max pool's "minus infinity" (-inf, or the lowest
@@ -60,7 +61,7 @@ def padding_ranges(content: bytes) -> dict:
     return found
 
 
-def padding_value(value: float, scale: float, zero_point: int, dtype) -> int:
+def padding_value(value: float, scale: float, zero_point: int, dtype: DType) -> int:
     """The integer of `dtype` that stands for the padding `value` on the input's grid
     (`real = scale * (q - zero_point)`), saturated: an unbounded value becomes the
     lowest or highest integer (`keras_bn.quantization.affine.quantize`)."""

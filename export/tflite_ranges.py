@@ -12,6 +12,7 @@ converter's file computes.
 
 import os
 import tempfile
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -49,7 +50,8 @@ def with_ranges(content: bytes, ranges: dict) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def histograms(content: bytes, feeds, tensors: dict, bins: int = BINS) -> dict:
+def histograms(content: bytes, feeds: Iterable[dict[str, np.ndarray]], tensors: dict,
+               bins: int = BINS) -> dict:
     """`{tensor index: counts}` of each calibrated tensor of `tensors`
     (`recorded_ranges`' form) over its [min, max], summed over `feeds` (dicts from input
     name to a batch), the file run in LiteRT in a child process."""
@@ -57,7 +59,7 @@ def histograms(content: bytes, feeds, tensors: dict, bins: int = BINS) -> dict:
 
     wanted = _text([[i, low, high, bins] for i, (_, low, high) in tensors.items()
                     if high > low])
-    totals = {}
+    totals: dict[int, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "calibrated.tflite")
         with open(path, "wb") as f:
@@ -70,7 +72,7 @@ def histograms(content: bytes, feeds, tensors: dict, bins: int = BINS) -> dict:
     return totals
 
 
-def estimate(content: bytes, feeds, estimator: str) -> tuple:
+def estimate(content: bytes, feeds: Iterable[dict[str, np.ndarray]], estimator: str) -> tuple:
     """`(ranges, Technique)`: the new `{tensor index: (min, max)}` of a calibrated file's
     activations by `estimator` (`keras_bn.quantization.ranges`), and the record of what
     changed."""

@@ -24,12 +24,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from keras_bn import flavour
 from keras_bn.errors import InputError, VerificationError
 from keras_bn.files.output import atomic_path
+from keras_bn.flavour import Model
+from keras_bn.quantization.options import Prepared
+
+if TYPE_CHECKING:
+    from keras_bn.export.checks import ExportResult
 
 #: What the child passes on to the exporter, by format.
 _OPTIONS = {"onnx": ("fold", "opset"), "tflite": ("fold",)}
@@ -37,7 +43,8 @@ _OPTIONS = {"onnx": ("fold", "opset"), "tflite": ("fold",)}
 _QUANTIZATION = ("mode", "calibration_rows", "ranges", "equalization", "bias_correction")
 
 
-def export(fmt: str, model, path, ready, options: dict):
+def export(fmt: str, model: Model, path: str | os.PathLike, ready: Prepared,
+           options: dict) -> "ExportResult":
     """`to_onnx` / `to_tflite` (`fmt` "onnx" or "tflite") of a Keras 3 `model` on a
     backend other than TensorFlow, with the exporter's `options` and its checked
     quantization decisions `ready` (a `keras_bn.quantization.options.Prepared`: the child

@@ -33,6 +33,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+from collections.abc import Callable
 
 __version__ = "0.1.0"
 
@@ -74,8 +75,9 @@ class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     the import machinery asks this finder first, and it hands back the module's own spec
     with itself as the loader, which runs the module's loader and then `then`."""
 
-    def __init__(self, name, then):
-        self.name, self.then, self.loader = name, then, None
+    def __init__(self, name: str, then: Callable[[], None]) -> None:
+        self.name, self.then = name, then
+        self.loader: importlib.abc.Loader | None = None
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname != self.name or self.loader is not None:
@@ -88,9 +90,11 @@ class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return spec
 
     def create_module(self, spec):
+        assert self.loader is not None  # set by find_spec, which hands out self
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
+        assert self.loader is not None
         module.__spec__.loader = module.__loader__ = self.loader  # as if never here
         self.loader.exec_module(module)
         try:

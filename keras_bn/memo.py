@@ -3,13 +3,15 @@ alive and its weights (and the other inputs of the derivation) are unchanged."""
 
 import hashlib
 import weakref
+from typing import Any
 
 import numpy as np
 
 from keras_bn import flavour
+from keras_bn.flavour import Model
 
 
-def weights_digest(model, *arrays) -> bytes:
+def weights_digest(model: Model, *arrays: Any) -> bytes:
     """A digest of the model's weights and of any further `arrays` (None for absent)."""
     digest = hashlib.blake2b(digest_size=16)
     for value in [*flavour.of(model).get_values(model.weights), *arrays]:

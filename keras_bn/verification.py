@@ -10,8 +10,8 @@ import numpy as np
 
 from keras_bn import flavour
 from keras_bn.errors import InputError, VerificationError
-from keras_bn.memo import LastModel, weights_digest
 from keras_bn.layers.find import all_layers
+from keras_bn.memo import LastModel, weights_digest
 
 
 def random_inputs(model, batch=2, unknown_dim=32, seed=0):
@@ -43,7 +43,8 @@ def verification_batches(model, samples):
 
 def _first_layers(model):
     """For each model input, the one layer that reads it (None where several do)."""
-    readers, plumbing = {}, flavour.of(model)
+    readers: dict[int, list] = {}
+    plumbing = flavour.of(model)
     for layer in model.layers:
         if plumbing.is_input_layer(layer):
             continue
@@ -135,10 +136,10 @@ class Verdict:
       scale: the largest |output| of the model on them.
     """
 
-    max_error: float = None
-    tolerance: float = None
-    scale: float = None
-    noise: float = None
+    max_error: float | None = None
+    tolerance: float | None = None
+    scale: float | None = None
+    noise: float | None = None
     noise_note: str = ""
     inputs: str = ""
 
@@ -310,7 +311,7 @@ def _compute_eps(model):
                 for layer in all_layers(model)] + [0.0])
 
 
-def noise_label(verdict) -> str:
+def noise_label(verdict: Verdict) -> str:
     """What a verdict's noise is: "float32 noise", or for a model computing in float64
     "float64 rounding noise" (`float32_noise`)."""
     return ("float64 rounding noise" if verdict.noise_note.startswith("computes in float64")

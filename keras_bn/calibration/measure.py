@@ -12,6 +12,7 @@ across examples and batches are taken here in float64 numpy. TensorFlow is impor
 
 import contextlib
 import weakref
+from typing import Any
 
 import numpy as np
 
@@ -129,7 +130,7 @@ def recording(layers, backend="tensorflow", normalize="stored"):
     "stored", each layer then runs as itself (inference mode: its stored statistics);
     "batch", it returns its input normalized by the batch's statistics
     (`batch_normalized`)."""
-    records = {name: [] for name, _ in layers}
+    records: dict[str, list] = {name: [] for name, _ in layers}
     keep_python = (_tensorflow().autograph.experimental.do_not_convert
                    if backend == "tensorflow" else (lambda f: f))
     for name, layer in layers:
@@ -224,7 +225,7 @@ def measure_inputs(model, layers, data, steps=None, batch_size=32, verbose=0,
 #: function is traced once per model, mode and input shape, not at every pass or call
 #: (tracing MobileNetV2 took ~0.7 s, 9x the `predict` of 64 images). Weak keys, and the
 #: step holds the model weakly.
-_STEPS = weakref.WeakKeyDictionary()
+_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _tensorflow_step(owner, holder):
@@ -286,7 +287,7 @@ def _compiled_step(model, layers, backend, normalize="stored"):
     if steps is None or any(k[0] != key[0] for k in steps):  # other layers: start again
         steps = _STEPS[model] = {}
     if key not in steps:
-        holder = {}
+        holder: dict[str, Any] = {}
         steps[key] = (_STEP_BUILDERS[backend](weakref.ref(model), holder), holder)
     return steps[key]
 

@@ -25,6 +25,7 @@ from keras_bn import flavour
 from keras_bn.calibration.measure import measure_inputs
 from keras_bn.calibration.recalibration import recalibrate
 from keras_bn.errors import InputError
+from keras_bn.flavour import CallbackCore, Flavour, Inputs, Model
 from keras_bn.layers.find import distinct_batch_norm_layers, is_ours
 
 
@@ -34,7 +35,7 @@ def _tensorflow():
     return tf
 
 
-def callback_classes(plumbing, module: str) -> tuple[type, type]:
+def callback_classes(plumbing: Flavour, module: str) -> tuple[type, type]:
     """`(PreciseBN, BatchNormMonitor)` on the flavour's `Callback` base class, named as
     public classes of `module`."""
     def make(core, name):
@@ -56,7 +57,7 @@ def _check_flavour(callback, model):
             f"{type(callback).__name__} for it.")
 
 
-class PreciseBNCore:
+class PreciseBNCore(CallbackCore):
     """Recalibrates every BN layer on `data` every `every_n_epochs` epochs.
 
     The moving averages lag behind the weights; precise statistics (the exact mean and
@@ -76,35 +77,39 @@ class PreciseBNCore:
       history: `(epoch, recalibrate's summary)` per recalibration.
     """
 
-    def __init__(self, data, every_n_epochs=1, batch_size=32, steps=None, passes=None,
-                 verbose=0):
+    def __init__(self, data: Inputs, every_n_epochs: int = 1, batch_size: int = 32,
+                 steps: int | None = None, passes: int | None = None,
+                 verbose: int = 0) -> None:
         super().__init__()
         if every_n_epochs < 1:
             raise InputError(f"PreciseBN got every_n_epochs={every_n_epochs}; it must be >= 1.")
         self.data, self.every_n_epochs = data, every_n_epochs
-        self.options = {"batch_size": batch_size, "steps": steps, "passes": passes}
-        self.verbose, self.history = verbose, []
-        self._epoch, self._done = None, set()
+        self.batch_size, self.steps, self.passes = batch_size, steps, passes
+        self.verbose = verbose
+        #: `(epoch, recalibrate's summary)` of each recalibration.
+        self.history: list[tuple[int, list]] = []
+        self._epoch: int | None = None
+        self._done: set[int] = set()
 
-    def set_model(self, model):
+    def set_model(self, model: Model) -> None:
         _check_flavour(self, model)
         super().set_model(model)
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         self._epochs = self.params.get("epochs") if self.params else None
         self._done = set()  # epochs count from 0 again in each `fit`
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch = epoch
 
-    def on_test_begin(self, logs=None):
+    def on_test_begin(self, logs: dict | None = None) -> None:
         if self._epoch is not None:  # validation inside `fit`, not a separate evaluate()
             self._maybe_recalibrate(self._epoch)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._maybe_recalibrate(epoch)
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict | None = None) -> None:
         self._epoch = None
 
     def _maybe_recalibrate(self, epoch):
@@ -112,7 +117,8 @@ class PreciseBNCore:
         if epoch in self._done or not ((epoch + 1) % self.every_n_epochs == 0 or last):
             return
         self._done.add(epoch)
-        summary = recalibrate(self.model, self.data, verbose=0, **self.options)
+        summary = recalibrate(self.model, self.data, verbose=0, batch_size=self.batch_size,
+                              steps=self.steps, passes=self.passes)
         self.history.append((epoch, summary))
         if self.verbose:
             shift = max(row["mean_shift"] for row in summary)
@@ -120,7 +126,7 @@ class PreciseBNCore:
                   f"largest mean shift {shift:.3f} std")
 
 
-class BatchNormMonitorCore:
+class BatchNormMonitorCore(CallbackCore):
     """Logs, per BN layer, how its statistics behave during training.
 
     At the end of every `every_n_epochs`-th epoch the model runs on `probe` (a few
@@ -156,18 +162,20 @@ class BatchNormMonitorCore:
     COLUMNS = ["epoch", "layer", "mean_drift", "variance_ratio", "gamma_near_zero",
                "skipped_updates", "r_clipped", "d_clipped"]
 
-    def __init__(self, probe, log_path="bn_monitor", log_dir=None, every_n_epochs=1,
-                 gamma_threshold=1e-3, batch_size=64):
+    def __init__(self, probe: Inputs, log_path: str | os.PathLike = "bn_monitor",
+                 log_dir: str | None = None, every_n_epochs: int = 1,
+                 gamma_threshold: float = 1e-3, batch_size: int = 64) -> None:
         super().__init__()
         self.probe, self.log_path, self.log_dir = probe, os.fspath(log_path), log_dir
         self.every_n_epochs, self.gamma_threshold = every_n_epochs, gamma_threshold
-        self.batch_size, self.rows, self._writer = batch_size, [], None
+        self.batch_size, self._writer = batch_size, None
+        self.rows: list[dict] = []
 
-    def set_model(self, model):
+    def set_model(self, model: Model) -> None:
         _check_flavour(self, model)
         super().set_model(model)
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         directory = os.path.dirname(os.path.abspath(self.log_path))
         os.makedirs(directory, exist_ok=True)
         with open(self.log_path + ".csv", "w", newline="") as f:
@@ -181,7 +189,7 @@ class BatchNormMonitorCore:
             else:
                 self._writer = _tensorflow().summary.create_file_writer(self.log_dir)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if (epoch + 1) % self.every_n_epochs:
             return
         layers = list(distinct_batch_norm_layers(self.model))
@@ -204,7 +212,7 @@ class BatchNormMonitorCore:
                                                          row[key])
             self._writer.flush()
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict | None = None) -> None:
         if self._writer is not None:
             self._writer.close()
 

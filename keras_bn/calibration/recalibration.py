@@ -4,8 +4,9 @@ a data set (precise BN; on new, unlabelled data, AdaBN)."""
 import numpy as np
 
 from keras_bn import flavour
-from keras_bn.errors import InputError
 from keras_bn.calibration.measure import measure_inputs
+from keras_bn.errors import InputError
+from keras_bn.flavour import Inputs, Model
 from keras_bn.layers.find import distinct_batch_norm_layers
 
 
@@ -14,7 +15,7 @@ from keras_bn.layers.find import distinct_batch_norm_layers
 CONVERGED = 1e-4
 
 
-def recalibrate(model, data, *, steps: int | None = None, batch_size: int = 32,
+def recalibrate(model: Model, data: Inputs, *, steps: int | None = None, batch_size: int = 32,
                 passes: int | None = None, verbose: int = 1) -> list:
     """Sets every BN layer's moving statistics to the exact statistics of its inputs.
 

@@ -171,7 +171,7 @@ def _parser():
                                      "the calibration rows)")
     made["sensitivity"].add_argument("--format", choices=("tflite", "onnx"),
                                      default="tflite", help="the file format (default tflite)")
-    made["sensitivity"].add_argument("--quantize", choices=("int8", "int8-io", "int16x8"),
+    made["sensitivity"].add_argument("--quantize", choices=CALIBRATED,
                                      default="int8", metavar="MODE",
                                      help="int8 (default), int8-io (TFLite) or int16x8 (ONNX)")
     made["sensitivity"].add_argument("--ranges", choices=ESTIMATORS, default="minmax",
@@ -306,7 +306,7 @@ def _export(args):
                                          quantize=options, fold=fold, samples=samples))
     except Exception as error:
         if len(outputs) > 1:
-            error.keras_bn_outcome = f"none of {', '.join(outputs)} was written"
+            setattr(error, "keras_bn_outcome", f"none of {', '.join(outputs)} was written")
         raise
     print(results_table(results))
     for r in results:
@@ -550,7 +550,8 @@ def _escaping_output():
     try:
         yield
     finally:
-        sys.stdout.flush(), sys.stderr.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
         sys.stdout, sys.stderr = saved
 
 

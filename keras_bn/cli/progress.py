@@ -21,7 +21,7 @@ class Steps:
             print(" failed", file=self.stream, flush=True)
             if not hasattr(error, "keras_bn_step"):  # the CLI's message names the step
                 try:
-                    error.keras_bn_step = label
+                    setattr(error, "keras_bn_step", label)
                 except AttributeError:  # an exception type without a __dict__
                     pass
             raise

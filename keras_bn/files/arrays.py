@@ -30,7 +30,8 @@ def zip_bomb(info):
     return None
 
 
-def load_arrays(path: str | os.PathLike, shown: str | None = None):
+def load_arrays(path: str | os.PathLike,
+                shown: str | None = None) -> np.ndarray | dict[str, np.ndarray]:
     """The array of a `.npy` file, or the dict of arrays of a `.npz` file, by name
     (`shown` names the file in errors; default `path`).
 
@@ -38,7 +39,7 @@ def load_arrays(path: str | os.PathLike, shown: str | None = None):
       InputError: not a numpy file, an object (pickled) array, a declared shape larger
         than the file holds, or a truncated or corrupt member.
     """
-    shown = shown or path
+    shown = shown or os.fspath(path)
     try:
         with open(path, "rb") as f:
             magic = f.read(6)

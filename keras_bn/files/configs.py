@@ -11,6 +11,7 @@ the arguments a layer would read as a path must be inline values. The compile
 configuration is skipped: models load with `compile=False`, which never reads it.
 """
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from keras_bn.files import allowlist
@@ -30,7 +31,8 @@ class Refusal(NamedTuple):
 _NOT_LOADED = ("compile_config", "training_config")
 
 
-def refusals(config, custom=frozenset(), revivable=None) -> list[Refusal]:
+def refusals(config: dict | list, custom: frozenset[str] | set[str] = frozenset(),
+             revivable: Callable[[str], bool] | None = None) -> list[Refusal]:
     """Every request in a parsed configuration that is not on the allowlist, with what
     loading it would make the loader do.
 
@@ -62,7 +64,8 @@ def refusals(config, custom=frozenset(), revivable=None) -> list[Refusal]:
                 layer = _layer_name(node, layer)
                 what = _request(node, custom)
                 if isinstance(what, Refusal):  # a class Keras and keras_bn do not have
-                    if not (revivable and revivable(what.class_name)):
+                    if not (revivable and what.class_name is not None
+                            and revivable(what.class_name)):
                         found.append(what._replace(layer=layer))
                 elif what:
                     found.append(Refusal(layer, what))

@@ -43,7 +43,7 @@ def _import(module):
         if module.endswith(".py") or os.sep in module:
             name = os.path.splitext(os.path.basename(module))[0]
             spec = importlib.util.spec_from_file_location(name, module)
-            if spec is None or not os.path.isfile(module):
+            if spec is None or spec.loader is None or not os.path.isfile(module):
                 raise FileNotFoundError(f"no such file {module!r}")
             loaded = importlib.util.module_from_spec(spec)
             sys.modules[name] = loaded

@@ -31,6 +31,7 @@ import zipfile
 from keras_bn import flavour
 from keras_bn.errors import InputError, UnsafeModelError
 from keras_bn.files import allowlist, arrays, configs, custom, hdf5, private_copy, saved_model
+from keras_bn.flavour import Model
 
 
 def model_format(path):
@@ -129,7 +130,7 @@ def check_safe(path, shown=None, allowed=frozenset()):
     requests = "; ".join(f"layer {ref.layer!r}: {ref.what}" for ref in found
                          if not ref.custom_class)
     packages = list(dict.fromkeys(ref.package for ref in found))
-    if found and None not in packages and all(map(_installed, packages)):
+    if found and all(p is not None and _installed(p) for p in packages):
         imports = " ".join(f"--import {p}" for p in packages)
         raise UnsafeModelError(
             f"{shown}: layer(s) {', '.join(dict.fromkeys(repr(r.layer) for r in found))} "
@@ -183,7 +184,7 @@ def _check_zip(path, shown):
 
 
 def load_model(path: str | os.PathLike, unsafe: bool = False, imports: tuple = (),
-               custom_objects: dict | None = None):
+               custom_objects: dict | None = None) -> Model:
     """Loads a `.keras`, `.h5` or SavedModel file, checked first (see the module docstring).
 
     keras_bn's layers need no flags. Anything else off the allowlist (a custom layer, a

@@ -12,8 +12,8 @@ of several steps are renamed into place together at the end, or none is.
 import contextlib
 import contextvars
 import os
-import shutil
 import secrets
+import shutil
 import tempfile
 
 from keras_bn.errors import InputError
@@ -130,7 +130,8 @@ def atomic_folder(path, inputs=()):
 
 
 #: The files verified so far inside `all_or_nothing`: (temporary path, destination).
-_BATCH = contextvars.ContextVar("keras_bn_output_batch", default=None)
+_BATCH: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "keras_bn_output_batch", default=None)
 
 
 @contextlib.contextmanager
@@ -144,7 +145,7 @@ def all_or_nothing():
     Raises:
       OSError: a rename at the end failed (after the rollback).
     """
-    batch = []
+    batch: list = []
     token = _BATCH.set(batch)
     try:
         yield

@@ -9,6 +9,7 @@ nothing but the saver reaches. Asset file names must stay inside `assets/`.
 """
 
 import os
+from typing import Any
 
 from keras_bn.errors import InputError, UnsafeModelError
 from keras_bn.files import allowlist
@@ -22,7 +23,8 @@ def metadata_texts(path, shown):
 
     meta = os.path.join(path, "keras_metadata.pb")
     if os.path.exists(meta):
-        metadata = flavour.named("tf_keras").saved_metadata()
+        tf_keras: Any = flavour.named("tf_keras")  # saved_metadata: tf-keras's alone
+        metadata = tf_keras.saved_metadata()
         with open(meta, "rb") as f:
             metadata.ParseFromString(f.read())
         texts = [node.metadata for node in metadata.nodes]

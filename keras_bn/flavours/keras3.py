@@ -7,10 +7,14 @@ Keras 3 picks its backend (TensorFlow, JAX, ...) from `KERAS_BACKEND` when it is
 imported; nothing here assumes TensorFlow except where it says so.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Any
 
 import keras
 import numpy as np
+
+from keras_bn.flavour import DType, Layer, Model, Tensor, Variable
 
 #: The flavour's name in messages.
 TITLE = "Keras 3"
@@ -41,34 +45,34 @@ def register_serializable(cls: type) -> type:
     return keras.saving.register_keras_serializable(package="keras_bn")(cls)
 
 
-def is_graph_model(model) -> bool:
+def is_graph_model(model: Model) -> bool:
     """A Sequential or functional model (whose graph its config describes)."""
     return isinstance(model, (keras.Sequential, keras.src.models.Functional))
 
 
-def operations(model) -> dict:
+def operations(model: Model) -> dict[str, Layer]:
     """Name -> every node of the model's graph: its layers and its ops (`x * 2.0`,
     `keras.ops.*` calls are Operations in Keras 3, not layers)."""
     return {op.name: op for op in getattr(model, "operations", model.layers)}
 
 
-def is_input_layer(layer) -> bool:
+def is_input_layer(layer: Layer) -> bool:
     return isinstance(layer, keras.layers.InputLayer)
 
 
-def is_linear(activation) -> bool:
+def is_linear(activation: Callable | None) -> bool:
     return activation is None or activation is keras.activations.linear
 
 
-def output_rank(layer) -> int:
+def output_rank(layer: Layer) -> int:
     return len(layer.output.shape)
 
 
-def input_rank(layer) -> int:
+def input_rank(layer: Layer) -> int:
     return len(layer.input.shape)
 
 
-def call_input(model, layer):
+def call_input(model: Model, layer: Layer) -> Tensor:
     """The input tensor(s) of `layer`'s call in `model`'s graph. `layer.input` is the
     input of its first call anywhere: for a layer also called in another model (shared
     between models built on other Inputs), that model's tensor, not connected to
@@ -84,36 +88,36 @@ def call_input(model, layer):
     return layer.input
 
 
-def input_names(model) -> list[str]:
+def input_names(model: Model) -> list[str]:
     """The names of the model's Input layers, in input order (Keras 3 has no
     `model.input_names`; an unnamed Input is called `input_layer`, `input_layer_1`...)."""
     return [t._keras_history.operation.name if hasattr(t, "_keras_history") else f"input_{i}"
             for i, t in enumerate(model.inputs)]
 
 
-def output_names(model) -> list[str]:
+def output_names(model: Model) -> list[str]:
     """The names of the layers whose outputs are the model outputs, in output order."""
     return [t._keras_history.operation.name if hasattr(t, "_keras_history") else f"output_{i}"
             for i, t in enumerate(model.outputs)]
 
 
-def numpy_dtype(variable) -> np.dtype:
+def numpy_dtype(variable: Variable) -> np.dtype:
     """The numpy dtype of a variable or tensor spec."""
     return np.dtype(keras.backend.standardize_dtype(variable.dtype))
 
 
-def get_values(tensors) -> list[np.ndarray]:
+def get_values(tensors: Iterable[Variable]) -> list[np.ndarray]:
     """Numpy values of variables or tensors."""
     return [keras.ops.convert_to_numpy(t) for t in tensors]
 
 
-def set_values(pairs) -> None:
+def set_values(pairs: Iterable[tuple[Variable, Any]]) -> None:
     """Assigns `(variable, value)` pairs."""
     for variable, value in pairs:
         variable.assign(np.asarray(value, numpy_dtype(variable)))
 
 
-def flatten(structure) -> list:
+def flatten(structure: Any) -> list:
     return keras.tree.flatten(structure)
 
 
@@ -122,7 +126,7 @@ def is_builtin_layer_class(cls: type) -> bool:
     return getattr(keras.layers, cls.__name__, None) is cls
 
 
-def is_revived(layer) -> bool:
+def is_revived(layer: Layer) -> bool:
     """Keras 3 loads no SavedModel as a model, so no layer of it is revived."""
     return False
 
@@ -136,7 +140,7 @@ def registered_name(cls: type) -> str:
     return keras.saving.get_registered_name(cls)
 
 
-def unsafe_deserialization():
+def unsafe_deserialization() -> AbstractContextManager:
     """A context in which `from_config` may rebuild Lambda layers, for models whose code
     already runs in this process (Keras 3's own scope; public API has only a global)."""
     from keras.src.saving.serialization_lib import SafeModeScope
@@ -144,28 +148,29 @@ def unsafe_deserialization():
     return SafeModeScope(False)
 
 
-def add_parameter(layer, name: str, shape, dtype, initializer, regularizer=None,
-                  constraint=None):
+def add_parameter(layer: Layer, name: str, shape: tuple, dtype: DType, initializer: Any,
+                  regularizer: Any = None, constraint: Any = None) -> Variable:
     """A trainable per-channel weight kept in `dtype` (float32 under mixed precision)."""
     return layer.add_weight(name=name, shape=shape, dtype=dtype, initializer=initializer,
                             regularizer=regularizer, constraint=constraint, trainable=True,
                             autocast=False)
 
 
-def add_statistic(layer, name: str, shape, dtype, initializer):
+def add_statistic(layer: Layer, name: str, shape: tuple, dtype: DType,
+                  initializer: Any) -> Variable:
     """A non-trainable statistic: saved with the model, averaged across replicas."""
     return layer.add_weight(name=name, shape=shape, dtype=dtype, initializer=initializer,
                             trainable=False, autocast=False, aggregation="mean")
 
 
-def add_counter(layer, name: str):
+def add_counter(layer: Layer, name: str) -> Variable:
     """A non-trainable int32 counter (JAX has no int64 without x64 mode; 2^31 steps)."""
     return layer.add_weight(name=name, shape=(), dtype="int32", initializer="zeros",
                             trainable=False, autocast=False,
                             aggregation="only_first_replica")
 
 
-def custom_objects() -> dict:
+def custom_objects() -> dict[str, Any]:
     """The global registry of this flavour's serializable objects ("package>Name" ->
     object), which its loaders search before any module."""
     return keras.saving.get_custom_objects()
@@ -177,39 +182,40 @@ def custom_objects() -> dict:
 NormalizationBase = keras.layers.Layer
 
 
-def is_float(dtype) -> bool:
+def is_float(dtype: DType) -> bool:
     return "float" in keras.backend.standardize_dtype(dtype)
 
 
-def dtype_name(dtype) -> str:
+def dtype_name(dtype: DType) -> str:
     """`"float32"`, `"bfloat16"`, ...: a dtype as Keras names it."""
     return keras.backend.standardize_dtype(dtype)
 
 
-def shape_tuple(input_shape) -> tuple | None:
+def shape_tuple(input_shape: Any) -> tuple | None:
     """A build's `input_shape` as a tuple (None for unknown dimensions), or None."""
     return None if input_shape is None else tuple(input_shape)
 
 
-def parameter_dtype(layer):
+def parameter_dtype(layer: Layer) -> DType:
     """The dtype of gamma, beta and the statistics: the policy's variable dtype
     (float32 under mixed precision)."""
     return layer.variable_dtype
 
 
-def output_dtype(layer, x):
+def output_dtype(layer: Layer, x: Tensor) -> DType:
     """The dtype of the layer's output: its compute dtype."""
     del x
     return layer.compute_dtype
 
 
-def training_flag(layer, training):
+def training_flag(layer: Layer, training: Any) -> Any:
     """The effective `training` value of a call, a Python bool: Keras 3 passes one (None
     is inference); a layer with `trainable=False` always runs in inference mode."""
     return bool(training) and layer.trainable
 
 
-def train_or_infer(training, train: Callable, infer: Callable):
+def train_or_infer(training: Any, train: Callable[[Any], Tensor],
+                   infer: Callable[[], Tensor]) -> Tensor:
     """`train(True)` if `training` else `infer()`. Keras 3's `training` is a Python bool
     (`training_flag`), so this branch is taken in Python."""
     return train(True) if training else infer()
@@ -221,7 +227,8 @@ def fuses_elementwise() -> bool:
     return backend() == "jax"
 
 
-def select(condition, if_true: Callable, if_false: Callable):
+def select(condition: Tensor, if_true: Callable[[], Any],
+           if_false: Callable[[], Any]) -> Any:
     """`if_true()` where the scalar boolean tensor `condition` holds, else `if_false()`:
     one branch computed (`keras.ops.cond`), except on JAX, where both are and
     `keras.ops.where` picks (a `lax.cond` keeps XLA from fusing the elementwise ops
@@ -232,7 +239,8 @@ def select(condition, if_true: Callable, if_false: Callable):
     return keras.ops.cond(condition, if_true, if_false)
 
 
-def fused_fake_quant(x, low, high, scale, zero_point):
+def fused_fake_quant(x: Tensor, low: Tensor, high: Tensor, scale: Tensor,
+                     zero_point: Tensor) -> Tensor | None:
     """`x` on the 8-bit grid over `[low, high]` (scalar tensors, the range holding zero;
     `scale` and `zero_point` its grid, `keras_bn.quantization.fake_quant.grid`) by the
     backend's fused kernel, whose gradient is the straight-through estimator inside the
@@ -254,7 +262,7 @@ def fused_fake_quant(x, low, high, scale, zero_point):
     return None
 
 
-def fake_quant_op(x, low: float, high: float):
+def fake_quant_op(x: Tensor, low: float, high: float) -> Tensor:
     """TensorFlow's own 8-bit fake quantization of `x` over `[low, high]`
     (`FakeQuantWithMinMaxArgs`, the op both converters read as a tensor's int8 range) on
     the TensorFlow backend; None on the others, which have no such op."""
@@ -265,18 +273,18 @@ def fake_quant_op(x, low: float, high: float):
     return tf.quantization.fake_quant_with_min_max_args(x, min=low, max=high, num_bits=8)
 
 
-def assign(layer, variable, value) -> None:
+def assign(layer: Layer, variable: Variable, value: Tensor) -> None:
     """`variable.assign(value)` (Keras 3 tracks the new value itself, on every backend)."""
     del layer
     variable.assign(value)
 
 
-def assign_add(layer, variable, delta) -> None:
+def assign_add(layer: Layer, variable: Variable, delta: Tensor) -> None:
     del layer
     variable.assign_add(ops.cast(delta, variable.dtype))
 
 
-def assert_batch_divides(x, size: int, message: str) -> None:
+def assert_batch_divides(x: Tensor, size: int, message: str) -> None:
     """At run time, for a batch whose size is unknown when the graph is built (the
     TensorFlow backend; JAX traces with static shapes, checked before)."""
     if backend() == "tensorflow":
@@ -313,7 +321,7 @@ def _plain(model):
     return keras.src.models.Functional(model.input, model.output, name=model.name)
 
 
-def plain_class(model) -> type:
+def plain_class(model: Model) -> type[Model]:
     """The class a rebuilt `model` has: Sequential, or plain Functional (a functional
     subclass's constructor takes its own arguments, not a graph)."""
     return keras.Sequential if isinstance(model, keras.Sequential) else \
@@ -345,7 +353,7 @@ def _output_refs_as_lists(value):
     return value
 
 
-def model_config(model) -> dict:
+def model_config(model: Model) -> dict:
     """The config of the model's graph: a functional subclass's (and a nested one's) as a
     plain functional model's, tensor references as mutable lists, other values as Keras
     gave them (tuples stay tuples)."""
@@ -367,12 +375,12 @@ def model_config(model) -> dict:
     return config
 
 
-def rename(layer, name: str) -> None:
+def rename(layer: Layer, name: str) -> None:
     """Gives a rebuilt layer its original's name (a constructor that drops `name`)."""
     layer.name = name
 
 
-def sublayers(layer) -> list:
+def sublayers(layer: Layer) -> list[Layer]:
     """The layers `layer` holds directly (a custom layer's blocks, a wrapper's layer); none
     for an op node."""
     if not isinstance(layer, keras.layers.Layer):
@@ -380,7 +388,7 @@ def sublayers(layer) -> list:
     return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
-def walk_references(inbound_nodes, on_reference: Callable[[list], object]) -> None:
+def walk_references(inbound_nodes: Any, on_reference: Callable[[list], object]) -> None:
     """Calls `on_reference(keras_history)` (a mutable `[layer, node, tensor]` list) on
     every tensor reference of a layer's `inbound_nodes`."""
     if isinstance(inbound_nodes, dict) and inbound_nodes.get("class_name") == _KERAS_TENSOR:
@@ -404,13 +412,13 @@ def read_call(data: dict, make_ref: Callable[[list], object]) -> tuple[list, dic
 # -- Export: how a model of this flavour reaches the converters (TensorFlow backend) ------
 
 
-def output_structure(model):
+def output_structure(model: Model) -> Any:
     """The model's outputs as it returns them: a tensor, a list, or a dict (nested)."""
     structure = getattr(model, "_outputs_struct", None)
     return model.outputs if structure is None else structure
 
 
-def serving_function(model, signature: list, output_names: list[str]):
+def serving_function(model: Model, signature: list, output_names: list[str]) -> Any:
     """The concrete `tf.function` of the model's inference call on `signature` (the
     TensorFlow backend), returning a dict from `output_names` to the flat outputs."""
     import tensorflow as tf
@@ -427,8 +435,8 @@ def _named(outputs, output_names):
     return dict(zip(output_names, keras.tree.flatten(outputs)))
 
 
-def tflite_content(model, signature: list, output_names: list[str],
-                   configure: Callable) -> bytes:
+def tflite_content(model: Model, signature: list, output_names: list[str],
+                   configure: Callable[[Any], None]) -> bytes:
     """The TFLite file of `model`, by the route of Keras 3's own LiteRT export (an
     `ExportArchive` -> SavedModel -> converter: a concrete function of a Keras 3 model
     converts to a file whose outputs are NaN, measured), with the outputs named

@@ -6,12 +6,15 @@ belongs to. The layer core reaches tensors through `ops` (`keras.ops`'s names, i
 TensorFlow) and the Keras layer machinery through the functions under "The layers".
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from keras_bn.flavour import DType, Layer, Model, Tensor, Variable
 from keras_bn.flavours import tf_ops as ops
 
 #: The flavour's name in messages.
@@ -42,34 +45,34 @@ def register_serializable(cls: type) -> type:
     return keras.saving.register_keras_serializable(package="keras_bn")(cls)
 
 
-def is_graph_model(model) -> bool:
+def is_graph_model(model: Model) -> bool:
     """A Sequential or functional model (whose graph its config describes), not a
     subclassed one. tf-keras marks these with `_is_graph_network`; no public API says it."""
     return isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)
 
 
-def operations(model) -> dict:
+def operations(model: Model) -> dict[str, Layer]:
     """Name -> every node of the model's graph (in tf-keras, TF ops are layers too)."""
     return {layer.name: layer for layer in model.layers}
 
 
-def is_input_layer(layer) -> bool:
+def is_input_layer(layer: Layer) -> bool:
     return isinstance(layer, keras.layers.InputLayer)
 
 
-def is_linear(activation) -> bool:
+def is_linear(activation: Callable | None) -> bool:
     return activation is None or activation is keras.activations.linear
 
 
-def output_rank(layer) -> int:
+def output_rank(layer: Layer) -> int:
     return len(layer.output_shape)
 
 
-def input_rank(layer) -> int:
+def input_rank(layer: Layer) -> int:
     return len(layer.input_shape)
 
 
-def call_input(model, layer):
+def call_input(model: Model, layer: Layer) -> Tensor:
     """The input tensor(s) of `layer`'s call in `model`'s graph. `layer.input` is that of
     its only call (it raises for a layer called more than once, in any model): for a
     layer also called in another model, the call that belongs to `model`."""
@@ -80,30 +83,30 @@ def call_input(model, layer):
     return layer.input
 
 
-def input_names(model) -> list[str]:
+def input_names(model: Model) -> list[str]:
     return list(model.input_names)
 
 
-def output_names(model) -> list[str]:
+def output_names(model: Model) -> list[str]:
     return list(model.output_names)
 
 
-def numpy_dtype(variable) -> np.dtype:
+def numpy_dtype(variable: Variable) -> np.dtype:
     """The numpy dtype of a variable or tensor spec."""
     return tf.as_dtype(variable.dtype).as_numpy_dtype
 
 
-def get_values(tensors) -> list[np.ndarray]:
+def get_values(tensors: Iterable[Variable]) -> list[np.ndarray]:
     """Numpy values of variables or tensors, in one call."""
     return keras.backend.batch_get_value(tensors)
 
 
-def set_values(pairs) -> None:
+def set_values(pairs: Iterable[tuple[Variable, Any]]) -> None:
     """Assigns `(variable, value)` pairs in one call."""
     keras.backend.batch_set_value(list(pairs))
 
 
-def flatten(structure) -> list:
+def flatten(structure: Any) -> list:
     return tf.nest.flatten(structure)
 
 
@@ -116,7 +119,7 @@ def is_builtin_layer_class(cls: type) -> bool:
 _REVIVED_MODULE = "tf_keras.src.saving.legacy.saved_model.load"
 
 
-def is_revived(layer) -> bool:
+def is_revived(layer: Layer) -> bool:
     """Whether `layer` was revived from a SavedModel without its class: tf-keras made it
     a class named after the saved one, whose calls run the saved graph functions."""
     return type(layer).__module__ == _REVIVED_MODULE and not isinstance(layer, keras.Model)
@@ -138,8 +141,8 @@ def registered_name(cls: type) -> str:
     return keras.saving.get_registered_name(cls)
 
 
-def add_parameter(layer, name: str, shape, dtype, initializer, regularizer=None,
-                  constraint=None):
+def add_parameter(layer: Layer, name: str, shape: tuple, dtype: DType, initializer: Any,
+                  regularizer: Any = None, constraint: Any = None) -> Variable:
     """A trainable per-channel weight kept in `dtype` (float32 under mixed precision)."""
     return layer.add_weight(
         name=name, shape=shape, dtype=dtype, initializer=initializer,
@@ -147,7 +150,8 @@ def add_parameter(layer, name: str, shape, dtype, initializer, regularizer=None,
         experimental_autocast=False)
 
 
-def add_statistic(layer, name: str, shape, dtype, initializer):
+def add_statistic(layer: Layer, name: str, shape: tuple, dtype: DType,
+                  initializer: Any) -> Variable:
     """A non-trainable statistic: saved with the model, averaged across replicas on read."""
     return layer.add_weight(
         name=name, shape=shape, dtype=dtype, initializer=initializer, trainable=False,
@@ -155,7 +159,7 @@ def add_statistic(layer, name: str, shape, dtype, initializer):
         aggregation=tf.VariableAggregation.MEAN, experimental_autocast=False)
 
 
-def add_counter(layer, name: str):
+def add_counter(layer: Layer, name: str) -> Variable:
     """A non-trainable int64 scalar counter (training steps, skipped updates)."""
     return layer.add_weight(
         name=name, shape=(), dtype=tf.int64, initializer="zeros", trainable=False,
@@ -171,7 +175,7 @@ def saved_metadata():
     return saved_metadata_pb2.SavedMetadata()
 
 
-def unsafe_deserialization():
+def unsafe_deserialization() -> AbstractContextManager:
     """A context in which `from_config` may rebuild Lambda layers (Python code), for
     models whose code already runs in this process. tf-keras offers only a global switch
     publicly; its SafeModeScope limits the lift to the `with` block."""
@@ -180,7 +184,7 @@ def unsafe_deserialization():
     return SafeModeScope(False)
 
 
-def custom_objects() -> dict:
+def custom_objects() -> dict[str, Any]:
     """The global registry of this flavour's serializable objects ("package>Name" ->
     object), which its loaders search before any module."""
     return keras.saving.get_custom_objects()
@@ -207,7 +211,7 @@ class NormalizationBase(keras.layers.Layer):
         """
         return self._without_counter(super().non_trainable_weights)
 
-    def load_own_variables(self, store):
+    def load_own_variables(self, store: Any) -> None:
         """As tf-keras's; also reads the variables a tf-keras BatchNormalization saved
         (`.keras` files and `.weights.h5`): all but `skipped_updates`, in order."""
         variables = self._without_counter(self._trainable_weights + self._non_trainable_weights)
@@ -218,23 +222,23 @@ class NormalizationBase(keras.layers.Layer):
         super().load_own_variables(store)
 
 
-def is_float(dtype) -> bool:
+def is_float(dtype: DType) -> bool:
     return tf.as_dtype(dtype).is_floating
 
 
-def dtype_name(dtype) -> str:
+def dtype_name(dtype: DType) -> str:
     """`"float32"`, `"bfloat16"`, ...: a dtype as Keras names it."""
     return tf.as_dtype(dtype).name
 
 
-def shape_tuple(input_shape) -> tuple | None:
+def shape_tuple(input_shape: Any) -> tuple | None:
     """A build's `input_shape` as a tuple (None for unknown dimensions), or None when
     even the rank is unknown."""
     shape = tf.TensorShape(input_shape)
     return None if shape.rank is None else tuple(shape.as_list())
 
 
-def parameter_dtype(layer):
+def parameter_dtype(layer: Layer) -> DType:
     """The dtype of gamma, beta and the statistics: float32 under a float16/bfloat16
     policy (mixed or not), as tf-keras's BatchNormalization."""
     if layer.dtype in ("float16", "bfloat16", None):
@@ -242,13 +246,13 @@ def parameter_dtype(layer):
     return tf.as_dtype(layer.dtype)
 
 
-def output_dtype(layer, x):
+def output_dtype(layer: Layer, x: Tensor) -> DType:
     """The dtype of the layer's output for input `x`: the input's own (tf-keras casts
     floating inputs to the compute dtype before `call`, unless autocast is off)."""
     return x.dtype
 
 
-def training_flag(layer, training):
+def training_flag(layer: Layer, training: Any) -> Any:
     """The effective `training` value of a call: a Python bool or a boolean tensor.
 
     `None` follows the Keras learning phase; a layer with `trainable=False` always runs in
@@ -263,7 +267,8 @@ def training_flag(layer, training):
     return training
 
 
-def train_or_infer(training, train: Callable, infer: Callable):
+def train_or_infer(training: Any, train: Callable[[Any], Tensor],
+                   infer: Callable[[], Tensor]) -> Tensor:
     """`train(training)` where the boolean tensor `training` is true, else `infer()`.
 
     In TF1 graph mode (v1 `fit`, sessions, estimators) the updates must be ops of the
@@ -284,13 +289,15 @@ def fuses_elementwise() -> bool:
     return False
 
 
-def select(condition, if_true: Callable, if_false: Callable):
+def select(condition: Tensor, if_true: Callable[[], Any],
+           if_false: Callable[[], Any]) -> Any:
     """`if_true()` where the scalar boolean tensor `condition` holds, else `if_false()`;
     only that branch is computed (`tf.cond`)."""
     return tf.cond(condition, if_true, if_false)
 
 
-def fused_fake_quant(x, low, high, scale, zero_point):
+def fused_fake_quant(x: Tensor, low: Tensor, high: Tensor, scale: Tensor,
+                     zero_point: Tensor) -> Tensor | None:
     """`x` on the 8-bit grid over `[low, high]` (scalar tensors, the range holding zero)
     by TensorFlow's fused `FakeQuantWithMinMaxVars`, whose gradient is the
     straight-through estimator inside the range (one pass each way instead of a dozen
@@ -300,25 +307,25 @@ def fused_fake_quant(x, low, high, scale, zero_point):
         x, tf.stop_gradient(low), tf.stop_gradient(high), num_bits=8)
 
 
-def fake_quant_op(x, low: float, high: float):
+def fake_quant_op(x: Tensor, low: float, high: float) -> Tensor:
     """TensorFlow's own 8-bit fake quantization of `x` over `[low, high]`
     (`FakeQuantWithMinMaxArgs`, the op both converters read as a tensor's int8 range)."""
     return tf.quantization.fake_quant_with_min_max_args(x, min=low, max=high, num_bits=8)
 
 
-def assign(layer, variable, value) -> None:
+def assign(layer: Layer, variable: Variable, value: Tensor) -> None:
     """`variable.assign(value)`, registered as an update so that TF1 graph mode
     (`layer.updates`, run by v1 `fit` and sessions) applies it too. In eager execution
     and in `tf.function` the assignment itself runs, as in tf-keras."""
     layer.add_update(variable.assign(value))
 
 
-def assign_add(layer, variable, delta) -> None:
+def assign_add(layer: Layer, variable: Variable, delta: Tensor) -> None:
     """`variable.assign_add(delta)`, registered as an update (see `assign`)."""
     layer.add_update(variable.assign_add(tf.cast(delta, variable.dtype)))
 
 
-def assert_batch_divides(x, size: int, message: str) -> None:
+def assert_batch_divides(x: Tensor, size: int, message: str) -> None:
     """At run time, for a batch whose size is unknown when the graph is built."""
     tf.debugging.assert_equal(tf.shape(x)[0] % size, 0, message=message)
 
@@ -372,13 +379,13 @@ def _plain(model):
     return _FUNCTIONAL(model.input, model.output, name=model.name)
 
 
-def plain_class(model) -> type:
+def plain_class(model: Model) -> type[Model]:
     """The class a rebuilt `model` has: Sequential, or plain Functional (a functional
     subclass's constructor takes its own arguments, not a graph)."""
     return keras.Sequential if isinstance(model, keras.Sequential) else _FUNCTIONAL
 
 
-def model_config(model) -> dict:
+def model_config(model: Model) -> dict:
     """The config of the model's graph, as `from_config` takes it back: a functional
     subclass's (and a nested one's) as a plain functional model's."""
     plain = _plain(model)
@@ -398,12 +405,12 @@ def model_config(model) -> dict:
     return config
 
 
-def rename(layer, name: str) -> None:
+def rename(layer: Layer, name: str) -> None:
     """Gives a rebuilt layer its original's name (a constructor that drops `name`)."""
     layer._name = name  # `name` is read-only in tf-keras
 
 
-def sublayers(layer) -> list:
+def sublayers(layer: Layer) -> list[Layer]:
     """The layers `layer` holds directly (a custom layer's blocks, a wrapper's layer); none
     for an op node."""
     if not isinstance(layer, keras.layers.Layer):
@@ -411,7 +418,7 @@ def sublayers(layer) -> list:
     return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
-def walk_references(inbound_nodes, on_reference: Callable[[list], object]) -> None:
+def walk_references(inbound_nodes: Any, on_reference: Callable[[list], object]) -> None:
     """Calls `on_reference(ref)` on every tensor reference of a layer's `inbound_nodes`,
     `ref` a mutable list whose first three items are `[layer, node, tensor]`."""
     _walk(inbound_nodes, lambda ref: ref[0] != _CONSTANT and on_reference(ref))
@@ -440,13 +447,13 @@ def read_call(data: dict, make_ref: Callable[[list], object]) -> tuple[list, dic
 # -- Export: how a model of this flavour reaches the converters ---------------------------
 
 
-def output_structure(model):
+def output_structure(model: Model) -> Any:
     """The model's outputs as it returns them: a tensor, a list, or a dict (nested)."""
     structure = getattr(model, "_nested_outputs", None)
     return model.outputs if structure is None else structure
 
 
-def serving_function(model, signature: list, output_names: list[str]):
+def serving_function(model: Model, signature: list, output_names: list[str]) -> Any:
     """The concrete `tf.function` of the model's inference call on `signature`, returning
     a dict from `output_names` to the flat outputs (in the order of `model.outputs`)."""
 
@@ -458,8 +465,8 @@ def serving_function(model, signature: list, output_names: list[str]):
     return serve.get_concrete_function()
 
 
-def tflite_content(model, signature: list, output_names: list[str],
-                   configure: Callable) -> bytes:
+def tflite_content(model: Model, signature: list, output_names: list[str],
+                   configure: Callable[[Any], None]) -> bytes:
     """The TFLite file of `model`: its serving function (outputs named `output_names`)
     through `tf.lite.TFLiteConverter` once `configure(converter)`
     has set its options. The converter saves the function as a SavedModel first; it is

@@ -7,14 +7,16 @@ the registry of layer classes that absorb a BN, `math` the pure numpy per layer 
 """
 
 from keras_bn.errors import InputError
+from keras_bn.flavour import Inputs, Model
 from keras_bn.folding.plan import Decision, FoldPlan, plan_model
 from keras_bn.folding.rewrite import rewrite, without_batch_norm
-from keras_bn.verification import check_outputs, default_rtol, predict, verification_batches
 from keras_bn.layers.find import batch_norm_places
+from keras_bn.verification import check_outputs, default_rtol, predict, verification_batches
 
 
-def fold(model, *, verify: bool = True, samples=None, rtol: float | None = None,
-         atol: float = 1e-6, return_plan: bool = False):
+def fold(model: Model, *, verify: bool = True, samples: Inputs | None = None,
+         rtol: float | None = None, atol: float = 1e-6,
+         return_plan: bool = False) -> Model | tuple[Model, FoldPlan]:
     """A new inference model with every foldable BatchNormalization merged into weights.
 
     Works on tf-keras and Keras 3 models (any backend) alike. Handles the built-in
@@ -97,7 +99,7 @@ def _check_kept(model, folded, plan):
                              f"plan says {want}. Please report it.")
 
 
-def fold_plan(model) -> FoldPlan:
+def fold_plan(model: Model) -> FoldPlan:
     """What `fold` would do to each BN layer of `model`, without building anything.
 
     Returns:

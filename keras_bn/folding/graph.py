@@ -6,10 +6,12 @@ How a call's tensors are written in a config is each flavour's (`read_call`,
 layers, each reading the previous one's output.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from keras_bn import flavour
 from keras_bn.errors import InputError
+from keras_bn.flavour import Flavour, Layer, Model
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class Call:
     index: int
     args: list
     kwargs: dict
-    reads: list
+    reads: list[Ref]
 
 
 @dataclass
@@ -45,8 +47,8 @@ class Node:
     """One layer of the graph: its name, object (None for a Sequential InputLayer) and calls."""
 
     name: str
-    layer: object
-    calls: list = field(default_factory=list)
+    layer: Layer  # None for a Sequential model's InputLayer
+    calls: list[Call] = field(default_factory=list)
 
 
 def _as_ref(value):
@@ -81,7 +83,7 @@ class Graph:
         self._index(self.flavour.operations(model))
 
     @classmethod
-    def of_config(cls, plumbing, config: dict, sequential: bool) -> "Graph":
+    def of_config(cls, plumbing: Flavour, config: dict, sequential: bool) -> "Graph":
         """The graph a config describes (an edited one, before a model is built from it):
         its nodes have no layer objects."""
         graph = cls.__new__(cls)
@@ -95,7 +97,7 @@ class Graph:
                       for name, calls in self._read_calls()}
         self.outputs = ([Ref(name) for name in list(self.nodes)[-1:]] if self.sequential else
                         [_as_ref(ref) for ref in _flat_refs(self.config["output_layers"])])
-        self.consumers = {}
+        self.consumers: dict[Ref, list[Call]] = {}
         for node in self.nodes.values():
             for call in node.calls:
                 for ref in call.reads:
@@ -106,7 +108,7 @@ class Graph:
             previous = None
             for entry in self.config["layers"]:
                 name = entry["config"]["name"]
-                args = [Ref(previous)] if previous else []
+                args: list[Ref] = [Ref(previous)] if previous else []
                 yield name, [Call(name, 0, args, {}, list(args))]
                 previous = name
             return
@@ -161,7 +163,7 @@ class Graph:
         return config
 
 
-def corresponding(graph, rebuilt) -> dict:
+def corresponding(graph: Graph, rebuilt: Model) -> dict:
     """Node name in `graph` -> node name in `rebuilt`, a graph of the same topology (the
     model built from `graph`'s config), matched by position, never by name: a custom
     layer whose constructor drops its `name` comes back under another one. Sequential
@@ -182,6 +184,14 @@ def corresponding(graph, rebuilt) -> dict:
     return pairs
 
 
+def pointing_at(target: list) -> Callable[[list], None]:
+    """An `on_reference` for `walk_references` that points each tensor reference at
+    `target` (`[layer name, node index, tensor index]`)."""
+    def point(reference: list) -> None:
+        reference[0:3] = target
+    return point
+
+
 def walk_outputs(value, on_ref):
     """Calls `on_ref(list)` on every `[layer, node, tensor]` of a model's `output_layers`
     (one, or a list or dict of them)."""
@@ -192,7 +202,7 @@ def walk_outputs(value, on_ref):
             walk_outputs(item, on_ref)
 
 
-def _flat_refs(value):
-    found = []
+def _flat_refs(value: list) -> list:
+    found: list = []
     walk_outputs(value, found.append)
     return found

@@ -8,10 +8,18 @@ channel axis is. The math is in `math`; this module only maps weights onto it. A
 layer kind is one entry.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 from keras_bn import flavour
+from keras_bn.flavour import Layer
 from keras_bn.folding import math
+
+
+#: `(weights, a, b, layer) -> weights`: a layer's weights by name (numpy arrays) with a
+#: BN's per-channel scale `a` and shift `b` merged in.
+WeightMap: TypeAlias = Callable[[dict[str, Any], Any, Any, Layer], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -28,8 +36,8 @@ class LayerKind:
     """
 
     name: str
-    after: object = None
-    before: object = None
+    after: WeightMap | None = None
+    before: WeightMap | None = None
     no_before: str = ""
     padded: bool = True
 

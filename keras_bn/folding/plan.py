@@ -9,12 +9,13 @@ their affine maps compose into one, which folds like a single BN.
 from dataclasses import dataclass, field
 
 from keras_bn import flavour
-from keras_bn.tools.table import aligned
+from keras_bn.flavour import Model
 from keras_bn.folding.graph import Graph, Ref
 from keras_bn.folding.kinds import channel_axis, kind_of, zero_padded
-from keras_bn.verification import noise_label
 from keras_bn.layers.find import (batch_norm_paths, batch_norm_paths_in, bn_axes, bn_kind,
                                   is_batch_norm, is_model, per_sample_note)
+from keras_bn.tools.table import aligned
+from keras_bn.verification import Verdict, noise_label
 
 
 @dataclass
@@ -38,12 +39,12 @@ class Decision:
     bn: str
     kind: str
     folded: bool
-    into: str = None
-    position: str = None
+    into: str | None = None
+    position: str | None = None
     reason: str = ""
     category: str = ""
-    path: tuple = field(default=(), repr=False)
-    chain: tuple = field(default=(), repr=False)
+    path: tuple[str, ...] = field(default=(), repr=False)
+    chain: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass
@@ -54,8 +55,8 @@ class FoldPlan:
     the `inputs` used) is filled in by a verified `fold`.
     """
 
-    decisions: list = field(default_factory=list)
-    verdict: object = None
+    decisions: list[Decision] = field(default_factory=list)
+    verdict: Verdict | None = None
     #: One line naming the model's per-sample normalization layers (GroupNormalization,
     #: LayerNormalization, ...) and why they stay; None where it has none.
     others: str | None = None
@@ -80,17 +81,17 @@ class FoldPlan:
     def kept(self):
         return [d for d in self.decisions if not d.folded]
 
-    def as_dicts(self):
+    def as_dicts(self) -> list[dict]:
         return [{k: v for k, v in vars(d).items() if k not in ("path", "chain")}
                 for d in self.decisions]
 
-    def table(self):
+    def table(self) -> str:
         rows = [("BN layer", "kind", "result", "reason")]
         for d in self.decisions:
             result = f"folded {d.position} -> {d.into}" if d.folded else "kept"
             rows.append((d.bn, d.kind, result, d.reason))
         summary = f"{len(self.folded)} folded, {len(self.kept)} kept"
-        if self.max_error is not None:
+        if self.verdict is not None and self.max_error is not None:
             noise = ("not measured" if self.noise is None else f"{self.noise:.3g}")
             summary += (f"; verified on {self.verdict.inputs}: max abs error "
                         f"{self.max_error:.3g} (tolerance {self.tolerance:.3g}; the "
@@ -102,7 +103,7 @@ class FoldPlan:
         return self.table()
 
 
-def plan_model(model) -> FoldPlan:
+def plan_model(model: Model) -> FoldPlan:
     """The FoldPlan of `model`, nested models' decisions in graph order.
 
     Raises:
@@ -156,13 +157,15 @@ def _chains(graph):
     is a chain of one."""
     eligible = {name for name, node in graph.nodes.items()
                 if is_batch_norm(node.layer) and _why_not_at_all(node) is None}
-    chains, chain_of = [], {}
+    chains: list[list[str]] = []
+    chain_of: dict[str, list[str]] = {}
     for name, node in graph.nodes.items():
         if not is_batch_norm(node.layer):
             continue
         previous = node.calls[0].args[0].layer if name in eligible else None
-        if previous in eligible and _feeds_only(graph, previous, node.calls[0]) and (
-                bn_axes(graph.nodes[previous].layer) == bn_axes(node.layer)):
+        if (previous is not None and previous in eligible
+                and _feeds_only(graph, previous, node.calls[0])
+                and bn_axes(graph.nodes[previous].layer) == bn_axes(node.layer)):
             chain_of[name] = chain_of[previous]
             chain_of[name].append(name)
         else:

@@ -9,12 +9,14 @@ given. The input model is only read.
 """
 
 import copy
+from typing import Any
 
 import numpy as np
 
 from keras_bn import flavour
+from keras_bn.flavour import Layer
 from keras_bn.folding import math as fold_math
-from keras_bn.folding.graph import Graph, corresponding
+from keras_bn.folding.graph import Graph, Ref, corresponding
 from keras_bn.folding.kinds import kind_of
 from keras_bn.layers.find import is_batch_norm, is_model
 
@@ -44,7 +46,9 @@ def _edit(model, path, folded):
     """
     graph = Graph(model)
     entries = graph.entries()
-    updates, removed, done = {}, {}, set()
+    updates: dict[str, dict] = {}
+    removed: dict[str, Ref] = {}
+    done: set[tuple[str, ...]] = set()
     for decision in folded:
         if decision.path[:-1] != path or decision.chain in done:
             continue
@@ -177,7 +181,7 @@ def rebuilt(model, config, updates=None):
     return new_model
 
 
-def describe(entry, layer) -> None:
+def describe(entry: dict, layer: Layer) -> None:
     """Makes the config `entry` of a model describe `layer` instead (its class, name and
     configuration; its calls stay), for `rebuilt`."""
     serialized = flavour.of(layer).keras.layers.serialize(layer)
@@ -190,7 +194,7 @@ def describe(entry, layer) -> None:
         entry["name"] = layer.name
 
 
-def short_name(weight) -> str:
+def short_name(weight: Any) -> str:
     """A weight's name without its layer's path ("kernel", "moving_mean"), the key of
     `weight_arrays` and `rebuilt`'s updates."""
     return _short(weight)
@@ -207,12 +211,12 @@ def with_weights(model, updates):
     return new_model
 
 
-def weight_arrays(layer) -> dict:
+def weight_arrays(layer: Layer) -> dict:
     """`{short weight name: array}` of `layer` (copies), the form `with_weights` takes."""
     return _arrays(layer)
 
 
-def set_weight_arrays(layer, arrays: dict) -> None:
+def set_weight_arrays(layer: Layer, arrays: dict) -> None:
     """Assigns `{short weight name: array}` (`weight_arrays`' form) to every weight of
     `layer`, a layer this package made (never one of the user's)."""
     flavour.of(layer).set_values((w, arrays[_short(w)]) for w in layer.weights)

@@ -1,10 +1,13 @@
 """ActivationQuantizer: a tensor put on the int8 grid its file will give it, with the
 range calibrated and then tracked in training; written once for both Keras flavours."""
 
+from typing import Any, ClassVar
+
+from keras_bn.flavour import Flavour, LayerCore, Tensor
 from keras_bn.quantization import fake_quant
 
 
-class ActivationQuantizer:
+class ActivationQuantizer(LayerCore):
     """Fake-quantizes a tensor per tensor, asymmetric int8 over the range
     `[low, high]` (widened to hold zero, the zero point on the grid: TFLite's grid, see
     `keras_bn.quantization.fake_quant`), with straight-through gradients inside the
@@ -35,9 +38,10 @@ class ActivationQuantizer:
     Weights: `low`, `high` (not trainable).
     """
 
-    _flavour = None
+    _flavour: ClassVar[Flavour]
 
-    def __init__(self, momentum=0.99, fixed=None, **kwargs):
+    def __init__(self, momentum: float = 0.99, fixed: tuple[float, float] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not 0.0 <= float(momentum) <= 1.0:
             raise ValueError(f"ActivationQuantizer layer '{self.name}': momentum="
@@ -45,7 +49,7 @@ class ActivationQuantizer:
         self.momentum = float(momentum)
         self.fixed = None if fixed is None else tuple(float(v) for v in fixed)
 
-    def build(self, input_shape):
+    def build(self, input_shape: Any) -> None:
         flavour = self._flavour
         low, high = self.fixed or (0.0, 0.0)
         self.low = flavour.add_statistic(self, "low", (), "float32",
@@ -54,7 +58,7 @@ class ActivationQuantizer:
                                           flavour.initializers.Constant(high))
         self.built = True
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: Tensor, training: Any = None) -> Tensor:
         flavour = self._flavour
         ops = flavour.ops
         x = ops.cast(inputs, "float32")
@@ -97,9 +101,9 @@ class ActivationQuantizer:
             return fused
         return fake_quant.fake_quantize_activations(ops, x, scale, zero_point)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "momentum": self.momentum,
                 "fixed": None if self.fixed is None else list(self.fixed)}

@@ -2,11 +2,14 @@
 puts it on each flavour's Layer class)."""
 
 import warnings
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
+from keras_bn.flavour import Flavour, LayerCore, Tensor
 from keras_bn.layers import arguments, statistics as stats
 
 
-class BatchNormalization:
+class BatchNormalization(LayerCore):
     """Batch normalization (Ioffe & Szegedy, 2015), exact and on TensorFlow's fused kernel.
 
     `keras_bn.BatchNormalization` (tf-keras) and `keras_bn.keras3.BatchNormalization`
@@ -98,14 +101,16 @@ class BatchNormalization:
 
     #: The flavour module (`keras_bn.flavours.tf_keras` or `.keras3`): its base class,
     #: weight factories and tensor `ops`. Set by each flavour's class.
-    _flavour = None
+    _flavour: ClassVar[Flavour]
 
-    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
-                 beta_initializer="zeros", gamma_initializer="ones",
-                 moving_mean_initializer="zeros", moving_variance_initializer="ones",
-                 beta_regularizer=None, gamma_regularizer=None, beta_constraint=None,
-                 gamma_constraint=None, synchronized=False, virtual_batch_size=None,
-                 **kwargs):
+    def __init__(self, axis: int | Sequence[int] = -1, momentum: float = 0.99,
+                 epsilon: float = 1e-3, center: bool = True, scale: bool = True,
+                 beta_initializer: Any = "zeros", gamma_initializer: Any = "ones",
+                 moving_mean_initializer: Any = "zeros",
+                 moving_variance_initializer: Any = "ones", beta_regularizer: Any = None,
+                 gamma_regularizer: Any = None, beta_constraint: Any = None,
+                 gamma_constraint: Any = None, synchronized: bool = False,
+                 virtual_batch_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         flavour = self._flavour
         self.supports_masking = True
@@ -145,10 +150,11 @@ class BatchNormalization:
         """The channel axes as non-negative integers (after `build`)."""
         return self._axes
 
-    def build(self, input_shape):
+    def build(self, input_shape: Any) -> None:
         flavour = self._flavour
         shape = flavour.shape_tuple(input_shape)
         self._axes, dims = arguments.channel_axes(self._who, self.axis, shape)
+        assert shape is not None  # channel_axes raised for an unknown rank
         self._param_shape = tuple(dims)
         self.input_spec = flavour.InputSpec(ndim=len(shape),
                                             axes=dict(zip(self._axes, dims)))
@@ -172,7 +178,8 @@ class BatchNormalization:
 
     # -- the two branches ---------------------------------------------------------------
 
-    def call(self, inputs, training=None, mask=None):
+    def call(self, inputs: Tensor, training: Any = None,
+             mask: Tensor | None = None) -> Tensor:
         flavour = self._flavour
         if not flavour.is_float(inputs.dtype):  # integers become the compute dtype
             inputs = flavour.ops.cast(inputs, self.compute_dtype)
@@ -317,6 +324,7 @@ class BatchNormalization:
     def _split_virtual_batches(self, x, mask):
         """`(B, ...)` -> `(virtual_batch_size, B / virtual_batch_size, ...)`, as tf-keras."""
         ops, vbs = self._flavour.ops, self.virtual_batch_size
+        assert vbs is not None  # called for ghost batches only
         arguments.check_batch_divides(self._who, x.shape[0], vbs)
         if x.shape[0] is None:
             self._flavour.assert_batch_divides(
@@ -330,10 +338,10 @@ class BatchNormalization:
         if arguments.elements_per_channel(tuple(x.shape), self._axes) == 1:
             warnings.warn(arguments.single_element_warning(self._who), stacklevel=3)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         flavour = self._flavour
         config = arguments.batch_norm_config(self, flavour.initializers, flavour.regularizers,
                                              flavour.constraints)

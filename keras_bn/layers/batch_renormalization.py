@@ -1,6 +1,10 @@
 """BatchRenormalization, written once for both Keras flavours (`keras_bn.layers.flavoured`
 puts it on each flavour's Layer class)."""
 
+from collections.abc import Sequence
+from typing import Any
+
+from keras_bn.flavour import Tensor
 from keras_bn.layers import arguments, statistics as stats
 from keras_bn.layers.batch_normalization import BatchNormalization
 
@@ -67,9 +71,11 @@ class BatchRenormalization(BatchNormalization):
 
     _transform_needs_statistics = True
 
-    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, rmax=3.0, dmax=5.0,
-                 warmup_steps=5000, rmax_ramp_steps=40000, dmax_ramp_steps=25000,
-                 renorm_momentum=0.99, **kwargs):
+    def __init__(self, axis: int | Sequence[int] = -1, momentum: float = 0.99,
+                 epsilon: float = 1e-3, rmax: float = 3.0, dmax: float = 5.0,
+                 warmup_steps: int = 5000, rmax_ramp_steps: int = 40000,
+                 dmax_ramp_steps: int = 25000, renorm_momentum: float = 0.99,
+                 **kwargs: Any) -> None:
         super().__init__(axis=axis, momentum=momentum, epsilon=epsilon, **kwargs)
         arguments.check_renorm(self._who, rmax, dmax, warmup_steps, rmax_ramp_steps,
                                dmax_ramp_steps, renorm_momentum)
@@ -90,7 +96,7 @@ class BatchRenormalization(BatchNormalization):
             lambda *args, **kwargs: flavour.ops.sqrt(variance_init(*args, **kwargs)))
         self.renorm_step = flavour.add_counter(self, "renorm_step")
 
-    def clip_limits(self):
+    def clip_limits(self) -> tuple[Tensor, Tensor]:
         """The current `(rmax_t, dmax_t)` of the schedule, as float32 tensors."""
         return stats.renorm_limits(self._flavour.ops, self.renorm_step, self.rmax, self.dmax,
                                    self.warmup_steps, self.rmax_ramp_steps,
@@ -114,5 +120,5 @@ class BatchRenormalization(BatchNormalization):
         self._flavour.assign_add(self, self.renorm_step, training)
         return apply
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **arguments.renorm_config(self)}

@@ -7,29 +7,30 @@ Every helper takes a layer or model of either Keras flavour (tf-keras or Keras 3
 """
 
 from keras_bn import flavour
+from keras_bn.flavour import Layer, Model
 from keras_bn.layers.activation_quantizer import ActivationQuantizer as _Quantizer
 from keras_bn.layers.batch_normalization import BatchNormalization as _Core
 from keras_bn.layers.quantized_conv_bn import QuantizedConvBN as _Fused
 
 
-def is_batch_norm(layer) -> bool:
+def is_batch_norm(layer: Layer) -> bool:
     """A BatchNormalization of tf-keras or Keras 3 (`renorm=True` included), or a keras_bn
     one of either flavour (BatchRenormalization included)."""
     return isinstance(layer, (flavour.of(layer).BuiltinBatchNormalization, _Core))
 
 
-def is_ours(layer) -> bool:
+def is_ours(layer: Layer) -> bool:
     """A keras_bn layer (BatchNormalization or BatchRenormalization), either flavour:
     both flavours' classes are the one core on their base class."""
     return isinstance(layer, _Core)
 
 
-def is_model(layer) -> bool:
+def is_model(layer: Layer) -> bool:
     """Whether a layer of a model is itself a (nested) model."""
     return isinstance(layer, flavour.of(layer).keras.Model)
 
 
-def bn_kind(layer) -> str:
+def bn_kind(layer: Layer) -> str:
     """`"tf_keras.BatchNormalization"`, `"keras.BatchNormalization"` (Keras 3),
     `"keras_bn.BatchRenormalization"`, `"keras_bn.keras3.BatchNormalization"`, ..."""
     plumbing = flavour.of(layer)
@@ -37,7 +38,7 @@ def bn_kind(layer) -> str:
     return f"{label}.{type(layer).__name__}"
 
 
-def bn_axes(layer) -> list:
+def bn_axes(layer: Layer) -> list:
     """The BN layer's channel axes as non-negative integers (it must be built)."""
     if is_ours(layer):
         return list(layer.channel_axes)
@@ -56,18 +57,18 @@ def all_layers(model):
             yield from all_layers(layer)
 
 
-def quantization_aware_layers(model) -> list[str]:
+def quantization_aware_layers(model: Model) -> list[str]:
     """The names of the QuantizedConvBN and ActivationQuantizer layers of `model` (a
     model `keras_bn.quantization.quantize_aware` made), nested models' included."""
     return [layer.name for layer in all_layers(model) if isinstance(layer, (_Fused, _Quantizer))]
 
 
-def activation_quantizers(model) -> list:
+def activation_quantizers(model: Model) -> list:
     """The ActivationQuantizer layers of `model`, nested models' included."""
     return [layer for layer in all_layers(model) if isinstance(layer, _Quantizer)]
 
 
-def revived_layers(model) -> list[tuple[str, str]]:
+def revived_layers(model: Model) -> list[tuple[str, str]]:
     """`(name, saved class name)` of every layer of `model` (nested models' included,
     `outer/inner` names) that tf-keras revived from a SavedModel without its class."""
     found = []
@@ -94,7 +95,7 @@ PER_SAMPLE_REASON = ("normalizes each sample by its own statistics, computed ane
                      "every input, so it is no fixed affine map and cannot fold")
 
 
-def per_sample_normalizations(model) -> list[tuple[str, str]]:
+def per_sample_normalizations(model: Model) -> list[tuple[str, str]]:
     """`(name, class name)` of every layer of `model` (nested models' included,
     `outer/inner` names) of a class in `PER_SAMPLE_NORMALIZATIONS`."""
     found = []
@@ -110,7 +111,7 @@ def per_sample_normalizations(model) -> list[tuple[str, str]]:
     return found
 
 
-def per_sample_note(model) -> str | None:
+def per_sample_note(model: Model) -> str | None:
     """One line saying which per-sample normalization layers `model` holds and why they
     stay (None where it holds none)."""
     found = per_sample_normalizations(model)

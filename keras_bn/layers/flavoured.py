@@ -1,32 +1,25 @@
 """The public layer classes of a flavour: the one core on that flavour's base class."""
 
-from types import ModuleType
-
+from keras_bn.flavour import Flavour
 from keras_bn.layers import (activation_quantizer, batch_normalization, batch_renormalization,
                              quantized_conv_bn)
 
 
-def layer_classes(flavour: ModuleType, module: str) -> tuple[type, type]:
+def layer_classes(flavour: Flavour, module: str) -> tuple[type, type]:
     """`(BatchNormalization, BatchRenormalization)` for `flavour` (a module of
     `keras_bn.flavours`), registered with it as `keras_bn>BatchNormalization`, ...
     (the names saved files hold) and named as defined in `module`."""
     core_bn = batch_normalization.BatchNormalization
     core_brn = batch_renormalization.BatchRenormalization
 
-    class BatchNormalization(core_bn, flavour.NormalizationBase):
-        __doc__ = core_bn.__doc__
-        _flavour = flavour
-
-    class BatchRenormalization(core_brn, BatchNormalization):
-        __doc__ = core_brn.__doc__
-
-    for cls in (BatchNormalization, BatchRenormalization):
-        cls.__module__, cls.__qualname__ = module, cls.__name__
-    return (flavour.register_serializable(BatchNormalization),
-            flavour.register_serializable(BatchRenormalization))
+    bn = type("BatchNormalization", (core_bn, flavour.NormalizationBase),
+              {"__doc__": core_bn.__doc__, "_flavour": flavour, "__module__": module})
+    brn = type("BatchRenormalization", (core_brn, bn),
+               {"__doc__": core_brn.__doc__, "__module__": module})
+    return flavour.register_serializable(bn), flavour.register_serializable(brn)
 
 
-def quantization_classes(flavour: ModuleType, module: str) -> tuple[type, type]:
+def quantization_classes(flavour: Flavour, module: str) -> tuple[type, type]:
     """`(QuantizedConvBN, ActivationQuantizer)` for `flavour`, registered as
     `keras_bn>QuantizedConvBN`, ... and named as defined in `module`."""
     made = []
@@ -35,4 +28,4 @@ def quantization_classes(flavour: ModuleType, module: str) -> tuple[type, type]:
                    {"__doc__": core.__doc__, "_flavour": flavour, "__module__": module})
         cls.__qualname__ = core.__name__
         made.append(flavour.register_serializable(cls))
-    return tuple(made)
+    return made[0], made[1]

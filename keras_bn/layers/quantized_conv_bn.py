@@ -3,6 +3,12 @@ BatchNormalization after it, trained as the int8 file will run them (BN folded i
 weights, the weights fake-quantized), written once for both Keras flavours
 (`keras_bn.layers.flavoured` puts it on each flavour's Layer class)."""
 
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from keras_bn.flavour import Flavour, LayerCore, Tensor
 from keras_bn.layers import statistics as stats
 from keras_bn.quantization import fake_quant
 
@@ -10,7 +16,7 @@ from keras_bn.quantization import fake_quant
 KINDS = ("conv", "depthwise", "dense")
 
 
-class QuantizedConvBN:
+class QuantizedConvBN(LayerCore):
     """A conv, depthwise conv or dense layer followed by batch normalization, trained with
     the BN folded into its weights and the folded weights fake-quantized, as in the int8
     file (Krishnamoorthi 2018, section 3.2; Jacob et al. 2018, section 3.2).
@@ -57,11 +63,14 @@ class QuantizedConvBN:
     `moving_variance` (the unfolded layers', under their names), and `step`.
     """
 
-    _flavour = None
+    _flavour: ClassVar[Flavour]
 
-    def __init__(self, kind, filters, kernel_size=1, strides=1, padding="valid",
-                 dilation_rate=1, groups=1, use_bias=True, momentum=0.99, epsilon=1e-3,
-                 center=True, scale=True, freeze_after=None, weight_bits=8, **kwargs):
+    def __init__(self, kind: str, filters: int, kernel_size: int | Sequence[int] = 1,
+                 strides: int | Sequence[int] = 1, padding: str = "valid",
+                 dilation_rate: int | Sequence[int] = 1, groups: int = 1,
+                 use_bias: bool = True, momentum: float = 0.99, epsilon: float = 1e-3,
+                 center: bool = True, scale: bool = True, freeze_after: int | None = None,
+                 weight_bits: int | None = 8, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if kind not in KINDS:
             raise ValueError(f"QuantizedConvBN layer '{self.name}': kind={kind!r}; use one "
@@ -79,9 +88,12 @@ class QuantizedConvBN:
     def _tuple(self, value, rank):
         return (value,) * rank if isinstance(value, int) else tuple(value)
 
-    def build(self, input_shape):
+    def build(self, input_shape: Any) -> None:
         flavour = self._flavour
         shape = flavour.shape_tuple(input_shape)
+        if shape is None or shape[-1] is None:
+            raise ValueError(f"QuantizedConvBN {self.name!r}: an input of unknown rank or "
+                             f"channels ({input_shape}); give the model's Input a shape")
         channels, spatial = shape[-1], len(shape) - 2
         if self.kind == "dense":
             kernel, out = (channels, self.filters), self.filters
@@ -165,7 +177,7 @@ class QuantizedConvBN:
         shift = beta + (bias - ops.convert_to_tensor(self.moving_mean)) * s
         return gamma, beta, bias, sigma, s, shift
 
-    def folded_weights(self):
+    def folded_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """`(kernel, bias)` of the folded layer this layer computes in inference, as
         numpy arrays: the kernel `W * s` (on the int8 grid with `weight_bits`), shaped
         as this layer's kernel, and the bias `shift` of `_factors`."""
@@ -173,7 +185,7 @@ class QuantizedConvBN:
         kernel, bias = self._flavour.get_values([self._folded_kernel(s), shift])
         return kernel, bias
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: Tensor, training: Any = None) -> Tensor:
         flavour = self._flavour
         ops = flavour.ops
         x = ops.cast(inputs, self.compute_dtype)
@@ -243,7 +255,7 @@ class QuantizedConvBN:
         return flavour.select(frozen, lambda: y + shift,
                               lambda: y * ratio + (beta - (mean - bias) * gamma / sigma_b))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "kind": self.kind, "filters": self.filters,
                 "kernel_size": self.kernel_size, "strides": self.strides,
                 "padding": self.padding, "dilation_rate": self.dilation_rate,

@@ -1,15 +1,19 @@
 """The values of a model's inner tensors over the calibration rows, which the techniques
 measure (bias correction: each layer's inputs; equalization: each channel's range)."""
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from keras_bn import flavour
+from keras_bn.flavour import Inputs, Model
 
 #: Rows per batch when the calibration data is run through the model for statistics.
 _BATCH = 64
 
 
-def tensor_batches(model, tensors, rows, batch: int = _BATCH):
+def tensor_batches(model: Model, tensors: list, rows: Inputs,
+                   batch: int = _BATCH) -> Iterator[list[np.ndarray]]:
     """Yields, per batch of the calibration `rows` (one array per model input), the values
     of the symbolic tensors `tensors` of `model` in inference mode (numpy arrays, in
     order): one sub-model run per batch for all of them."""
@@ -21,7 +25,7 @@ def tensor_batches(model, tensors, rows, batch: int = _BATCH):
         yield plumbing.get_values(list(got) if isinstance(got, (list, tuple)) else [got])
 
 
-def channel_statistics(model, tensors, rows, batch: int = _BATCH) -> list:
+def channel_statistics(model: Model, tensors: list, rows: Inputs, batch: int = _BATCH) -> list:
     """`[(mean, max_abs)]` per channel (the last axis) of each symbolic tensor of
     `model` in `tensors`, over the calibration `rows` in inference mode."""
     if not tensors:

@@ -6,10 +6,14 @@ quantizes the inputs and dequantizes the outputs with the scale and zero point t
 states for them.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from keras_bn.flavour import DType, Tensor
 
-def quantize(x, scale: float, zero_point: int, dtype) -> np.ndarray:
+
+def quantize(x: Tensor, scale: float, zero_point: int, dtype: DType) -> np.ndarray:
     """Real values `x` as the integers of a tensor with `scale` and `zero_point`:
     `round(x / scale) + zero_point`, saturated to `dtype`'s range (halves rounded away
     from zero, as TFLite's reference quantize kernel's `std::round`)."""
@@ -19,12 +23,12 @@ def quantize(x, scale: float, zero_point: int, dtype) -> np.ndarray:
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
-def dequantize(q, scale: float, zero_point: int) -> np.ndarray:
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """The real values `scale * (q - zero_point)` of integer tensor values `q`."""
     return (scale * (np.asarray(q, np.float64) - zero_point)).astype(np.float32)
 
 
-def fake_quantize(weights, channel_axes, bits: int = 8) -> np.ndarray:
+def fake_quantize(weights: np.ndarray, channel_axes: Sequence[int], bits: int = 8) -> np.ndarray:
     """`weights` after TFLite's weight quantization, back in float: symmetric per channel
     (one scale per index of `channel_axes`, the output channels: `max|w| / 127` over the
     other axes), narrow range [-127, 127], halves rounded away from zero. Channels that

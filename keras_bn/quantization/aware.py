@@ -18,7 +18,8 @@ import numpy as np
 
 from keras_bn import flavour
 from keras_bn.errors import InputError
-from keras_bn.folding.graph import Graph, Ref, walk_outputs
+from keras_bn.flavour import Inputs, Model
+from keras_bn.folding.graph import Graph, Ref, pointing_at, walk_outputs
 from keras_bn.folding.kinds import kind_of
 from keras_bn.folding.plan import plan_model
 from keras_bn.folding.rewrite import rebuild, rebuilt, weight_arrays
@@ -117,9 +118,10 @@ def _weights(layer, bn, args):
     return weights
 
 
-def quantize_aware(model, calibration=None, *, freeze_after: int | None = None,
-                   weight_bits: int | None = 8, momentum: float = 0.99,
-                   return_plan: bool = False):
+def quantize_aware(model: Model, calibration: Inputs | None = None, *,
+                   freeze_after: int | None = None, weight_bits: int | None = 8,
+                   momentum: float = 0.99,
+                   return_plan: bool = False) -> Model | tuple[Model, AwarePlan]:
     """A trainable copy of `model` in which every conv, depthwise conv or dense layer
     followed by a BatchNormalization is one `QuantizedConvBN`.
 
@@ -182,6 +184,7 @@ def quantize_aware(model, calibration=None, *, freeze_after: int | None = None,
         if not decision.folded:
             plan.kept[decision.bn] = decision.reason
             continue
+        assert decision.into is not None  # a folded BN names the layer it folds into
         if len(decision.path) != 1:
             plan.kept[decision.bn] = ("inside a nested model: quantize_aware fuses the "
                                       "top level's pairs (fold the model first)")
@@ -233,7 +236,7 @@ def activation_name(layer):
 def _quantized_refs(graph, gone=frozenset()):
     """`[(Ref, fixed range or None)]`: the tensors the int8 file holds, in graph order
     (not the outputs of the layers in `gone`, which a fold merges away on export)."""
-    found = []
+    found: list[tuple[Ref, tuple[float, float] | None]] = []
     for name, node in graph.nodes.items():
         layer = node.layer
         if layer is None:
@@ -274,8 +277,8 @@ def _with_quantizers(model, rows, momentum, plan, gone):
         entry = copy.deepcopy(template)
         entry["name"] = name
         entry["config"] = quantizer(momentum=momentum, fixed=fixed, name=name).get_config()
-        plumbing.walk_references(entry["inbound_nodes"], lambda value, r=ref: value.__setitem__(
-            slice(0, 3), [r.layer, r.call, r.tensor]))
+        plumbing.walk_references(entry["inbound_nodes"],
+                                 pointing_at([ref.layer, ref.call, ref.tensor]))
         inserted.append((position[ref.layer], ref, name, entry))
 
     readers = {(ref.layer, ref.call, ref.tensor): name for _, ref, name, _ in inserted}

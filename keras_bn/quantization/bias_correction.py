@@ -17,12 +17,13 @@ at the borders, which on small feature maps is a large part of the mean.
 import numpy as np
 
 from keras_bn import flavour
-from keras_bn.quantization import kernels
-from keras_bn.quantization.activations import tensor_batches
-from keras_bn.quantization.technique import Technique
+from keras_bn.flavour import Inputs, Model
 from keras_bn.folding.graph import Graph
 from keras_bn.folding.kinds import kind_of
 from keras_bn.folding.rewrite import set_weight_arrays, weight_arrays, with_weights
+from keras_bn.quantization import kernels
+from keras_bn.quantization.activations import tensor_batches
+from keras_bn.quantization.technique import Technique
 
 def _candidates(model):
     """`([layer name], {layer name: why not})` of the top-level layers to correct."""
@@ -73,7 +74,7 @@ class _Shift:
         return self.total / max(self.count, 1)
 
 
-def correct_biases(model, rows) -> tuple:
+def correct_biases(model: Model, rows: Inputs) -> tuple:
     """`(new model, Technique)`: `model` with the bias of every top-level conv, dense,
     depthwise and separable layer less the mean shift its int8 weights put on its outputs,
     measured on the calibration `rows` (one array per input of the model)."""

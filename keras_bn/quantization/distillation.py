@@ -10,11 +10,13 @@ ones kept.
 """
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
 from keras_bn import flavour
 from keras_bn.errors import InputError
+from keras_bn.flavour import Inputs, Model
 from keras_bn.folding.graph import Graph
 from keras_bn.layers.activation_quantizer import ActivationQuantizer
 from keras_bn.verification import model_inputs, predict
@@ -67,9 +69,10 @@ class Distillation:
                 f"{len(self.epochs) - 1} kept)")
 
 
-def distill(aware, teacher, data, *, labels=None, epochs: int = 10,
-            learning_rate: float = 3e-5, batch_size: int = 32, temperature: float = 2.0,
-            held_out: float = 0.2, augment=None, seed: int = 0,
+def distill(aware: Model, teacher: Model, data: Inputs, *, labels: Inputs | None = None,
+            epochs: int = 10, learning_rate: float = 3e-5, batch_size: int = 32,
+            temperature: float = 2.0, held_out: float = 0.2,
+            augment: Callable[[list, np.random.Generator], list] | None = None, seed: int = 0,
             verbose: int = 1) -> Distillation:
     """Fine-tunes the quantization-aware model `aware` to give `teacher`'s answers.
 
@@ -149,6 +152,7 @@ def distill(aware, teacher, data, *, labels=None, epochs: int = 10,
     elif teacher is not None:
         reference = predict(teacher, held)
     else:  # labels only: judged by held-out accuracy
+        assert labels is not None  # distill refused neither teacher nor labels
         reference = [np.eye(int(np.max(labels)) + 1)[np.asarray(labels)[judge]]]
     student, targets, losses, weights, described = _objective(
         aware, teacher, pick(rows, train), labels if labels is None else

@@ -17,15 +17,18 @@ Depthwise-separable nets, whose folded channels differ by orders of magnitude, a
 it is for; ReLU6 and other clipping activations are not homogeneous and stop it.
 """
 
+from typing import Any
+
 import numpy as np
 
 from keras_bn import flavour
-from keras_bn.quantization import kernels
-from keras_bn.quantization.activations import channel_statistics, tensor_batches
-from keras_bn.quantization.technique import Technique
+from keras_bn.flavour import Inputs, Layer, Model
 from keras_bn.folding.graph import Graph, Ref
 from keras_bn.folding.kinds import kind_of
 from keras_bn.folding.rewrite import weight_arrays, with_weights
+from keras_bn.quantization import kernels
+from keras_bn.quantization.activations import channel_statistics, tensor_batches
+from keras_bn.quantization.technique import Technique
 
 #: Channels whose activation stays below this fraction of the largest are left as they
 #: are (s = 1): a channel dead on the calibration data must not be amplified by 1e6.
@@ -41,7 +44,7 @@ _HOMOGENEOUS = {"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropo
                 "LeakyReLU", "PReLU", "Identity"}
 
 
-def equalization_scales(activation, weight=None) -> np.ndarray:
+def equalization_scales(activation: np.ndarray, weight: Any = None) -> np.ndarray:
     """Per-channel `s` (divide the activation's channel `i` by `s_i`, multiply the next
     kernel's input channel `i` by it): `sqrt(activation / weight)`, so that both become
     `sqrt(activation * weight)`, or with `weight` None `activation / max(activation)`;
@@ -62,11 +65,11 @@ def equalization_scales(activation, weight=None) -> np.ndarray:
     return s
 
 
-def _homogeneous_activation(activation) -> bool:
+def _homogeneous_activation(activation: np.ndarray) -> bool:
     return getattr(activation, "__name__", None) in ("linear", "relu") or activation is None
 
 
-def _passes(layer) -> bool:
+def _passes(layer: Layer) -> bool:
     """Whether `layer` passes channels through a positive-homogeneous function."""
     name = type(layer).__name__
     if not flavour.of(layer).is_builtin_layer_class(type(layer)):
@@ -112,7 +115,7 @@ def _follow(graph, name):
         ref = Ref(node.name)
 
 
-def pairs(model) -> tuple:
+def pairs(model: Model) -> tuple:
     """`([(first, second)], {first: why not})` of the top-level layers of `model` whose
     channels can be equalized across."""
     graph = Graph(model)
@@ -176,7 +179,7 @@ def _separable_ranges(model, names, rows):
     return peaks
 
 
-def equalize(model, rows) -> tuple:
+def equalize(model: Model, rows: Inputs) -> tuple:
     """`(new model, Technique)`: `model` with every equalizable pair of consecutive
     layers, then every separable layer's two kernels, equalized on the activation
     ranges the calibration `rows` give. The float model computes the same."""
@@ -187,7 +190,7 @@ def equalize(model, rows) -> tuple:
         plumbing = flavour.of(model)
         stats = channel_statistics(model, [plumbing.call_input(model, model.get_layer(b))
                                            for _, b in found], rows)
-        updates = {}
+        updates: dict[str, dict] = {}
         for (first, second), (_, peak) in zip(found, stats):
             kinds = _kind(model.get_layer(first)), _kind(model.get_layer(second))
             w1 = updates.get(first) or weight_arrays(model.get_layer(first))

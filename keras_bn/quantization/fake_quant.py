@@ -13,7 +13,12 @@ onnxruntime write); activations asymmetric per tensor over [-128, 127] with the 
 widened to hold zero and the zero point rounded onto the grid (TFLite's "nudging").
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+
+from keras_bn.flavour import Tensor
 
 
 def round_half_away(ops, v):
@@ -27,7 +32,8 @@ def _straight_through(ops, x, q):
     return x + ops.stop_gradient(q - x)
 
 
-def fake_quantize_weights(ops, w, reduce_axes, bits: int = 8):
+def fake_quantize_weights(ops: Any, w: Tensor, reduce_axes: Sequence[int],
+                          bits: int = 8) -> Tensor:
     """`w` on the symmetric per-channel grid of `bits`-bit weights: one scale per
     index of the axes not in `reduce_axes` (`max|w| / 127` for int8), narrow range,
     halves away from zero; a channel of zeros stays zero. Equals
@@ -63,7 +69,7 @@ def grid_bounds(low: float, high: float, bits: int = 8) -> tuple[float, float]:
     return (qmin - zero_point) * scale, (qmax - zero_point) * scale
 
 
-def grid(ops, low, high, bits: int = 8):
+def grid(ops: Any, low: Tensor, high: Tensor, bits: int = 8) -> tuple[Tensor, Tensor]:
     """The grid of `activation_grid` on any tensor `ops` (numpy included; tensors: ranges
     that training tracks): `(scale, zero_point)` as float tensors; an empty range gets
     a scale of 1 and zero point 0."""
@@ -76,7 +82,8 @@ def grid(ops, low, high, bits: int = 8):
     return scale, ops.where(empty, ops.zeros_like(zero_point), zero_point)
 
 
-def fake_quantize_activations(ops, x, scale, zero_point, bits: int = 8):
+def fake_quantize_activations(ops: Any, x: Tensor, scale: Tensor, zero_point: Tensor,
+                              bits: int = 8) -> Tensor:
     """`x` on the per-tensor grid `real = scale * (q - zero_point)`, `q` saturated to
     the `bits`-bit range; the gradient passes inside the range and is zero outside.
     `scale` and `zero_point` may be tensors (ranges that training tracks)."""

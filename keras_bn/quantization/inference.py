@@ -12,6 +12,7 @@ import dataclasses
 
 from keras_bn import flavour
 from keras_bn.errors import InputError
+from keras_bn.flavour import Model
 from keras_bn.folding.graph import Graph
 from keras_bn.folding.rewrite import describe, rebuilt, short_name
 from keras_bn.layers.activation_quantizer import ActivationQuantizer
@@ -46,7 +47,7 @@ class AwareState:
         return bool(self.ranges) and not self.uncalibrated
 
 
-def state(model) -> AwareState:
+def state(model: Model) -> AwareState:
     """The `AwareState` of `model` (any model; an ordinary one has none)."""
     fused = tuple(layer.name for layer in all_layers(model)
                   if isinstance(layer, QuantizedConvBN))
@@ -69,7 +70,7 @@ def _range(quantizer):
     return (low, high) if high > low else None
 
 
-def inference_model(model, *, activations: bool = True):
+def inference_model(model: Model, *, activations: bool = True) -> Model:
     """The plain Keras model that a quantization-aware `model` computes in inference.
 
     Each `QuantizedConvBN` becomes the layer it stands for (Conv1D/2D/3D,
@@ -166,14 +167,14 @@ STEPS_OFF = {"requantized": 1.0, "table": 2.0, "logit": 0.5}
 STEPS_WITHIN = 0.95
 
 
-def output_steps(model) -> list:
+def output_steps(model: Model) -> list:
     """`(step, allowed)` for each output of a quantization-aware `model`, in the order of
     `model.outputs`: the int8 step (scale) of the ActivationQuantizer that makes the
     output (through layers that keep their input's grid, such as reshapes) and how many
     steps a file may be off there (`STEPS_OFF`); `(None, None)` for an output no
     calibrated quantizer makes."""
     graph = Graph(model)
-    steps = []
+    steps: list[tuple[float | None, float | None]] = []
     for ref in graph.outputs:
         quantizer = _quantizer_of(graph, ref)
         found = None if quantizer is None else _range(quantizer.layer)

@@ -31,7 +31,7 @@ def quantized_axes(kind: str, weights: dict) -> dict:
     return {"depthwise_kernel": (-2, -1), "pointwise_kernel": (-1,)}
 
 
-def scale_outputs(kind: str, weights: dict, s) -> dict:
+def scale_outputs(kind: str, weights: dict, s: np.ndarray) -> dict:
     """The weights with output channel `i` divided by `s[i]` (kernel and bias)."""
     new, s = dict(weights), np.asarray(s, np.float64)
     if kind == "depthwise":
@@ -45,11 +45,11 @@ def scale_outputs(kind: str, weights: dict, s) -> dict:
     return _same_dtypes(new, weights)
 
 
-def scale_inputs(kind: str, weights: dict, s) -> dict:
+def scale_inputs(kind: str, weights: dict, s: np.ndarray) -> dict:
     """The weights with input channel `i` multiplied by `s[i]` (a conv of one group)."""
     new, s = dict(weights), np.asarray(s, np.float64)
-    name = {"depthwise": _DEPTHWISE, "separable": ("depthwise_kernel",)}.get(kind, ("kernel",))
-    name = next(n for n in name if n in weights)
+    names = {"depthwise": _DEPTHWISE, "separable": ("depthwise_kernel",)}.get(kind, ("kernel",))
+    name = next(n for n in names if n in weights)
     new[name] = weights[name] * s[:, None]
     return _same_dtypes(new, weights)
 

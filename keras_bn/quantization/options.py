@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from keras_bn.errors import InputError
+from keras_bn.flavour import Inputs, Model
 
 #: Mode -> what it is for. None is float32.
 MODES = {
@@ -143,7 +144,7 @@ class Prepared:
         return self.options.calibration
 
 
-def as_options(quantize) -> QuantizationOptions:
+def as_options(quantize: str | QuantizationOptions | None) -> QuantizationOptions:
     """`quantize` (None, a mode name, or `QuantizationOptions`) as `QuantizationOptions`."""
     if isinstance(quantize, QuantizationOptions):
         return quantize
@@ -236,7 +237,8 @@ def _check_learned(options, fmt, what):
                          "fraction between 0 and 1 (0.99 for 99 %).")
 
 
-def prepared(quantize, model, fmt: str, verify: bool = True, samples=None) -> Prepared:
+def prepared(quantize: str | QuantizationOptions | None, model: Model, fmt: str,
+             verify: bool = True, samples: Inputs | None = None) -> Prepared:
     """The checked `Prepared` decisions of `quantize` (see `as_options`) for a `fmt` file
     of `model`: calibration and evaluation rows checked against the model's inputs
     (`keras_bn.verification.model_inputs`), the held-out split, the agreement gate.

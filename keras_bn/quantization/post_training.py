@@ -21,12 +21,15 @@ Reference:
   https://arxiv.org/abs/1906.04721
 """
 
+from collections.abc import Sequence
+
 from keras_bn.errors import InputError
+from keras_bn.flavour import Inputs, Model
 from keras_bn.quantization import bias_correction, equalization
 from keras_bn.quantization.technique import Technique
 
 
-def apply(model, rows, names) -> tuple[object, list[Technique]]:
+def apply(model: Model, rows: Inputs, names: Sequence[str]) -> tuple[object, list[Technique]]:
     """`(new model, [Technique])`: `model` (a folded model) after each technique of
     `names` in order, measured on the calibration `rows` (one array per input).
     The model is not changed."""

@@ -41,7 +41,7 @@ def _with_zero(low, high):
     return min(low, 0.0), max(high, 0.0)
 
 
-def percentile_range(counts, low: float, high: float, tail: float = TAIL) -> tuple:
+def percentile_range(counts: np.ndarray, low: float, high: float, tail: float = TAIL) -> tuple:
     """`(low, high)` at the `tail` and `100 - tail` percentiles of the histogram `counts`
     over [low, high] (bin edges), widened to hold zero (int8 keeps zero exact)."""
     counts = np.asarray(counts, np.float64)
@@ -55,7 +55,7 @@ def percentile_range(counts, low: float, high: float, tail: float = TAIL) -> tup
     return _with_zero(float(lo), float(min(hi, high)))
 
 
-def quantization_mse(counts, low: float, high: float, range_low: float,
+def quantization_mse(counts: np.ndarray, low: float, high: float, range_low: float,
                      range_high: float, levels: int = LEVELS) -> float:
     """The expected squared error of rounding the values of histogram `counts` (over
     [low, high]) to `levels` steps over [range_low, range_high], clipping outside."""
@@ -67,7 +67,7 @@ def quantization_mse(counts, low: float, high: float, range_low: float,
     return float((counts * error).sum() / max(counts.sum(), 1))
 
 
-def mse_range(counts, low: float, high: float, levels: int = LEVELS) -> tuple:
+def mse_range(counts: np.ndarray, low: float, high: float, levels: int = LEVELS) -> tuple:
     """`(low, high)`: `[min, max]` shrunk by the factor of `FACTORS` (the same on both
     sides, so that zero stays inside) with the least `quantization_mse`."""
     if high <= low or np.sum(counts) == 0:

@@ -2,9 +2,11 @@
 scores of a quantized file (top-1 agreement, errors, SQNR) and the held-out split of the
 calibration data they are measured on by default."""
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 #: The share of the calibration rows held out for evaluation when no evaluation data is
 #: given (chosen at random with a fixed seed, so sorted data splits fairly).
@@ -42,7 +44,7 @@ class OutputScore:
         return asdict(self)
 
 
-def top1_agreement(reference, got) -> float | None:
+def top1_agreement(reference: ArrayLike, got: ArrayLike) -> float | None:
     """Fraction of positions whose argmax over the last axis agree, or None where the
     output is not classifier-shaped (rank < 2 or a last axis of 1)."""
     reference, got = np.asarray(reference), np.asarray(got)
@@ -51,7 +53,7 @@ def top1_agreement(reference, got) -> float | None:
     return float(np.mean(np.argmax(reference, -1) == np.argmax(got, -1)))
 
 
-def sqnr_db(reference, got) -> float:
+def sqnr_db(reference: ArrayLike, got: ArrayLike) -> float:
     """10 log10 of the reference's energy over the error's: 20 dB is an error of a
     tenth of the signal (in RMS), each 6 dB about one bit more."""
     reference = np.asarray(reference, np.float64)
@@ -62,7 +64,8 @@ def sqnr_db(reference, got) -> float:
     return 10 * np.log10(signal / noise) if signal > 0 else float("-inf")
 
 
-def score(names, reference, got) -> list[OutputScore]:
+def score(names: Sequence[str], reference: Sequence[ArrayLike],
+          got: Sequence[ArrayLike]) -> list[OutputScore]:
     """An `OutputScore` per output: `reference` and `got` are lists of arrays in the
     order of `names`."""
     scores = []
@@ -90,13 +93,15 @@ def held_out_split(arrays, fraction=HELD_OUT, seed=0, minimum=MIN_ROWS_TO_SPLIT)
     return [a[keep] for a in arrays], [a[out] for a in arrays]
 
 
-def lowest_agreement(scores) -> float | None:
+def lowest_agreement(scores: Sequence[OutputScore]) -> float | None:
     """The lowest top-1 agreement over the classifier-shaped outputs (None if none)."""
     found = [s.agreement for s in scores if s.agreement is not None]
     return min(found) if found else None
 
 
-def evaluate(reference, run, inputs, names, chunk: int = 64) -> list[OutputScore]:
+def evaluate(reference: Callable[[list], list], run: Callable[[list], list],
+             inputs: list[np.ndarray], names: Sequence[str],
+             chunk: int = 64) -> list[OutputScore]:
     """Scores of `run` (the file) against `reference` (the Keras model), both callables
     from a list of input batches to a list of output arrays, on the rows of `inputs`
     taken `chunk` rows at a time."""

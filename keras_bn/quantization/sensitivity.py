@@ -11,11 +11,13 @@ with `nodes_to_exclude`), from one calibration, run in their runtimes
 (`keras_bn.export.selective`); AIMET's quant analyzer measures the same two views.
 """
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from keras_bn.flavour import Inputs, Model
 from keras_bn.quantization.scoring import OutputScore, lowest_agreement
 
 #: `score(layers kept in float) -> [OutputScore]`: a file of the model quantized but for
@@ -98,7 +100,7 @@ class SensitivityReport:
                  "all_but_sqnr_db": lowest_sqnr(s.all_but),
                  "won_back_db": s.gain_db(self.quantized)} for s in self.layers]
 
-    def plot(self, path) -> None:
+    def plot(self, path: str | os.PathLike) -> None:
         """A bar chart of the report (SQNR with each layer alone quantized, and with all
         but it), most harmful layer on top, written to `path` (png, svg, pdf)."""
         import matplotlib
@@ -147,8 +149,9 @@ def measure(layers: Sequence[str], score: Scorer, *, alone: bool = True,
     return quantized, found
 
 
-def sensitivity(model, calibration, *, evaluation=None, mode: str = "int8",
-                fmt: str = "tflite", ranges: str = "minmax", equalization: bool = False,
+def sensitivity(model: Model, calibration: Inputs | None, *, evaluation: Inputs | None = None,
+                mode: str = "int8", fmt: str = "tflite", ranges: str = "minmax",
+                equalization: bool = False,
                 bias_correction: bool | None = None) -> SensitivityReport:
     """Which layers of `model`'s quantized file lose its answers, most harmful first.
 

@@ -13,7 +13,8 @@ into its pointwise half.
 import copy
 
 from keras_bn import flavour
-from keras_bn.folding.graph import Graph
+from keras_bn.flavour import Layer
+from keras_bn.folding.graph import Graph, pointing_at
 from keras_bn.folding.rewrite import describe, rebuilt, short_name, weight_arrays
 
 #: The separable layer classes, by their spatial rank.
@@ -52,8 +53,7 @@ def split_for_int8(model):
         before = copy.deepcopy(entry)  # called as the layer was
         describe(before, first)
         describe(entry, second)
-        plumbing.walk_references(entry["inbound_nodes"], lambda value, n=first.name:
-                                 value.__setitem__(slice(0, 3), [n, 0, 0]))
+        plumbing.walk_references(entry["inbound_nodes"], pointing_at([first.name, 0, 0]))
         inserted.append((position[name], before))
         updates.update(weights)
     layers = list(graph.config["layers"])
@@ -63,12 +63,12 @@ def split_for_int8(model):
     return rebuilt(model, graph.config, updates)
 
 
-def _separable(layer) -> bool:
+def _separable(layer: Layer) -> bool:
     return (type(layer).__name__ in _SEPARABLE
             and getattr(layer, "data_format", "channels_last") == "channels_last")
 
 
-def _unfused(layer) -> bool:
+def _unfused(layer: Layer) -> bool:
     activation = getattr(layer, "activation", None)
     return (activation is not None and type(layer).__name__ != "Activation"
             and flavour.of(layer).is_builtin_layer_class(type(layer))

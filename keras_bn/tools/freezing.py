@@ -2,10 +2,11 @@
 
 from keras_bn import flavour
 from keras_bn.errors import InputError
+from keras_bn.flavour import Model
 from keras_bn.layers.find import batch_norm_layers, is_ours
 
 
-def freeze(model, *, train_gamma_beta: bool = False) -> list:
+def freeze(model: Model, *, train_gamma_beta: bool = False) -> list:
     """Puts every BatchNormalization layer of `model` in inference mode for fine-tuning.
 
     A frozen BN normalizes with its moving statistics and never updates them, whatever
@@ -50,7 +51,7 @@ def freeze(model, *, train_gamma_beta: bool = False) -> list:
     return [name for name, _ in layers]
 
 
-def unfreeze(model) -> list:
+def unfreeze(model: Model) -> list:
     """Undoes `freeze`: every BN layer trainable and back in training mode when training.
 
     Returns:

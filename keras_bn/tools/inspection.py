@@ -1,11 +1,14 @@
 """`keras_bn.summary`: what every BN layer of a model holds, as a table and as data."""
 
+from collections.abc import Callable
+
 import numpy as np
 
 from keras_bn import flavour
-from keras_bn.tools.table import aligned
+from keras_bn.flavour import Model
 from keras_bn.folding.plan import plan_model
 from keras_bn.layers.find import batch_norm_layers, bn_axes, per_sample_note, revived_layers
+from keras_bn.tools.table import aligned
 
 #: |gamma| below this (relative to the layer's largest |gamma|) counts as a dead channel.
 DEAD_GAMMA = 1e-3
@@ -23,7 +26,7 @@ def _range(values):
     return None if values is None else (float(np.min(values)), float(np.max(values)))
 
 
-def summary(model, print_fn=print) -> list:
+def summary(model: Model, print_fn: Callable[[str], object] | None = print) -> list:
     """Prints a table of every BatchNormalization layer of `model` and returns it as data.
 
     One row per BN layer (tf-keras's, keras_bn's BN and BRN; nested models included, named

@@ -59,5 +59,5 @@ class EscapingStream(io.TextIOBase):
         return self.stream.fileno()
 
     @property
-    def encoding(self):
+    def encoding(self) -> str:  # type: ignore[override]  # read-only: the stream's
         return getattr(self.stream, "encoding", "utf-8")
