@@ -107,6 +107,12 @@ class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def _register_tf_keras_layers():
+    own = sys.modules.get("keras_bn.flavours.tf_keras")
+    if own is not None and getattr(own.__spec__, "_initializing", False):
+        # tf_keras was imported first by keras_bn's own tf-keras flavour (a Keras 3 model
+        # handled by a function that looks at both flavours), which is not complete yet:
+        # the layers import it, so it registers them itself when it is done.
+        return
     importlib.import_module("keras_bn.layers.tf_keras")
 
 

@@ -36,6 +36,22 @@ def test_export_package_imports_its_exporters_on_first_use():
     _run([sys.executable, "-c", code], env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
 
 
+def test_tf_keras_first_imported_by_keras_bn_still_registers_its_layers(tmp_path):
+    """tf_keras imported first by keras_bn itself (a Keras 3 user's `fold` looks at both
+    flavours) registers keras_bn's tf-keras layers, with no warning: it used to warn
+    "could not register its layers ... partially initialized module" and leave them
+    unregistered for tf-keras's loaders."""
+    code = ("import sys, warnings\nwarnings.simplefilter('error')\nimport keras_bn\n"
+            "from keras_bn import flavour\n"
+            "assert 'tf_keras' not in sys.modules\n"
+            "plumbing = flavour.named('tf_keras')  # the first import of tf_keras\n"
+            "import tf_keras\n"
+            "cls = tf_keras.saving.get_registered_object('keras_bn>BatchNormalization')\n"
+            "assert cls is keras_bn.BatchNormalization, cls\n")
+    _run([sys.executable, "-W", "ignore::DeprecationWarning", "-c", code], cwd=tmp_path,
+         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
 def _modules(source):
     """Every module a wheel must hold, as its path inside the wheel."""
     root = pathlib.Path(source)
