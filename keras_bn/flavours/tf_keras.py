@@ -6,9 +6,9 @@ belongs to. The layer core reaches tensors through `ops` (`keras.ops`'s names, i
 TensorFlow) and the Keras layer machinery through the functions under "The layers".
 """
 
-import importlib
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
+from importlib import import_module as _import_module
 from typing import Any
 
 import numpy as np
@@ -485,4 +485,4 @@ def tflite_content(model: Model, signature: list, output_names: list[str],
 # `import keras_bn` registers its tf-keras layers right after tf_keras is first imported
 # (so tf-keras's own loaders find them); when this module was that first importer, it
 # was not complete then, and the layers, which need it, are registered now.
-importlib.import_module("keras_bn.layers.tf_keras")
+_import_module("keras_bn.layers.tf_keras")

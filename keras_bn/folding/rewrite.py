@@ -9,12 +9,11 @@ given. The input model is only read.
 """
 
 import copy
-from typing import Any
 
 import numpy as np
 
 from keras_bn import flavour
-from keras_bn.flavour import Layer
+from keras_bn.flavour import Layer, Variable
 from keras_bn.folding import math as fold_math
 from keras_bn.folding.graph import Graph, Ref, corresponding
 from keras_bn.folding.kinds import kind_of
@@ -194,7 +193,7 @@ def describe(entry: dict, layer: Layer) -> None:
         entry["name"] = layer.name
 
 
-def short_name(weight: Any) -> str:
+def short_name(weight: Variable) -> str:
     """A weight's name without its layer's path ("kernel", "moving_mean"), the key of
     `weight_arrays` and `rebuilt`'s updates."""
     return _short(weight)

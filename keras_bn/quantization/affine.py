@@ -9,11 +9,12 @@ states for them.
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from keras_bn.flavour import DType, Tensor
+from keras_bn.flavour import DType
 
 
-def quantize(x: Tensor, scale: float, zero_point: int, dtype: DType) -> np.ndarray:
+def quantize(x: ArrayLike, scale: float, zero_point: int, dtype: DType) -> np.ndarray:
     """Real values `x` as the integers of a tensor with `scale` and `zero_point`:
     `round(x / scale) + zero_point`, saturated to `dtype`'s range (halves rounded away
     from zero, as TFLite's reference quantize kernel's `std::round`)."""

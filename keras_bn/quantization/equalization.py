@@ -17,9 +17,10 @@ Depthwise-separable nets, whose folded channels differ by orders of magnitude, a
 it is for; ReLU6 and other clipping activations are not homogeneous and stop it.
 """
 
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from keras_bn import flavour
 from keras_bn.flavour import Inputs, Layer, Model
@@ -44,7 +45,7 @@ _HOMOGENEOUS = {"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropo
                 "LeakyReLU", "PReLU", "Identity"}
 
 
-def equalization_scales(activation: np.ndarray, weight: Any = None) -> np.ndarray:
+def equalization_scales(activation: ArrayLike, weight: ArrayLike | None = None) -> np.ndarray:
     """Per-channel `s` (divide the activation's channel `i` by `s_i`, multiply the next
     kernel's input channel `i` by it): `sqrt(activation / weight)`, so that both become
     `sqrt(activation * weight)`, or with `weight` None `activation / max(activation)`;
@@ -65,7 +66,7 @@ def equalization_scales(activation: np.ndarray, weight: Any = None) -> np.ndarra
     return s
 
 
-def _homogeneous_activation(activation: np.ndarray) -> bool:
+def _homogeneous_activation(activation: Callable | None) -> bool:
     return getattr(activation, "__name__", None) in ("linear", "relu") or activation is None
 
 

@@ -29,7 +29,7 @@ from keras_bn.quantization import bias_correction, equalization
 from keras_bn.quantization.technique import Technique
 
 
-def apply(model: Model, rows: Inputs, names: Sequence[str]) -> tuple[object, list[Technique]]:
+def apply(model: Model, rows: Inputs, names: Sequence[str]) -> tuple[Model, list[Technique]]:
     """`(new model, [Technique])`: `model` (a folded model) after each technique of
     `names` in order, measured on the calibration `rows` (one array per input).
     The model is not changed."""

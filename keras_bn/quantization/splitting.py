@@ -8,13 +8,20 @@ convolution; a conv or dense layer with an activation the integer kernels do not
 activation. `split_for_int8` makes those tensors layer outputs (the same values), so that
 `quantize_aware` can put their rounding in the model and fuse a BN after a separable conv
 into its pointwise half.
+
+It also writes a strided 1x1 convolution as a 1x1 max pooling with its strides (a
+subsampling) and the 1x1 convolution unstrided, the same values: TensorFlow 2.21 with
+oneDNN on (its default on AVX-512 CPUs) dies with SIGSEGV training a strided 1x1
+Conv2D on few channels, a residual net's downsampling shortcut, and fine-tuning must
+not take the user's process down. `keras_bn.quantization.inference_model` makes the
+pair one strided convolution again for the files (`merged_subsampling`).
 """
 
 import copy
 
 from keras_bn import flavour
-from keras_bn.flavour import Layer
-from keras_bn.folding.graph import Graph, pointing_at
+from keras_bn.flavour import Layer, Model
+from keras_bn.folding.graph import Graph, Ref, pointing_at
 from keras_bn.folding.rewrite import describe, rebuilt, short_name, weight_arrays
 
 #: The separable layer classes, by their spatial rank.
@@ -24,19 +31,28 @@ _SEPARABLE = {"SeparableConv1D": 1, "SeparableConv2D": 2}
 #: Activations the integer conv, depthwise and dense kernels fuse (no tensor between).
 FUSED = frozenset(("linear", "relu", "relu6"))
 
+#: The plain convolution classes, by their spatial rank.
+_CONV = {"Conv1D": 1, "Conv2D": 2, "Conv3D": 3}
 
-def split_for_int8(model):
+#: The name suffix of the subsampling a strided 1x1 convolution is split into.
+SUBSAMPLE = "_subsample"
+
+
+def split_for_int8(model: Model) -> Model:
     """`model` with every top-level layer called once that the files compute as two ops
     written as two layers: a channels-last SeparableConv1D/2D as `DepthwiseConv`
     (named `<name>_depthwise`) -> `Conv` 1x1 (named as the separable layer), a layer
     with an unfused activation (not linear, relu or relu6) as the layer without it
-    (named `<name>_linear`) -> `Activation` (named as the layer). The model itself if
-    there is none. A Sequential model comes back as the functional model it is. The
-    model is not changed."""
+    (named `<name>_linear`) -> `Activation` (named as the layer); and a channels-last
+    strided 1x1 convolution as `MaxPooling` of size 1 with its strides (named
+    `<name>_subsample`) -> the convolution with strides 1. The model itself if there is
+    none. A Sequential model comes back as the functional model it is. The model is not
+    changed."""
     plumbing = flavour.of(model)
     graph = Graph(model)
     found = [name for name, node in graph.nodes.items()
-             if len(node.calls) == 1 and (_separable(node.layer) or _unfused(node.layer))]
+             if len(node.calls) == 1 and (_separable(node.layer) or _unfused(node.layer)
+                                          or _strided_pointwise(node.layer))]
     if not found:
         return model
     if graph.sequential:
@@ -47,8 +63,10 @@ def split_for_int8(model):
     inserted = []
     for name in found:
         layer = graph.nodes[name].layer
-        first, second, weights = (_separable_halves(plumbing, layer) if _separable(layer)
-                                  else _activation_halves(plumbing, layer))
+        first, second, weights = (
+            _separable_halves(plumbing, layer) if _separable(layer)
+            else _activation_halves(plumbing, layer) if _unfused(layer)
+            else _subsampling_halves(plumbing, layer))
         entry = entries[name]
         before = copy.deepcopy(entry)  # called as the layer was
         describe(before, first)
@@ -60,7 +78,8 @@ def split_for_int8(model):
     for index, entry in sorted(inserted, key=lambda t: -t[0]):
         layers.insert(index, entry)
     graph.config["layers"] = layers
-    return rebuilt(model, graph.config, updates)
+    # again: the linear half of a strided 1x1 conv with an unfused activation is one
+    return split_for_int8(rebuilt(model, graph.config, updates))
 
 
 def _separable(layer: Layer) -> bool:
@@ -74,6 +93,55 @@ def _unfused(layer: Layer) -> bool:
             and flavour.of(layer).is_builtin_layer_class(type(layer))
             and getattr(activation, "__name__", None) not in FUSED
             and "activation" in layer.get_config())
+
+
+def _strided_pointwise(layer: Layer) -> bool:
+    """A built-in channels-last Conv1D/2D/3D with a 1x1 kernel and a stride above 1
+    (undilated: a dilation applies to strides 1 only)."""
+    config = layer.get_config() if type(layer).__name__ in _CONV else {}
+    return (bool(config) and flavour.of(layer).is_builtin_layer_class(type(layer))
+            and config.get("data_format", "channels_last") == "channels_last"
+            and all(k == 1 for k in _tuple(config["kernel_size"]))
+            and any(s > 1 for s in _tuple(config["strides"])))
+
+
+def _tuple(value: int | tuple | list) -> tuple:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+def _subsampling_halves(plumbing, layer):
+    """A strided 1x1 conv `layer` as a `MaxPooling` of size 1 with its strides (named
+    `<name>_subsample`: the rows and columns the conv reads) and the conv with strides 1
+    (named as `layer`, its weights). A 1x1 kernel reads no padding: 'same', 'valid' and
+    'causal' give the same `ceil(size / stride)` positions."""
+    config = layer.get_config()
+    rank = _CONV[type(layer).__name__]
+    strides = _tuple(config["strides"]) * (rank if len(_tuple(config["strides"])) == 1 else 1)
+    subsample = getattr(plumbing.keras.layers, f"MaxPooling{rank}D")(
+        pool_size=(1,) * rank, strides=strides, padding="valid",
+        name=f"{layer.name}{SUBSAMPLE}", dtype=config.get("dtype"))
+    conv = type(layer).from_config(dict(config, strides=(1,) * rank, padding="valid"))
+    channels = int(layer.kernel.shape[-2]) * config.get("groups", 1)
+    conv.build((None,) * (rank + 1) + (channels,))
+    return subsample, conv, {conv.name: weight_arrays(layer)}
+
+
+def merged_subsampling(graph: Graph) -> dict[str, tuple[Ref, tuple]]:
+    """The subsamplings `split_for_int8` wrote of strided 1x1 convolutions, still read by
+    their convolution alone: `{subsampling layer: (its input, its strides)}`, for the
+    convolution (or the QuantizedConvBN it became) to take the strides back."""
+    found = {}
+    for name, node in graph.nodes.items():
+        conv = name[:-len(SUBSAMPLE)]
+        if (not name.endswith(SUBSAMPLE) or conv not in graph.nodes
+                or not type(node.layer).__name__.startswith("MaxPooling")
+                or any(p != 1 for p in _tuple(node.layer.pool_size))
+                or len(node.calls) != 1):
+            continue
+        readers = graph.consumers.get(Ref(name), [])
+        if [call.layer for call in readers] == [conv] and len(graph.nodes[conv].calls) == 1:
+            found[name] = (node.calls[0].args[0], _tuple(node.layer.strides))
+    return found
 
 
 def _separable_halves(plumbing, layer):

@@ -68,6 +68,35 @@ def test_int8_files_compute_what_was_trained(flavour, fmt, tmp_path):
         _assert_integer_onnx(result.path)
 
 
+def test_a_strided_pointwise_shortcut_is_one_strided_conv_in_the_file(tmp_path):
+    """The subsampling a QAT model trains a strided 1x1 conv as (oneDNN's crash; here a
+    downsampling shortcut conv -> BN, fused unstrided) is not in the file: one strided
+    CONV_2D, no MAX_POOL_2D, integer throughout, and the exporter's check that the file
+    is the simulated forward within a step on 95 % of the values passes."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    keras.utils.set_random_seed(0)
+    rs = np.random.RandomState(0)
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    shortcut = keras.layers.BatchNormalization()(
+        keras.layers.Conv2D(8, 1, strides=2, use_bias=False, name="shortcut")(x))
+    main = keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 3, strides=2,
+                                                                 padding="same")(x))
+    x = keras.layers.Add()([shortcut, keras.layers.ReLU()(main)])
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Flatten()(x)))
+    data = rs.uniform(-1, 1, (64, 12, 12, 3)).astype("float32")
+    aware = quantize_aware(model, data, freeze_after=4)
+    assert type(aware.get_layer("shortcut_subsample")).__name__ == "MaxPooling2D"
+    aware.compile("adam", "mse")
+    aware.fit(data, rs.randn(64, 4), batch_size=16, epochs=2, verbose=0)
+    result = to_tflite(aware, tmp_path / "q.tflite", quantize="int8", samples=data)
+    assert result.steps_within >= 0.95, result
+    ops = [op["op_name"] for op in Interpreter(model_path=result.path)._get_ops_details()]
+    assert "MAX_POOL_2D" not in ops and ops.count("CONV_2D") == 3, ops
+    _assert_integer_tflite(result.path, aware)
+
+
 def _assert_integer_tflite(path, aware):
     """No op but the input's QUANTIZE and the output's DEQUANTIZE writes a float tensor
     (int8 activations; int32 shapes), and each learned range is the scale and zero point of a tensor of the

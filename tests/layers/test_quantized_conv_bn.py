@@ -166,10 +166,12 @@ def test_the_keras3_cases_pass_on_the_other_backends(backend):
     assert "10 passed" in run.stdout, run.stdout[-500:]
 
 
-def test_training_a_strided_pointwise_conv_does_not_crash_with_onednn_on(tmp_path):
+@pytest.mark.parametrize("after", ["BN", "nothing"])
+def test_training_a_strided_pointwise_conv_does_not_crash_with_onednn_on(after, tmp_path):
     """TensorFlow 2.21 with oneDNN on (the Makefile's setting) dies with SIGSEGV training
-    a Conv2D(16, 1, strides=2) on 3 channels; the QuantizedConvBN of that conv -> BN
-    trains (a child process: a crash is a return code, not this run's end)."""
+    a Conv2D(16, 1, strides=2) on 3 channels; a QAT model of it trains, whether a BN
+    follows (a QuantizedConvBN) or not (a residual shortcut: a subsampling, then the
+    conv unstrided). A child process: a crash is a return code, not this run's end."""
     import os
     import subprocess
     import sys
@@ -179,7 +181,8 @@ def test_training_a_strided_pointwise_conv_does_not_crash_with_onednn_on(tmp_pat
         "from keras_bn.quantization import quantize_aware\n"
         "i = keras.Input((64, 64, 3))\n"
         "x = keras.layers.Conv2D(16, 1, strides=2, padding='same', use_bias=False)(i)\n"
-        "x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))\n"
+        + ("x = keras.layers.BatchNormalization()(x)\n" if after == "BN" else "") +
+        "x = keras.layers.ReLU()(x)\n"
         "m = keras.Model(i, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))\n"
         "d = np.random.rand(32, 64, 64, 3).astype('float32')\n"
         "q = quantize_aware(m, d)\n"

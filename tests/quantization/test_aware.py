@@ -74,6 +74,51 @@ def test_pairs_fuse_and_the_rest_stays_with_its_reason(flavour):
     _close(aware(data, training=True), model(data, training=True))
 
 
+def _shortcut_net(flavour):
+    """A residual block whose downsampling shortcut is a plain strided 1x1 conv (no BN
+    after it), beside a strided 1x1 conv -> BN, and a strided 1x1 head with a sigmoid (split
+    twice: its activation, then its stride)."""
+    k, bn = FLAVOURS[flavour]
+    inputs = k.Input((10, 10, 3))
+    x = k.layers.Conv2D(6, 3, padding="same", activation="relu", name="stem")(inputs)
+    shortcut = k.layers.Conv2D(8, 1, strides=2, padding="same", name="shortcut")(x)
+    main = bn(name="main_bn")(k.layers.Conv2D(8, 1, strides=2, use_bias=False,
+                                              name="main")(x))
+    x = k.layers.Add()([shortcut, k.layers.ReLU()(main)])
+    x = k.layers.Conv2D(4, 1, strides=(2, 1), activation="sigmoid", name="head")(x)
+    model = k.Model(inputs, k.layers.GlobalAveragePooling2D()(x))
+    return model, np.random.RandomState(1).randn(16, 10, 10, 3).astype("float32")
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_strided_pointwise_conv_trains_as_a_subsampling_and_exports_as_itself(flavour):
+    """A strided 1x1 conv (TensorFlow with oneDNN dies training one on few channels) is
+    a 1x1 max pooling with its strides, then the conv unstrided, in the QAT model (the
+    conv of a conv -> BN pair then fuses with the BN unstrided): the same values;
+    `inference_model` makes each one strided conv again."""
+    model, data = _shortcut_net(flavour)
+    aware, plan = quantize_aware(model, weight_bits=None, return_plan=True)
+    assert plan.fused == {"main": "main_bn"}, plan
+    for name, strides in (("shortcut", (2, 2)), ("main", (2, 2)), ("head_linear", (2, 1))):
+        subsample = aware.get_layer(f"{name}_subsample")
+        assert type(subsample).__name__ == "MaxPooling2D"
+        assert tuple(subsample.pool_size) == (1, 1) and tuple(subsample.strides) == strides
+        assert tuple(aware.get_layer(name).strides) == (1, 1)
+    assert type(aware.get_layer("head")).__name__ == "Activation"
+    assert type(aware.get_layer("main")).__name__ == "QuantizedConvBN"
+    for layer in aware.layers:  # no strided 1x1 convolution is left to train
+        if type(layer).__name__ in ("Conv2D", "QuantizedConvBN"):
+            assert tuple(layer.strides) == (1, 1), layer.name
+    _close(aware(data, training=False), model(data, training=False))
+    _close(aware(data, training=True), model(data, training=True))
+    plain = keras_bn.quantization.inference_model(aware, activations=False)
+    assert not [layer.name for layer in plain.layers if layer.name.endswith("_subsample")]
+    assert tuple(plain.get_layer("shortcut").strides) == (2, 2)
+    assert tuple(plain.get_layer("head_linear").strides) == (2, 1)
+    assert tuple(plain.get_layer("main").strides) == (2, 2)
+    _close(plain(data), model(data, training=False))
+
+
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_int8_inference_is_the_folded_model_with_int8_grid_kernels(flavour):
     model, data = _net(flavour)
@@ -154,4 +199,4 @@ def test_the_keras3_cases_pass_on_the_other_backends(backend):
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           "-p", "no:xdist", __file__, "-k", "keras3 and not other_backends"],
                          env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and "4 passed" in run.stdout, run.stdout[-3000:]
+    assert run.returncode == 0 and "5 passed" in run.stdout, run.stdout[-3000:]
