@@ -6,6 +6,8 @@ are BN, where are they, over which axes"; they import it from here, not from eac
 Every helper takes a layer or model of either Keras flavour (tf-keras or Keras 3).
 """
 
+from collections.abc import Callable
+
 from keras_bn import flavour
 from keras_bn.flavour import Layer, Model
 from keras_bn.layers.activation_quantizer import ActivationQuantizer as _Quantizer
@@ -68,20 +70,26 @@ def activation_quantizers(model: Model) -> list:
     return [layer for layer in all_layers(model) if isinstance(layer, _Quantizer)]
 
 
-def revived_layers(model: Model) -> list[tuple[str, str]]:
-    """`(name, saved class name)` of every layer of `model` (nested models' included,
-    `outer/inner` names) that tf-keras revived from a SavedModel without its class."""
+def _named_layers(model: Model, keep: Callable[[Layer], bool]) -> list[tuple[str, str]]:
+    """`(name, class name)` of every layer of `model` that is not a model and that `keep`
+    keeps, nested models' included with `outer/inner` names."""
     found = []
 
     def walk(layers, path):
         for layer in layers:
             if is_model(layer):
                 walk(layer.layers, path + (layer.name,))
-            elif flavour.of(layer).is_revived(layer):
+            elif keep(layer):
                 found.append(("/".join(path + (layer.name,)), type(layer).__name__))
 
     walk(model.layers, ())
     return found
+
+
+def revived_layers(model: Model) -> list[tuple[str, str]]:
+    """`(name, saved class name)` of every layer of `model` (nested models' included,
+    `outer/inner` names) that tf-keras revived from a SavedModel without its class."""
+    return _named_layers(model, lambda layer: flavour.of(layer).is_revived(layer))
 
 
 #: Normalization layers that use each sample's own statistics (Keras built-ins and the
@@ -98,17 +106,8 @@ PER_SAMPLE_REASON = ("normalizes each sample by its own statistics, computed ane
 def per_sample_normalizations(model: Model) -> list[tuple[str, str]]:
     """`(name, class name)` of every layer of `model` (nested models' included,
     `outer/inner` names) of a class in `PER_SAMPLE_NORMALIZATIONS`."""
-    found = []
-
-    def walk(layers, path):
-        for layer in layers:
-            if is_model(layer):
-                walk(layer.layers, path + (layer.name,))
-            elif type(layer).__name__ in PER_SAMPLE_NORMALIZATIONS:
-                found.append(("/".join(path + (layer.name,)), type(layer).__name__))
-
-    walk(model.layers, ())
-    return found
+    return _named_layers(model,
+                         lambda layer: type(layer).__name__ in PER_SAMPLE_NORMALIZATIONS)
 
 
 def per_sample_note(model: Model) -> str | None:

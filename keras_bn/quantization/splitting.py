@@ -98,8 +98,10 @@ def _unfused(layer: Layer) -> bool:
 def _strided_pointwise(layer: Layer) -> bool:
     """A built-in channels-last Conv1D/2D/3D with a 1x1 kernel and a stride above 1
     (undilated: a dilation applies to strides 1 only)."""
-    config = layer.get_config() if type(layer).__name__ in _CONV else {}
-    return (bool(config) and flavour.of(layer).is_builtin_layer_class(type(layer))
+    if type(layer).__name__ not in _CONV:
+        return False
+    config = layer.get_config()
+    return (flavour.of(layer).is_builtin_layer_class(type(layer))
             and config.get("data_format", "channels_last") == "channels_last"
             and all(k == 1 for k in _tuple(config["kernel_size"]))
             and any(s > 1 for s in _tuple(config["strides"])))
@@ -116,9 +118,8 @@ def _subsampling_halves(plumbing, layer):
     'causal' give the same `ceil(size / stride)` positions."""
     config = layer.get_config()
     rank = _CONV[type(layer).__name__]
-    strides = _tuple(config["strides"]) * (rank if len(_tuple(config["strides"])) == 1 else 1)
     subsample = getattr(plumbing.keras.layers, f"MaxPooling{rank}D")(
-        pool_size=(1,) * rank, strides=strides, padding="valid",
+        pool_size=(1,) * rank, strides=config["strides"], padding="valid",
         name=f"{layer.name}{SUBSAMPLE}", dtype=config.get("dtype"))
     conv = type(layer).from_config(dict(config, strides=(1,) * rank, padding="valid"))
     channels = int(layer.kernel.shape[-2]) * config.get("groups", 1)
