@@ -498,6 +498,7 @@ def _qat(args):
 
     steps.run(f"save {args.out}", save)
     print(f"{len(plan.fused)} layer -> BN pair(s) trained folded and int8, "
+          f"{len(plan.plain)} layer(s) without a BN with int8 weights, "
           f"{len(plan.quantized)} activation(s) quantized, BN statistics frozen after "
           f"{freeze_after} steps")
     for bn, reason in plan.kept.items():

@@ -40,6 +40,10 @@ class QuantizedConvBN(LayerCore):
     Without `weight_bits` (None) nothing is quantized: the layer then equals conv -> BN
     in training and the folded conv in inference, to float32 rounding.
 
+    With `batch_norm=False` it stands for a conv, depthwise conv or dense layer with no
+    BN after it: `op(x, q(W)) + bias` in training and inference alike (no statistics),
+    so that training sees the int8 weights the file holds for such a layer too.
+
     Args:
       kind: "conv" (Conv1D/2D/3D), "depthwise" (DepthwiseConv2D) or "dense".
       filters: Output channels of a conv; units of a dense layer; the depth multiplier
@@ -53,6 +57,8 @@ class QuantizedConvBN(LayerCore):
       freeze_after: Training steps (calls in training mode) after which the BN
         statistics freeze and training runs the inference graph; None never freezes.
       weight_bits: 8 (int8 weights) or None (float, for checks).
+      batch_norm: Whether a BN follows (False: the layer alone; `momentum`, `epsilon`,
+        `center`, `scale` and `freeze_after` are then unused).
       **kwargs: Base layer arguments (`name`, `dtype`, `trainable`, ...).
 
     Call arguments:
@@ -60,7 +66,8 @@ class QuantizedConvBN(LayerCore):
       training: Python boolean (tf-keras also takes a boolean tensor).
 
     Weights: `kernel`, `bias` (with `use_bias`), `gamma`, `beta`, `moving_mean`,
-    `moving_variance` (the unfolded layers', under their names), and `step`.
+    `moving_variance` (the unfolded layers', under their names), and `step`; with
+    `batch_norm=False`, `kernel` and `bias` only.
     """
 
     _flavour: ClassVar[Flavour]
@@ -70,7 +77,8 @@ class QuantizedConvBN(LayerCore):
                  dilation_rate: int | Sequence[int] = 1, groups: int = 1,
                  use_bias: bool = True, momentum: float = 0.99, epsilon: float = 1e-3,
                  center: bool = True, scale: bool = True, freeze_after: int | None = None,
-                 weight_bits: int | None = 8, **kwargs: Any) -> None:
+                 weight_bits: int | None = 8, batch_norm: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if kind not in KINDS:
             raise ValueError(f"QuantizedConvBN layer '{self.name}': kind={kind!r}; use one "
@@ -84,6 +92,7 @@ class QuantizedConvBN(LayerCore):
         self.momentum, self.epsilon = float(momentum), float(epsilon)
         self.center, self.scale = bool(center), bool(scale)
         self.freeze_after, self.weight_bits = freeze_after, weight_bits
+        self.batch_norm = bool(batch_norm)
 
     def _tuple(self, value, rank):
         return (value,) * rank if isinstance(value, int) else tuple(value)
@@ -111,15 +120,20 @@ class QuantizedConvBN(LayerCore):
         self.bias = (flavour.add_parameter(self, "bias", (out,), dtype,
                                            flavour.initializers.get("zeros"))
                      if self.use_bias else None)
-        ones, zeros = flavour.initializers.get("ones"), flavour.initializers.get("zeros")
-        self.gamma = (flavour.add_parameter(self, "gamma", (out,), dtype, ones)
-                      if self.scale else None)
-        self.beta = (flavour.add_parameter(self, "beta", (out,), dtype, zeros)
-                     if self.center else None)
-        self.moving_mean = flavour.add_statistic(self, "moving_mean", (out,), dtype, zeros)
-        self.moving_variance = flavour.add_statistic(self, "moving_variance", (out,), dtype,
-                                                     ones)
-        self.step = flavour.add_counter(self, "step")
+        self._channels = out
+        self.gamma = self.beta = self.moving_mean = self.moving_variance = None
+        self.step = None
+        if self.batch_norm:
+            ones, zeros = flavour.initializers.get("ones"), flavour.initializers.get("zeros")
+            self.gamma = (flavour.add_parameter(self, "gamma", (out,), dtype, ones)
+                          if self.scale else None)
+            self.beta = (flavour.add_parameter(self, "beta", (out,), dtype, zeros)
+                         if self.center else None)
+            self.moving_mean = flavour.add_statistic(self, "moving_mean", (out,), dtype,
+                                                     zeros)
+            self.moving_variance = flavour.add_statistic(self, "moving_variance", (out,),
+                                                         dtype, ones)
+            self.step = flavour.add_counter(self, "step")
         self.built = True
 
     # -- the folded, quantized operation --------------------------------------------------
@@ -127,7 +141,7 @@ class QuantizedConvBN(LayerCore):
     def _vector(self, variable, default):
         ops = self._flavour.ops
         if variable is None:
-            return ops.ones(self.moving_mean.shape) * default
+            return ops.ones((self._channels,), self.compute_dtype) * default
         return ops.convert_to_tensor(variable)
 
     def _folded_kernel(self, s):
@@ -168,10 +182,13 @@ class QuantizedConvBN(LayerCore):
     def _factors(self):
         """`(gamma, beta, bias, sigma, s, shift)`: BN's parameters (ones, zeros where
         absent), the moving sigma, the fold's factor `s = gamma / sigma` and the folded
-        bias `shift = beta + (bias - moving_mean) * s`."""
+        bias `shift = beta + (bias - moving_mean) * s`; without a BN, `s` is 1 and
+        `shift` the bias."""
         ops = self._flavour.ops
         gamma, beta = self._vector(self.gamma, 1.0), self._vector(self.beta, 0.0)
         bias = self._vector(self.bias, 0.0)
+        if not self.batch_norm:
+            return gamma, beta, bias, gamma, gamma, bias
         sigma = ops.sqrt(ops.convert_to_tensor(self.moving_variance) + self.epsilon)
         s = gamma / sigma
         shift = beta + (bias - ops.convert_to_tensor(self.moving_mean)) * s
@@ -192,7 +209,7 @@ class QuantizedConvBN(LayerCore):
         gamma, beta, bias, sigma, s, shift = self._factors()
         y = self._operation(x, self._folded_kernel(s))
         training = flavour.training_flag(self, training)
-        if training is False:
+        if training is False or not self.batch_norm:
             return y + shift
         return flavour.train_or_infer(
             training, lambda gate: self._training(y, shift, s, sigma, gamma, beta, bias, gate),
@@ -262,4 +279,4 @@ class QuantizedConvBN(LayerCore):
                 "groups": self.groups, "use_bias": self.use_bias,
                 "momentum": self.momentum, "epsilon": self.epsilon, "center": self.center,
                 "scale": self.scale, "freeze_after": self.freeze_after,
-                "weight_bits": self.weight_bits}
+                "weight_bits": self.weight_bits, "batch_norm": self.batch_norm}

@@ -49,11 +49,14 @@ _CLASSES = {"Conv1D": "conv", "Conv2D": "conv", "Conv3D": "conv",
 @dataclasses.dataclass
 class AwarePlan:
     """What `quantize_aware` did: `fused` maps each new QuantizedConvBN (named as the
-    layer it replaces) to the BN merged into it; `kept` maps each BN left as it was to
-    the reason; `quantized` names the tensors given an ActivationQuantizer (by the
-    layer that makes them) and `ranges` their calibrated `(low, high)`."""
+    layer it replaces) to the BN merged into it; `plain` names the conv, depthwise and
+    dense layers with no BN that became a QuantizedConvBN without one (int8 weights);
+    `kept` maps each BN left as it was to the reason; `quantized` names the tensors
+    given an ActivationQuantizer (by the layer that makes them) and `ranges` their
+    calibrated `(low, high)`."""
 
     fused: dict = dataclasses.field(default_factory=dict)
+    plain: list = dataclasses.field(default_factory=list)
     kept: dict = dataclasses.field(default_factory=dict)
     quantized: list = dataclasses.field(default_factory=list)
     ranges: dict = dataclasses.field(default_factory=dict)
@@ -69,28 +72,56 @@ def _layer_class(plumbing):
 
 def _why_not(layer, bn, decision):
     """Why a folded-after pair cannot become a QuantizedConvBN, or None."""
-    name = type(layer).__name__
     if len(decision.chain) != 1:
         return "BNs in a row (fold them first)"
-    if name not in _CLASSES or kind_of(layer) is None:
-        return f"it follows a {name}, which QuantizedConvBN does not compute"
-    if getattr(layer, "data_format", "channels_last") != "channels_last":
-        return f"'{layer.name}' is channels_first; int8 files are channels last"
+    why = _not_computed(layer)
+    if why:
+        return why
     if getattr(bn, "virtual_batch_size", None) or getattr(bn, "synchronized", False):
         return "ghost batches or synchronized statistics are not simulated"
     return None
 
 
+def _not_computed(layer):
+    """Why QuantizedConvBN cannot compute `layer` (linear, channels last), or None."""
+    name = type(layer).__name__
+    if name not in _CLASSES or kind_of(layer) is None:
+        return f"it follows a {name}, which QuantizedConvBN does not compute"
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        return f"'{layer.name}' is channels_first; int8 files are channels last"
+    return None
+
+
+def _plain_layers(graph, taken):
+    """The top-level conv, depthwise and dense layers no BN folds into (`taken`: the
+    layers a BN folds into, either side) that a QuantizedConvBN without a BN computes:
+    built-in, linear (`split_for_int8(linear=True)` made them so), channels last."""
+    found = []
+    for name, node in graph.nodes.items():
+        layer = node.layer
+        if (name in taken or layer is None or not node.calls
+                or not graph.flavour.is_builtin_layer_class(type(layer))
+                or _not_computed(layer)):
+            continue
+        if getattr(getattr(layer, "activation", None), "__name__", None) == "linear":
+            found.append(name)
+    return found
+
+
 def _arguments(layer, bn, freeze_after, weight_bits):
-    """The QuantizedConvBN configuration that replaces `layer` -> `bn`."""
+    """The QuantizedConvBN configuration that replaces `layer` -> `bn` (`layer` alone
+    when `bn` is None)."""
     config = layer.get_config()
     kind = _CLASSES[type(layer).__name__]
     args = {"kind": kind, "use_bias": bool(config.get("use_bias", True)),
-            "momentum": float(bn.momentum), "epsilon": float(bn.epsilon),
-            "center": getattr(bn, "beta", None) is not None,
-            "scale": getattr(bn, "gamma", None) is not None,
-            "freeze_after": freeze_after, "weight_bits": weight_bits,
-            "name": layer.name, "dtype": config.get("dtype"), "trainable": layer.trainable}
+            "weight_bits": weight_bits, "name": layer.name, "dtype": config.get("dtype"),
+            "trainable": layer.trainable}
+    if bn is None:
+        args["batch_norm"] = False
+    else:
+        args.update(momentum=float(bn.momentum), epsilon=float(bn.epsilon),
+                    center=getattr(bn, "beta", None) is not None,
+                    scale=getattr(bn, "gamma", None) is not None, freeze_after=freeze_after)
     if kind == "dense":
         return {**args, "filters": config["units"]}
     args.update(kernel_size=config["kernel_size"], strides=config["strides"],
@@ -102,13 +133,15 @@ def _arguments(layer, bn, freeze_after, weight_bits):
 
 def _weights(layer, bn, args):
     """`{short name: array}` of the QuantizedConvBN: the layer's kernel (and bias), the
-    BN's parameters and statistics, and its step counter at 0."""
+    BN's parameters and statistics, and its step counter at 0 (with a `bn`)."""
     mine = weight_arrays(layer)
     kernel = mine.get("depthwise_kernel", mine.get("kernel"))
     flat = lambda v: np.reshape(np.asarray(v), -1)
     weights = {"kernel": kernel}
     if args["use_bias"]:
         weights["bias"] = mine["bias"]
+    if bn is None:
+        return weights
     if args["scale"]:
         weights["gamma"] = flat(bn.gamma)
     if args["center"]:
@@ -129,7 +162,9 @@ def quantize_aware(model: Model, calibration: Inputs | None = None, *,
     it computes the folded layer with its kernel on the int8 grid of the files
     (symmetric per output channel), and in training conv -> BN with the batch's
     statistics (moving statistics updated) until `freeze_after` training steps, the
-    inference graph after. Train it with `model.fit` as the original.
+    inference graph after. Train it with `model.fit` as the original. Every other conv,
+    depthwise conv or dense layer (no BN folds into it) becomes a `QuantizedConvBN`
+    without a BN: its kernel on the same int8 grid, as the file will hold it.
 
     With `calibration` data, every activation tensor the int8 file will hold (the
     model's inputs, each layer's output, a conv's or an Add's after the ReLU/ReLU6 the
@@ -146,7 +181,8 @@ def quantize_aware(model: Model, calibration: Inputs | None = None, *,
     1x1 convolutions the files compute, and a layer with an activation the integer
     kernels do not fuse (softmax, sigmoid, ...) into the layer and an Activation
     (`keras_bn.quantization.splitting`), so that every int8 tensor of the file is
-    simulated.
+    simulated; a fused ReLU/ReLU6 of a layer with no BN becomes an Activation after
+    it too (the converters fuse it back).
 
     Args:
       model: A built Sequential or functional model (tf-keras or Keras 3); not changed.
@@ -157,7 +193,8 @@ def quantize_aware(model: Model, calibration: Inputs | None = None, *,
       weight_bits: 8 (int8 weights) or None (the float folded layer; for checks).
       momentum: Of the activation ranges' moving averages in training (1 keeps the
         calibrated ranges).
-      return_plan: Also return the `AwarePlan` (the pairs fused, the BNs kept and why).
+      return_plan: Also return the `AwarePlan` (the pairs fused, the layers with int8
+        weights and no BN, the BNs kept and why).
 
     Returns:
       The new model (a functional or Sequential model of `model`'s flavour), or
@@ -175,11 +212,20 @@ def quantize_aware(model: Model, calibration: Inputs | None = None, *,
         raise InputError(f"Model '{model.name}' is not built: call it on data or give it "
                          "an Input shape first.")
     plumbing = flavour.of(model)
-    model = split_for_int8(model)  # every tensor the file holds a layer's output
+    model = split_for_int8(model, linear=True)  # each tensor the file holds an output
     graph = Graph(model)
     entries, layer_class = graph.entries(), _layer_class(plumbing)
     plan, updates, removed = AwarePlan(), {}, {}
     gone = set()  # layers whose output tensor the file will not hold (a BN folds there)
+    taken = set()  # layers a BN folds into: their weights change on export
+
+    def replace(layer, bn):
+        args = _arguments(layer, bn, freeze_after, weight_bits)
+        entry = entries[layer.name]
+        entry.update(module=layer_class.__module__, class_name=layer_class.__name__,
+                     registered_name=f"keras_bn>{layer_class.__name__}")
+        entry["config"] = layer_class(**args).get_config()
+        updates[layer.name] = _weights(layer, bn, args)
     for decision in plan_model(model).decisions:
         if not decision.folded:
             plan.kept[decision.bn] = decision.reason
@@ -189,6 +235,7 @@ def quantize_aware(model: Model, calibration: Inputs | None = None, *,
             plan.kept[decision.bn] = ("inside a nested model: quantize_aware fuses the "
                                       "top level's pairs (fold the model first)")
             continue
+        taken.add(decision.into)
         if decision.position != "after":
             plan.kept[decision.bn] = (f"before '{decision.into}': it trains as a BN and "
                                       "folds into that layer's inputs on export")
@@ -201,15 +248,12 @@ def quantize_aware(model: Model, calibration: Inputs | None = None, *,
             plan.kept[decision.bn] = why
             gone.add(decision.into)  # still folded on export: one tensor, the BN's
             continue
-        args = _arguments(layer, bn, freeze_after, weight_bits)
-        instance = layer_class(**args)
-        entry = entries[layer.name]
-        entry.update(module=layer_class.__module__, class_name=layer_class.__name__,
-                     registered_name=f"keras_bn>{layer_class.__name__}")
-        entry["config"] = instance.get_config()
-        updates[layer.name] = _weights(layer, bn, args)
+        replace(layer, bn)
         removed[decision.bn] = graph.nodes[decision.bn].calls[0].args[0]
         plan.fused[layer.name] = decision.bn
+    for name in _plain_layers(graph, taken):  # no BN: int8 weights all the same
+        replace(graph.nodes[name].layer, None)
+        plan.plain.append(name)
     rows = None if calibration is None else model_inputs(model, calibration,
                                                          "calibration data")
     config = graph.without(removed)

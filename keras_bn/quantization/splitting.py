@@ -38,20 +38,23 @@ _CONV = {"Conv1D": 1, "Conv2D": 2, "Conv3D": 3}
 SUBSAMPLE = "_subsample"
 
 
-def split_for_int8(model: Model) -> Model:
+def split_for_int8(model: Model, linear: bool = False) -> Model:
     """`model` with every top-level layer called once that the files compute as two ops
     written as two layers: a channels-last SeparableConv1D/2D as `DepthwiseConv`
     (named `<name>_depthwise`) -> `Conv` 1x1 (named as the separable layer), a layer
     with an unfused activation (not linear, relu or relu6) as the layer without it
     (named `<name>_linear`) -> `Activation` (named as the layer); and a channels-last
     strided 1x1 convolution as `MaxPooling` of size 1 with its strides (named
-    `<name>_subsample`) -> the convolution with strides 1. The model itself if there is
-    none. A Sequential model comes back as the functional model it is. The model is not
-    changed."""
+    `<name>_subsample`) -> the convolution with strides 1. With `linear`, also a
+    built-in Conv1D/2D/3D, DepthwiseConv2D or Dense with a fused activation (relu,
+    relu6) as the layer without it and the `Activation`, as an unfused one: every such
+    layer is then linear (a QuantizedConvBN computes none; the converters fuse the
+    activation back). The model itself if there is none. A Sequential model comes back
+    as the functional model it is. The model is not changed."""
     plumbing = flavour.of(model)
     graph = Graph(model)
     found = [name for name, node in graph.nodes.items()
-             if len(node.calls) == 1 and (_separable(node.layer) or _unfused(node.layer)
+             if len(node.calls) == 1 and (_separable(node.layer) or _unfused(node.layer, linear)
                                           or _strided_pointwise(node.layer))]
     if not found:
         return model
@@ -65,7 +68,7 @@ def split_for_int8(model: Model) -> Model:
         layer = graph.nodes[name].layer
         first, second, weights = (
             _separable_halves(plumbing, layer) if _separable(layer)
-            else _activation_halves(plumbing, layer) if _unfused(layer)
+            else _activation_halves(plumbing, layer) if _unfused(layer, linear)
             else _subsampling_halves(plumbing, layer))
         entry = entries[name]
         before = copy.deepcopy(entry)  # called as the layer was
@@ -79,7 +82,7 @@ def split_for_int8(model: Model) -> Model:
         layers.insert(index, entry)
     graph.config["layers"] = layers
     # again: the linear half of a strided 1x1 conv with an unfused activation is one
-    return split_for_int8(rebuilt(model, graph.config, updates))
+    return split_for_int8(rebuilt(model, graph.config, updates), linear)
 
 
 def _separable(layer: Layer) -> bool:
@@ -87,12 +90,20 @@ def _separable(layer: Layer) -> bool:
             and getattr(layer, "data_format", "channels_last") == "channels_last")
 
 
-def _unfused(layer: Layer) -> bool:
+#: The layer classes `linear` splits fused activations from (the weight layers a
+#: QuantizedConvBN computes).
+WEIGHT_LAYERS = frozenset(("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "Dense"))
+
+
+def _unfused(layer: Layer, linear: bool = False) -> bool:
+    """A built-in layer with an activation the integer kernels do not fuse; with
+    `linear`, also a weight layer (`WEIGHT_LAYERS`) with any activation but linear."""
     activation = getattr(layer, "activation", None)
+    name = getattr(activation, "__name__", None)
+    keep = ("linear",) if linear and type(layer).__name__ in WEIGHT_LAYERS else FUSED
     return (activation is not None and type(layer).__name__ != "Activation"
             and flavour.of(layer).is_builtin_layer_class(type(layer))
-            and getattr(activation, "__name__", None) not in FUSED
-            and "activation" in layer.get_config())
+            and name not in keep and "activation" in layer.get_config())
 
 
 def _strided_pointwise(layer: Layer) -> bool:

@@ -124,6 +124,37 @@ def test_int8_inference_is_the_folded_conv_on_the_int8_grid(flavour, case):
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("case", CASES)
+def test_without_a_bn_it_is_the_layer_on_the_int8_grid_in_training_too(flavour, case):
+    """`batch_norm=False` (a layer no BN follows): the Keras layer with its kernel on the
+    int8 grid, in training and inference alike; only `kernel` and `bias` weights, and
+    from its config the same layer again."""
+    k, layers, _ = FLAVOURS[flavour]
+    kind, name, keras_args, args, shape = CASES[case]
+    k.utils.set_random_seed(2)  # seeded kernels: none within float32 rounding of a tie
+    rs = np.random.RandomState(2)
+    inputs = k.Input(shape)
+    keras_layer = getattr(k.layers, name)(**keras_args)
+    reference = k.Model(inputs, keras_layer(inputs))
+    kernel = keras_layer.get_weights()[0]
+    bias = rs.randn(*keras_layer.bias.shape).astype("float32") * 0.3
+    axes = (-2, -1) if case == "depthwise" else (-1,)
+    keras_layer.set_weights([affine.fake_quantize(kernel, axes).astype("float32"), bias])
+    inputs2 = k.Input(shape)
+    plain = layers.QuantizedConvBN(kind, batch_norm=False, **args)
+    model = k.Model(inputs2, plain(inputs2))
+    plain.kernel.assign(kernel)
+    plain.bias.assign(bias)
+    assert [w.name.split("/")[-1].split(":")[0] for w in plain.weights] == ["kernel", "bias"]
+    data = rs.randn(16, *shape).astype("float32")
+    for training in (False, True):
+        _close(model(data, training=training), reference(data, training=training))
+    again = layers.QuantizedConvBN.from_config(plain.get_config())
+    k.Model(inputs2, again(inputs2))
+    assert not again.get_config()["batch_norm"] and len(again.weights) == 2
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
 def test_fit_trains_through_the_int8_weights_and_saves(flavour, tmp_path):
     """Gradients reach the kernel, gamma and beta through the fake-quantized folded
     weights (straight through) and the correction; `step` counts the training steps;
@@ -163,7 +194,7 @@ def test_the_keras3_cases_pass_on_the_other_backends(backend):
                           "-p", "no:xdist", __file__, "-k", "keras3 and not other_backends"],
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-3000:]
-    assert "10 passed" in run.stdout, run.stdout[-500:]
+    assert "14 passed" in run.stdout, run.stdout[-500:]
 
 
 @pytest.mark.parametrize("after", ["BN", "nothing"])
