@@ -141,18 +141,19 @@ class QuantizedConvBN(LayerCore):
     def _vector(self, variable, default):
         ops = self._flavour.ops
         if variable is None:
-            return ops.ones((self._channels,), self.compute_dtype) * default
+            return ops.ones((self._channels,)) * default
         return ops.convert_to_tensor(variable)
 
     def _folded_kernel(self, s):
-        """`kernel * s` per output channel, on the int8 grid when `weight_bits`."""
+        """`kernel * s` per output channel (the kernel itself when `s` is None), on the
+        int8 grid when `weight_bits`."""
         ops = self._flavour.ops
         kernel = ops.convert_to_tensor(self.kernel)
         if self.kind == "depthwise":  # output channel c * multiplier + m
-            folded = kernel * ops.reshape(s, tuple(kernel.shape[-2:]))
+            folded = kernel if s is None else kernel * ops.reshape(s, tuple(kernel.shape[-2:]))
             reduce = tuple(range(len(kernel.shape) - 2))
         else:
-            folded = kernel * s
+            folded = kernel if s is None else kernel * s
             reduce = tuple(range(len(kernel.shape) - 1))
         if self.weight_bits is None:
             return folded
@@ -182,13 +183,13 @@ class QuantizedConvBN(LayerCore):
     def _factors(self):
         """`(gamma, beta, bias, sigma, s, shift)`: BN's parameters (ones, zeros where
         absent), the moving sigma, the fold's factor `s = gamma / sigma` and the folded
-        bias `shift = beta + (bias - moving_mean) * s`; without a BN, `s` is 1 and
-        `shift` the bias."""
+        bias `shift = beta + (bias - moving_mean) * s`; without a BN, only `shift`, the
+        bias (the others None: the kernel is not scaled)."""
         ops = self._flavour.ops
+        if not self.batch_norm:
+            return None, None, None, None, None, self._vector(self.bias, 0.0)
         gamma, beta = self._vector(self.gamma, 1.0), self._vector(self.beta, 0.0)
         bias = self._vector(self.bias, 0.0)
-        if not self.batch_norm:
-            return gamma, beta, bias, gamma, gamma, bias
         sigma = ops.sqrt(ops.convert_to_tensor(self.moving_variance) + self.epsilon)
         s = gamma / sigma
         shift = beta + (bias - ops.convert_to_tensor(self.moving_mean)) * s
