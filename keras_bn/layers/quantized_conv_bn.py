@@ -259,6 +259,7 @@ class QuantizedConvBN(LayerCore):
             learning = ops.logical_and(learning, training)
         valid = ops.logical_and(learning, ops.logical_and(
             stats.all_finite(ops, mean, variance), stats.has_elements(ops, count)))
+        assert self.moving_mean is not None and self.moving_variance is not None  # a BN
         for variable, value in (
                 (self.moving_mean, stats.moving_average(self.moving_mean, mean,
                                                         self.momentum)),
