@@ -24,7 +24,7 @@ from keras_bn.folding.kinds import kind_of
 from keras_bn.folding.plan import plan_model
 from keras_bn.folding.rewrite import rebuild, rebuilt, weight_arrays
 from keras_bn.quantization.activations import tensor_batches
-from keras_bn.quantization.splitting import split_for_int8
+from keras_bn.quantization.splitting import WEIGHT_LAYERS, split_for_int8
 from keras_bn.verification import model_inputs
 
 #: Layers whose int8 kernels keep their input's grid (the converter gives their output
@@ -40,10 +40,6 @@ _FUSES_RELU = frozenset("QuantizedConvBN Conv1D Conv2D Conv3D DepthwiseConv2D De
                         "SeparableConv1D SeparableConv2D".split())
 #: The grid int8 kernels give softmax and sigmoid outputs: [0, 1) in steps of 1/256.
 _UNIT_RANGE = (0.0, 255.0 / 256.0)
-
-#: Layer classes a QuantizedConvBN computes (channels last), by the kind it calls them.
-_CLASSES = {"Conv1D": "conv", "Conv2D": "conv", "Conv3D": "conv",
-            "DepthwiseConv2D": "depthwise", "Dense": "dense"}
 
 
 @dataclasses.dataclass
@@ -83,10 +79,14 @@ def _why_not(layer, bn, decision):
 
 
 def _not_computed(layer):
-    """Why QuantizedConvBN cannot compute `layer` (linear, channels last), or None."""
+    """Why QuantizedConvBN cannot compute `layer` (a built-in conv, depthwise or dense
+    layer, channels last), or None."""
     name = type(layer).__name__
-    if name not in _CLASSES or kind_of(layer) is None:
+    if name not in WEIGHT_LAYERS:
         return f"it follows a {name}, which QuantizedConvBN does not compute"
+    if kind_of(layer) is None:  # the built-in class only, not a subclass or namesake
+        return (f"it follows '{layer.name}', a custom {name} (QuantizedConvBN computes "
+                "the built-in class only)")
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         return f"'{layer.name}' is channels_first; int8 files are channels last"
     return None
@@ -99,9 +99,7 @@ def _plain_layers(graph, taken):
     found = []
     for name, node in graph.nodes.items():
         layer = node.layer
-        if (name in taken or layer is None or not node.calls
-                or not graph.flavour.is_builtin_layer_class(type(layer))
-                or _not_computed(layer)):
+        if name in taken or layer is None or not node.calls or _not_computed(layer):
             continue
         if getattr(getattr(layer, "activation", None), "__name__", None) == "linear":
             found.append(name)
@@ -112,7 +110,7 @@ def _arguments(layer, bn, freeze_after, weight_bits):
     """The QuantizedConvBN configuration that replaces `layer` -> `bn` (`layer` alone
     when `bn` is None)."""
     config = layer.get_config()
-    kind = _CLASSES[type(layer).__name__]
+    kind = WEIGHT_LAYERS[type(layer).__name__]
     args = {"kind": kind, "use_bias": bool(config.get("use_bias", True)),
             "weight_bits": weight_bits, "name": layer.name, "dtype": config.get("dtype"),
             "trainable": layer.trainable}

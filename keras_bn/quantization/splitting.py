@@ -90,9 +90,10 @@ def _separable(layer: Layer) -> bool:
             and getattr(layer, "data_format", "channels_last") == "channels_last")
 
 
-#: The layer classes `linear` splits fused activations from (the weight layers a
-#: QuantizedConvBN computes).
-WEIGHT_LAYERS = frozenset(("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "Dense"))
+#: The weight layers a QuantizedConvBN computes (channels last), each with the kind it
+#: calls it; `linear` splits fused activations from these.
+WEIGHT_LAYERS = {"Conv1D": "conv", "Conv2D": "conv", "Conv3D": "conv",
+                 "DepthwiseConv2D": "depthwise", "Dense": "dense"}
 
 
 def _unfused(layer: Layer, linear: bool = False) -> bool:

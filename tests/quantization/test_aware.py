@@ -155,6 +155,26 @@ def test_fit_freezes_the_statistics_and_the_file_loads_safely(flavour, tmp_path)
     _close(loaded(data[:4], training=False), aware(data[:4], training=False), 1e-6)
 
 
+def test_a_custom_conv_class_stays_a_keras_layer_with_its_reason():
+    """A subclass of the built-in Conv2D (its call differs) is not computed by a
+    QuantizedConvBN, with a BN after it or without one, though its class is named Conv2D."""
+
+    class Conv2D(keras.layers.Conv2D):
+        def call(self, inputs):
+            return super().call(inputs) * 2.0
+
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.BatchNormalization(name="custom_bn")(Conv2D(4, 3, name="custom")(inputs))
+    x = Conv2D(4, 1, name="custom_plain")(keras.layers.ReLU()(x))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1, name="builtin")(x))
+    aware, plan = quantize_aware(model, weight_bits=None, return_plan=True)
+    assert plan.fused == {} and plan.plain == ["builtin"], plan
+    assert "custom_bn" in plan.kept, plan
+    assert type(aware.get_layer("custom_plain")) is Conv2D
+    data = np.random.RandomState(2).randn(4, 6, 6, 3).astype("float32")
+    _close(aware(data, training=False), model(data, training=False))
+
+
 def test_bad_freeze_after_is_one_line():
     model, _ = _net("keras3")
     with pytest.raises(ValueError, match="freeze_after=0; give a number of training "
