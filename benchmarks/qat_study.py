@@ -23,7 +23,9 @@ on held-out rows neither trained, calibrated nor distilled on:
 - `QAT distilled`: the same QAT model distilled from the float model on the 300
   calibration rows, no labels (`DISTILLED`).
 
-The QAT files take their learned ranges (no calibration). Each fine-tuning holds out a
+The 300 calibration rows (of PTQ, of `quantize_aware` and of distillation) are rows the
+float model did not train on (`study_data.trained(unseen_calibration=True)`), as a
+user's unlabelled rows are. The QAT files take their learned ranges (no calibration). Each fine-tuning holds out a
 fifth of its rows and keeps the best epoch by agreement with the float model. Writes
 benchmarks/results/qat_study.{md,json,png}.
 
@@ -75,7 +77,7 @@ def run_model(name, seed, folder):
     from keras_bn.quantization import distill, quantize_aware
 
     model, (x_cal, x_test, y_test), (x_train, y_train) = study_data.trained(
-        name, seed, training_rows=True)
+        name, seed, training_rows=True, unseen_calibration=True)
     rows = []
 
     def add(arm, fmt, scores, seconds, **extra):
