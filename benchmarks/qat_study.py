@@ -25,9 +25,11 @@ on held-out rows neither trained, calibrated nor distilled on:
 
 The 300 calibration rows (of PTQ, of `quantize_aware` and of distillation) are rows the
 float model did not train on (`study_data.trained(unseen_calibration=True)`), as a
-user's unlabelled rows are. The QAT files take their learned ranges (no calibration). Each fine-tuning holds out a
-fifth of its rows and keeps the best epoch by agreement with the float model. Writes
-benchmarks/results/qat_study.{md,json,png}.
+user's unlabelled rows are. The QAT files take their learned ranges (no calibration).
+Each fine-tuning holds out a fifth of its rows and keeps the best epoch by agreement with
+the float model, then held-out error. Writes OUT/qat_study.{md,json,png} (OUT:
+benchmarks/results by default; the unseen-rows run is in
+benchmarks/results/qat_study_unseen).
 
 TensorFlow's oneDNN kernels are off, as in the post-training study (the 64x64
 mini-Xception's training aborted with them on).

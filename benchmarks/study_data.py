@@ -181,9 +181,9 @@ def trained(name, seed, training_rows=False, unseen_calibration=False):
     bn = lambda: keras_bn.BatchNormalization(momentum=0.9)  # noqa: E731
     tf_keras.utils.set_random_seed(seed)
     extra = 300 if unseen_calibration else 0
-    if extra and name == "digits_mlp":
-        raise ValueError("digits_mlp has no rows to spare for unseen calibration")
     if name == "digits_mlp":
+        if extra:
+            raise ValueError("digits_mlp has no rows to spare for unseen calibration")
         from sklearn.datasets import load_digits
 
         x, y = load_digits(return_X_y=True)
