@@ -216,15 +216,13 @@ def trained(name, seed, training_rows=False, unseen_calibration=False):
         else:
             y = labels
         model = _audio_cnn(tf_keras, bn, 1 if regression else len(SOUNDS))
-        n = len(x)
+        n = len(x) - extra  # the rows left once the unseen ones are set aside (below)
         train, test, epochs = slice(0, int(n * 0.8)), slice(int(n * 0.8), None), 12
     else:
         raise ValueError(f"unknown study model {name!r}")
     unseen = None
     if extra:  # the last rows drawn: neither trained on nor scored
         unseen, x, y = x[-extra:], x[:-extra], y[:-extra]
-        if name in ("audio_cnn", "audio_regressor"):
-            train, test = slice(0, int(len(x) * 0.8)), slice(int(len(x) * 0.8), None)
     regression = y.dtype.kind == "f"
     loss = (tf_keras.losses.BinaryCrossentropy() if name == "audio_frames" else
             tf_keras.losses.MeanSquaredError() if regression else
