@@ -111,7 +111,11 @@ def distill(aware: Model, teacher: Model, data: Inputs, *, labels: Inputs | None
       temperature: Of the softened probabilities (1: the probabilities themselves).
       held_out: The fraction of rows that judges the epochs (0: keep the last epoch).
       augment: Optional `augment(rows, rng) -> rows` applied to the training rows (a
-        list with one array per input) before each epoch, with a `numpy` Generator.
+        list with one array per input) before each epoch, with a `numpy` Generator; it
+        may return other rows, or another number of them (noise, flips, mixup). When
+        distilling, the teacher answers the augmented rows anew each epoch; with
+        `labels`, the augmented rows keep their rows' labels, so `augment` must return
+        as many rows, each still of its label.
       seed: Of the held-out split and of `augment`'s generator.
       verbose: 1 shows a progress bar with the loss and held-out agreement per epoch.
 
@@ -154,9 +158,9 @@ def distill(aware: Model, teacher: Model, data: Inputs, *, labels: Inputs | None
     else:  # labels only: judged by held-out accuracy
         assert labels is not None  # distill refused neither teacher nor labels
         reference = [np.eye(int(np.max(labels)) + 1)[np.asarray(labels)[judge]]]
-    student, targets, losses, weights, described = _objective(
-        aware, teacher, pick(rows, train), labels if labels is None else
-        np.asarray(labels)[train], temperature, count, labels)
+    student, teach, losses, weights, described = _objective(
+        aware, teacher, labels if labels is None else np.asarray(labels)[train],
+        temperature, labels)
     plumbing = flavour.of(aware)
     keras = plumbing.keras
     student.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=losses,
@@ -169,8 +173,17 @@ def distill(aware: Model, teacher: Model, data: Inputs, *, labels: Inputs | None
     best, kept = _rank(agreement, error), aware.get_weights()
     bar = plumbing.Progbar(epochs, verbose=verbose, unit_name="epoch")
     train_rows = pick(rows, train)
+    targets = teach(train_rows)
     for epoch in range(1, epochs + 1):
-        inputs = augment(list(train_rows), rng) if augment is not None else train_rows
+        inputs = train_rows
+        if augment is not None:
+            inputs = model_inputs(aware, augment(list(train_rows), rng), "augmented rows")
+            if teacher is not None:  # the teacher's answers to the rows trained on
+                targets = teach(inputs)
+            elif len(inputs[0]) != len(train_rows[0]):
+                raise InputError(f"distill of '{aware.name}': augment returned "
+                                 f"{len(inputs[0])} rows for {len(train_rows[0])}; with "
+                                 "labels it must keep each row (and its label).")
         history = student.fit(inputs, targets, batch_size=batch_size, epochs=1, verbose=0,
                               shuffle=True)
         loss = float(history.history["loss"][-1])
@@ -202,9 +215,10 @@ def _softmax_layers(model):
     return found
 
 
-def _objective(aware, teacher, train_rows, train_labels, temperature, count, labels):
-    """`(student model, targets, losses, loss weights, description)` that `fit` trains:
-    the student shares `aware`'s layers."""
+def _objective(aware, teacher, train_labels, temperature, labels):
+    """`(student model, teach, losses, loss weights, description)` that `fit` trains: the
+    student shares `aware`'s layers; `teach(rows)` gives the targets of training rows
+    (the teacher's answers, or the labels)."""
     plumbing = flavour.of(aware)
     keras = plumbing.keras
     softmaxes = _softmax_layers(aware)
@@ -216,33 +230,42 @@ def _objective(aware, teacher, train_rows, train_labels, temperature, count, lab
                              f"{[tuple(o.shape) for o in aware.outputs]}); distill from the "
                              "float model instead (no labels).")
         logits = softmaxes[0] is None  # a classifier without a softmax gives logits
-        return (aware, np.asarray(train_labels),
+        fixed = np.asarray(train_labels)
+        return (aware, lambda rows: fixed,
                 keras.losses.SparseCategoricalCrossentropy(from_logits=logits), None,
                 "task loss (sparse categorical cross-entropy" +
                 (" on logits" if logits else "") + ") on the labels")
-    taught = predict(teacher, train_rows)
-    outputs, targets, losses, weights = [], [], [], []
-    for output, softmax, target in zip(aware.outputs, softmaxes, taught):
+    outputs, losses, weights = [], [], []
+    for output, softmax in zip(aware.outputs, softmaxes):
         if softmax is None:
             outputs.append(output)
-            targets.append(np.asarray(target, np.float32))
             losses.append(keras.losses.MeanSquaredError())
             weights.append(1.0)
             continue
         logits = plumbing.call_input(aware, softmax)
-        soft = keras.layers.Activation("softmax")(
-            keras.layers.Rescaling(1.0 / temperature)(logits))
-        outputs.append(soft)
-        log_p = np.log(np.clip(np.asarray(target, np.float64), 1e-30, None)) / temperature
-        log_p -= log_p.max(axis=-1, keepdims=True)
-        targets.append((np.exp(log_p) / np.exp(log_p).sum(-1, keepdims=True)).astype("f4"))
+        outputs.append(keras.layers.Activation("softmax")(
+            keras.layers.Rescaling(1.0 / temperature)(logits)))
         losses.append(keras.losses.KLDivergence())
         weights.append(float(temperature) ** 2)
     student = keras.Model(aware.inputs, outputs)
+
+    def teach(rows):
+        return [np.asarray(target, np.float32) if softmax is None else
+                _softened(target, temperature)
+                for softmax, target in zip(softmaxes, predict(teacher, rows))]
+
     kinds = sorted({"KL divergence at temperature {:g}".format(temperature) if s is not None
                     else "mean squared error" for s in softmaxes})
-    return student, targets, losses, weights, "distilled from the float model (" + \
+    return student, teach, losses, weights, "distilled from the float model (" + \
         ", ".join(kinds) + ")"
+
+
+def _softened(probabilities, temperature):
+    """Probabilities softened by `temperature`: the softmax of their log divided by it
+    (float32; a zero probability counts as 1e-30)."""
+    log_p = np.log(np.clip(np.asarray(probabilities, np.float64), 1e-30, None)) / temperature
+    log_p -= log_p.max(axis=-1, keepdims=True)
+    return (np.exp(log_p) / np.exp(log_p).sum(-1, keepdims=True)).astype("f4")
 
 
 def _score(model, rows, reference):
