@@ -3,7 +3,8 @@ its integer-only int8 files keep after post-training quantization (the best of k
 estimators), after QAT on labels, and after QAT distilled from the float model on a few
 hundred unlabelled rows.
 
-    python -m benchmarks.qat_study [--seeds 3] [--only MODEL ...] [--replot]
+    python -m benchmarks.qat_study [--seeds 3] [--first-seed 0] [--only MODEL ...]
+        [--formats tflite onnx] [--arms ARM ...] [--replot]
 
 Models (`benchmarks.study_data`, trained here per seed with keras_bn's BN): the
 mini-Xception at 32x32 and 64x64 and the MobileNet-style net on synthesized shapes, and
@@ -74,8 +75,8 @@ def _export(model, fmt, path, quantize, x_test, y_test):
             "steps_within": result.steps_within}
 
 
-def run_model(name, seed, folder):
-    """The rows of one trained model (one seed): one per arm and format."""
+def run_model(name, seed, folder, formats=FORMATS, arms=ARMS):
+    """The rows of one trained model (one seed): one per arm (of `ARMS`) and format."""
     from keras_bn.export import QuantizationOptions
     from keras_bn.quantization import distill, quantize_aware
 
@@ -88,11 +89,14 @@ def run_model(name, seed, folder):
                      "seconds": seconds, **extra})
         print(json.dumps(rows[-1], default=float), flush=True)
 
-    for fmt in FORMATS:
+    for fmt in formats:
         path = os.path.join(folder, f"{name}_{seed}.{fmt}")
         start = time.perf_counter()
-        add("dynamic", fmt, _export(model, fmt, path, QuantizationOptions(
-            "dynamic", evaluation=x_test), x_test, y_test), time.perf_counter() - start)
+        if "dynamic" in arms:
+            add("dynamic", fmt, _export(model, fmt, path, QuantizationOptions(
+                "dynamic", evaluation=x_test), x_test, y_test), time.perf_counter() - start)
+        if "PTQ best" not in arms:
+            continue
         best = None
         start = time.perf_counter()
         for ranges in ("minmax", "mse"):
@@ -103,6 +107,8 @@ def run_model(name, seed, folder):
         add("PTQ best", fmt, best[0], time.perf_counter() - start, ranges=best[1])
     for arm, settings in (("QAT untrained", None), ("QAT labels", LABELS),
                           ("QAT distilled", DISTILLED)):
+        if arm not in arms:
+            continue
         start = time.perf_counter()
         aware = quantize_aware(model, x_cal, freeze_after=1)
         record = None
@@ -114,7 +120,7 @@ def run_model(name, seed, folder):
         extra = {} if record is None else {"best_epoch": record.best_epoch,
                                            "held_out_before": record.before,
                                            "held_out_after": record.after}
-        for fmt in FORMATS:
+        for fmt in formats:
             path = os.path.join(folder, f"{name}_{seed}_qat.{fmt}")
             add(arm, fmt, _export(aware, fmt, path, QuantizationOptions(
                 "int8", evaluation=x_test), x_test, y_test), trained_s, **extra)
@@ -186,9 +192,12 @@ def plot(rows, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="how many seeds")
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", default=list(MODELS),
                         choices=list(MODELS) + ["mini_xception_noisy"])
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     parser.add_argument("--replot", action="store_true",
                         help="only rewrite the table and plot from OUT/qat_study.json")
@@ -200,8 +209,8 @@ def main(argv=None):
     else:
         with tempfile.TemporaryDirectory() as folder:
             for name in args.only:
-                for seed in range(args.seeds):
-                    rows.extend(run_model(name, seed, folder))
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
+                    rows.extend(run_model(name, seed, folder, args.formats, args.arms))
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "qat_study.json"), "w") as f:
             json.dump(rows, f, indent=1, default=float)
