@@ -199,6 +199,10 @@ def _parser():
                              "(default: a fifth of all steps)")
     made["qat"].add_argument("--calibration-rows", type=int, default=500, metavar="N",
                              help="rows of DATA that set the activation ranges (default 500)")
+    made["qat"].add_argument("--ranges", choices=ESTIMATORS, default="minmax",
+                             help="how those rows set each range: the converters' min/max "
+                             "(default), or a range with less expected error (mse, "
+                             "percentile)")
     made["demo"].add_argument("--epochs", type=int, default=12, help="training epochs")
     made["demo"].add_argument("--out", default="demo_results",
                               help="folder for the exported files and the plot")
@@ -485,7 +489,7 @@ def _qat(args):
     aware, plan = steps.run(
         "make the quantization-aware model", quantize_aware, model,
         [r[:args.calibration_rows] for r in rows], freeze_after=freeze_after,
-        return_plan=True)
+        ranges=args.ranges, return_plan=True)
     record = steps.run("train" + (" on the labels" if labels is not None else
                                   " toward the model's answers"),
                        distill, aware, model, rows,

@@ -23,6 +23,7 @@ from keras_bn.folding.graph import Graph, Ref, pointing_at, walk_outputs
 from keras_bn.folding.kinds import kind_of
 from keras_bn.folding.plan import plan_model
 from keras_bn.folding.rewrite import rebuild, rebuilt, weight_arrays
+from keras_bn.quantization import ranges as estimators
 from keras_bn.quantization.activations import tensor_batches
 from keras_bn.quantization.splitting import WEIGHT_LAYERS, split_for_int8
 from keras_bn.verification import model_inputs
@@ -151,7 +152,7 @@ def _weights(layer, bn, args):
 
 def quantize_aware(model: Model, calibration: Inputs | None = None, *,
                    freeze_after: int | None = None, weight_bits: int | None = 8,
-                   momentum: float = 0.99,
+                   momentum: float = 0.99, ranges: str = "minmax",
                    return_plan: bool = False) -> Model | tuple[Model, AwarePlan]:
     """A trainable copy of `model` in which every conv, depthwise conv or dense layer
     followed by a BatchNormalization is one `QuantizedConvBN`.
@@ -191,6 +192,9 @@ def quantize_aware(model: Model, calibration: Inputs | None = None, *,
       weight_bits: 8 (int8 weights) or None (the float folded layer; for checks).
       momentum: Of the activation ranges' moving averages in training (1 keeps the
         calibrated ranges).
+      ranges: How the calibration sets each range: "minmax" (the converters' rule),
+        "mse" or "percentile" (`keras_bn.quantization.ranges`, as post-training
+        quantization's `ranges=`: a range shrunk to less expected squared error).
       return_plan: Also return the `AwarePlan` (the pairs fused, the layers with int8
         weights and no BN, the BNs kept and why).
 
@@ -206,6 +210,9 @@ def quantize_aware(model: Model, calibration: Inputs | None = None, *,
                                       or freeze_after < 1):
         raise InputError(f"quantize_aware of '{model.name}': freeze_after={freeze_after!r}; "
                          "give a number of training steps >= 1, or None.")
+    if ranges not in estimators.ESTIMATORS:
+        raise InputError(f"quantize_aware of '{model.name}': ranges={ranges!r}; give one "
+                         f"of {', '.join(estimators.ESTIMATORS)}.")
     if not model.built:
         raise InputError(f"Model '{model.name}' is not built: call it on data or give it "
                          "an Input shape first.")
@@ -257,7 +264,7 @@ def quantize_aware(model: Model, calibration: Inputs | None = None, *,
     config = graph.without(removed)
     new_model = rebuilt(model, config, updates)
     if rows is not None:
-        new_model = _with_quantizers(new_model, rows, momentum, plan, gone)
+        new_model = _with_quantizers(new_model, rows, momentum, plan, gone, ranges)
     return (new_model, plan) if return_plan else new_model
 
 
@@ -301,7 +308,7 @@ def _quantized_refs(graph, gone=frozenset()):
     return found
 
 
-def _with_quantizers(model, rows, momentum, plan, gone):
+def _with_quantizers(model, rows, momentum, plan, gone, estimator):
     """`model` rebuilt with an ActivationQuantizer after each tensor of
     `_quantized_refs`, its range the min and max of that tensor on `rows`."""
     plumbing = flavour.of(model)
@@ -342,7 +349,7 @@ def _with_quantizers(model, rows, momentum, plan, gone):
         if layer.name in position:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     quantizers = [new_model.get_layer(name) for _, _, name, _ in inserted]
-    _calibrate(new_model, quantizers, rows, plan)
+    _calibrate(new_model, quantizers, rows, plan, estimator)
     plan.quantized = [ref.layer for ref, _ in refs]
     return new_model
 
@@ -358,9 +365,11 @@ def _template_entry(plumbing, quantizer):
     return entry
 
 
-def _calibrate(model, quantizers, rows, plan):
+def _calibrate(model, quantizers, rows, plan, estimator="minmax"):
     """Sets each non-fixed quantizer's range to its input's min and max on `rows` (the
-    model run in inference mode: the quantizers pass values through until set)."""
+    model run in inference mode: the quantizers pass values through until set), or,
+    with another `estimator` of `keras_bn.quantization.ranges`, to its estimate from a
+    histogram of those values over [min, max] (a second pass)."""
     plumbing = flavour.of(model)
     free = [q for q in quantizers if q.fixed is None]
     tensors = [plumbing.call_input(model, q) for q in free]
@@ -369,6 +378,16 @@ def _calibrate(model, quantizers, rows, plan):
         for i, value in enumerate(values):
             lows[i] = min(lows[i], float(np.min(value)))
             highs[i] = max(highs[i], float(np.max(value)))
+    if estimator != "minmax":
+        spans = {i: (q.name, low, high)
+                 for i, (q, low, high) in enumerate(zip(free, lows, highs)) if high > low}
+        counts = {i: np.zeros(estimators.BINS) for i in spans}
+        for values in tensor_batches(model, tensors, rows):
+            for i in spans:
+                counts[i] += np.histogram(values[i], estimators.BINS, spans[i][1:])[0]
+        estimated, _ = estimators.estimate(spans, counts, estimator)
+        for i, (low, high) in estimated.items():
+            lows[i], highs[i] = low, high
     for q, low, high in zip(free, lows, highs):
         plumbing.set_values([(q.low, low), (q.high, high)])
         plan.ranges[q.name] = (low, high)

@@ -420,7 +420,7 @@ def test_qat_trains_toward_the_models_answers_and_its_file_exports(tmp_path):
     assert exported.returncode == 0, exported.stderr
     labelled = keras_bn_cli("qat", tmp_path / "model.keras", tmp_path / "qat2.keras",
                             "--data", tmp_path / "x.npy", "--labels", tmp_path / "y.npy",
-                            "--epochs", "1")
+                            "--epochs", "1", "--ranges", "mse")
     assert labelled.returncode == 0 and "task loss" in labelled.stdout, labelled.stderr
     bad = keras_bn_cli("qat", tmp_path / "model.keras", tmp_path / "qat3.keras",
                        "--data", tmp_path / "x.npy", "--labels", tmp_path / "bad.npy")

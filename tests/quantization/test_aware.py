@@ -216,6 +216,30 @@ def test_calibration_puts_quantizers_where_the_file_holds_tensors(flavour):
         np.max(np.abs(got - weights_only)) / step)
 
 
+def test_ranges_estimated_as_post_training_quantization_does():
+    """`ranges="mse"`: each calibrated range is `keras_bn.quantization.ranges.mse_range`
+    of its tensor's histogram over [min, max] (the input's here, exactly), within the
+    min/max range widened to hold zero, some strictly inside; the quantizers where they
+    are with min/max. An unknown estimator is one line."""
+    from keras_bn.quantization import ranges as estimators
+
+    model, data = _net("tf_keras")
+    _, minmax = quantize_aware(model, data, return_plan=True)
+    _, mse = quantize_aware(model, data, ranges="mse", return_plan=True)
+    assert mse.quantized == minmax.quantized and sorted(mse.ranges) == sorted(minmax.ranges)
+    first = f"{model.layers[0].name}_quantized"
+    low, high = float(data.min()), float(data.max())
+    counts = np.histogram(data, estimators.BINS, (low, high))[0]
+    assert mse.ranges[first] == pytest.approx(estimators.mse_range(counts, low, high))
+    for name, (low, high) in mse.ranges.items():  # the grid holds zero either way
+        outer = min(minmax.ranges[name][0], 0.0), max(minmax.ranges[name][1], 0.0)
+        assert outer[0] - 1e-6 <= low <= high <= outer[1] + 1e-6, name
+    assert sum(mse.ranges[n] != minmax.ranges[n] for n in mse.ranges) >= 3, mse.ranges
+    with pytest.raises(ValueError, match="ranges='entropy'; give one of minmax, percentile, "
+                                         "mse"):
+        quantize_aware(model, data, ranges="entropy")
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_the_keras3_cases_pass_on_the_other_backends(backend):
     """This file's Keras 3 cases in a process on the JAX and torch backends."""
