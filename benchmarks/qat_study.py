@@ -4,7 +4,8 @@ estimators), after QAT on labels, and after QAT distilled from the float model o
 hundred unlabelled rows.
 
     python -m benchmarks.qat_study [--seeds 3] [--first-seed 0] [--only MODEL ...]
-        [--formats tflite onnx] [--arms ARM ...] [--replot]
+        [--formats tflite onnx] [--arms ARM ...] [--qat-ranges mse] [--augment]
+        [--replot]
 
 Models (`benchmarks.study_data`, trained here per seed with keras_bn's BN): the
 mini-Xception at 32x32 and 64x64 and the MobileNet-style net on synthesized shapes, and
@@ -132,17 +133,18 @@ def run_model(name, seed, folder, formats=FORMATS, arms=ARMS, ranges="minmax",
         start = time.perf_counter()
         if "dynamic" in arms:
             add("dynamic", fmt, _export(model, fmt, path, QuantizationOptions(
-                "dynamic", evaluation=x_test), x_test, y_test, model), time.perf_counter() - start)
+                "dynamic", evaluation=x_test), x_test, y_test, model),
+                time.perf_counter() - start)
         if "PTQ best" not in arms:
             continue
         best = None
         start = time.perf_counter()
-        for ranges in ("minmax", "mse"):
+        for estimator in ("minmax", "mse"):  # not `ranges`: the QAT arms' estimator
             scores = _export(model, fmt, path, QuantizationOptions(
-                "int8", calibration=x_cal, ranges=ranges, evaluation=x_test), x_test, y_test,
-                model)
+                "int8", calibration=x_cal, ranges=estimator, evaluation=x_test), x_test,
+                y_test, model)
             if best is None or (scores["agreement"] or 0) > (best[0]["agreement"] or 0):
-                best = scores, ranges
+                best = scores, estimator
         add("PTQ best", fmt, best[0], time.perf_counter() - start, ranges=best[1])
     for arm, settings in (("QAT untrained", None), ("QAT labels", LABELS),
                           ("QAT distilled", DISTILLED)):

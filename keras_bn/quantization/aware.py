@@ -169,9 +169,10 @@ def quantize_aware(model: Model, calibration: Inputs | None = None, *,
     model's inputs, each layer's output, a conv's or an Add's after the ReLU/ReLU6 the
     converter fuses into it; not the outputs of layers that keep their input's grid,
     such as reshapes and max pools) passes an `ActivationQuantizer` whose range is the
-    tensor's min and max on those rows, tracked by a moving average (`momentum`) in
-    training; softmax and sigmoid outputs get the kernels' fixed [0, 1) grid. Without,
-    activations stay float (the weights-only simulation).
+    tensor's min and max on those rows (or the `ranges` estimator's), tracked by a
+    moving average (`momentum`) in training; softmax and sigmoid outputs get the
+    kernels' fixed [0, 1) grid. Without, activations stay float (the weights-only
+    simulation).
 
     Handles the flavours' own BatchNormalization and keras_bn's BatchNormalization and
     BatchRenormalization (trained here as BatchNormalization: the statistics are the
@@ -310,7 +311,7 @@ def _quantized_refs(graph, gone=frozenset()):
 
 def _with_quantizers(model, rows, momentum, plan, gone, estimator):
     """`model` rebuilt with an ActivationQuantizer after each tensor of
-    `_quantized_refs`, its range the min and max of that tensor on `rows`."""
+    `_quantized_refs`, its range that tensor's on `rows` by `estimator` (`_calibrate`)."""
     plumbing = flavour.of(model)
     if isinstance(model, plumbing.keras.Sequential):  # as the functional model it is
         model = plumbing.keras.Model(model.inputs, model.outputs, name=model.name)

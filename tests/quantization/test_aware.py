@@ -219,8 +219,8 @@ def test_calibration_puts_quantizers_where_the_file_holds_tensors(flavour):
 def test_ranges_estimated_as_post_training_quantization_does():
     """`ranges="mse"`: each calibrated range is `keras_bn.quantization.ranges.mse_range`
     of its tensor's histogram over [min, max] (the input's here, exactly), within the
-    min/max range widened to hold zero, some strictly inside; the quantizers where they
-    are with min/max. An unknown estimator is one line."""
+    min/max range widened to hold zero, the input's strictly inside; the quantizers
+    where they are with min/max. An unknown estimator is one line."""
     from keras_bn.quantization import ranges as estimators
 
     model, data = _net("tf_keras")
@@ -234,7 +234,9 @@ def test_ranges_estimated_as_post_training_quantization_does():
     for name, (low, high) in mse.ranges.items():  # the grid holds zero either way
         outer = min(minmax.ranges[name][0], 0.0), max(minmax.ranges[name][1], 0.0)
         assert outer[0] - 1e-6 <= low <= high <= outer[1] + 1e-6, name
-    assert sum(mse.ranges[n] != minmax.ranges[n] for n in mse.ranges) >= 3, mse.ranges
+    # The input's (fixed rows, so not the draw of kernels the test order leaves) shrinks.
+    assert minmax.ranges[first][0] < mse.ranges[first][0] < mse.ranges[first][1] < \
+        minmax.ranges[first][1], (mse.ranges[first], minmax.ranges[first])
     with pytest.raises(ValueError, match="ranges='entropy'; give one of minmax, percentile, "
                                          "mse"):
         quantize_aware(model, data, ranges="entropy")

@@ -124,6 +124,7 @@ def test_bad_arguments_are_one_line():
 def test_the_keras3_cases_pass_on_the_other_backends(backend):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          "-p", "no:xdist", __file__, "-k", "keras3 and not other_backends and not augmented"],
+                          "-p", "no:xdist", __file__, "-k",
+                          "keras3 and not other_backends and not augmented"],
                          env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0 and "3 passed" in run.stdout, run.stdout[-3000:]
