@@ -49,7 +49,9 @@ class ExportResult:
       fold_plan: the FoldPlan when the model was folded first.
       evaluation: the file scored against the Keras model on data, one
         `keras_bn.quantization.scoring.OutputScore` per output (top-1 agreement, max and
-        mean abs error, SQNR), or None when there were no rows to score it on.
+        mean abs error, SQNR), or None when there were no rows to score it on. For a
+        quantization-aware model that is its simulated int8 forward, not the float
+        model it was trained from.
       evaluated_on: which rows `evaluation` used.
       post_training: the `keras_bn.quantization.technique.Technique` records of what
         was done to the folded model before a calibrated conversion, and of the ranges
@@ -187,11 +189,13 @@ def check_simulated(result, model, run, ready, samples, what):
 
 
 def score(result, model, run, ready, outputs):
-    """Scores the file (`run`) against `model` on the rows `ready` (a
-    `keras_bn.quantization.options.Prepared`) names, into `result.evaluation`."""
+    """Scores the file (`run`) against the options' `reference`, else `model`, on the
+    rows `ready` (a `keras_bn.quantization.options.Prepared`) names, into
+    `result.evaluation`."""
     if ready is None or ready.scored is None:
         return
-    result.evaluation = scoring.evaluate(lambda b: predict(model, b), run, ready.scored,
+    reference = model if ready.options.reference is None else ready.options.reference
+    result.evaluation = scoring.evaluate(lambda b: predict(reference, b), run, ready.scored,
                                          outputs)
     result.evaluated_on = ready.scored_on
 
@@ -202,8 +206,10 @@ def check_agreement(result, model, ready):
     floor = None if ready is None else ready.options.min_agreement
     lowest = scoring.lowest_agreement(result.evaluation or [])
     if floor is not None and lowest is not None and lowest < floor:
+        against = ("the Keras model" if ready.options.reference is None else
+                   f"the reference '{ready.options.reference.name}'")
         raise VerificationError(
-            f"{result.format} export of '{model.name}': top-1 agreement with the Keras "
-            f"model {lowest:.2%} on {ready.scored_on}, below min_agreement {floor:.2%}. "
+            f"{result.format} export of '{model.name}': top-1 agreement with {against} "
+            f"{lowest:.2%} on {ready.scored_on}, below min_agreement {floor:.2%}. "
             "Try another mode ('dynamic' keeps float activations, 'int16x8' finer ones), "
             "more or more typical calibration data, or a lower minimum.")

@@ -6,6 +6,7 @@ keras_bn/__init__.py): `--help` and argument errors answer at once.
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import traceback
@@ -138,6 +139,10 @@ def _parser():
                                 "--calibration; held-out rows of your data): top-1 "
                                 "agreement, errors, SQNR; by default calibrated files are "
                                 "scored on a held-out fifth of the calibration data")
+    made["export"].add_argument("--reference", metavar="MODEL",
+                                help="score the files against this model instead (loaded "
+                                "as MODEL is): the float model a quantization-aware "
+                                "MODEL was made from")
     made["export"].add_argument("--min-agreement", metavar="FRACTION", type=float,
                                 help="exit 1 (no file written) when a file's top-1 "
                                 "agreement with the model is below FRACTION (0.99)")
@@ -265,7 +270,8 @@ def _export(args):
         raise UserError("nothing to export: give --onnx PATH and/or --tflite PATH")
     quantize, calibration = _quantization(args)
     techniques = _techniques(args, quantize)
-    inputs = [args.model] + _given(calibration) + _given(args.samples) + _given(args.eval)
+    inputs = ([args.model] + _given(calibration) + _given(args.samples) + _given(args.eval)
+              + _given(args.reference))
     for path, suffix in ((args.onnx, ".onnx"), (args.tflite, ".tflite")):
         if path:
             check_output(path, (suffix,), inputs)
@@ -281,8 +287,14 @@ def _export(args):
         evaluation=load_arrays(args.eval) if args.eval else None,
         min_agreement=args.min_agreement, float_fallback=args.float_fallback, **techniques)
     samples = load_arrays(args.samples) if args.samples else None
-    steps = Steps(1 + bool(args.onnx) + bool(args.tflite))
+    steps = Steps(1 + bool(args.reference) + bool(args.onnx) + bool(args.tflite))
     model = _load(args, steps)
+    if args.reference:
+        from keras_bn.files import load_model
+
+        options = dataclasses.replace(options, reference=steps.run(
+            f"load {args.reference}", load_model, args.reference, unsafe=args.unsafe,
+            imports=args.imports))
     if quantize in CALIBRATED and not calibration:
         from keras_bn.quantization.inference import state
 
@@ -327,6 +339,10 @@ def _export(args):
     scored = [r for r in results if r.evaluation]
     if scored:
         print(scores_table(scored))
+        if not args.reference and any(r.steps_off is not None for r in scored):
+            print("scored against the quantization-aware model (its simulated int8 "
+                  "forward, which the files match by construction), not the float model: "
+                  "give --reference FLOAT_MODEL to score them against it")
 
 
 def _positional_output(args):

@@ -97,6 +97,11 @@ class QuantizationOptions:
         rows reach `min_agreement` (`keras_bn.quantization.fallback`); the result names
         each layer kept in float and what it cost in size and latency. The file is then
         no longer integer only. Calibrated int8 modes (`FALLBACK_MODES`).
+      reference: The Keras model the file is scored against (and `min_agreement`
+        judged by): None, the model exported. For a quantization-aware model's file
+        give the float model it was made from: the model exported is the QAT model,
+        whose simulated int8 forward the file matches by construction, so its own
+        score says nothing about the float model's answers. Same inputs and outputs.
     """
 
     mode: str | None = None
@@ -108,6 +113,7 @@ class QuantizationOptions:
     evaluation: Any = None
     min_agreement: float | None = None
     float_fallback: bool = False
+    reference: Any = None
 
     @property
     def calibrated(self) -> bool:
@@ -278,7 +284,24 @@ def prepared(quantize: str | QuantizationOptions | None, model: Model, fmt: str,
         scored = model_inputs(model, samples, "samples")
         scored_on = f"samples ({len(scored[0])} rows)"
     _check_min_agreement(model, options.min_agreement, scored)
+    if options.reference is not None:
+        _check_reference(model, options.reference, scored)
     return Prepared(options, scored, scored_on, learned)
+
+
+def _check_reference(model, reference, rows):
+    """A `reference` that can score `model`'s file: a Keras model with its outputs,
+    taking the rows scored on."""
+    from keras_bn.verification import model_inputs
+
+    shapes = lambda m: [tuple(o.shape)[1:] for o in m.outputs]  # noqa: E731
+    if not hasattr(reference, "outputs") or shapes(reference) != shapes(model):
+        got = shapes(reference) if hasattr(reference, "outputs") else type(reference).__name__
+        raise InputError(f"reference for '{model.name}': {got} does not give the model's "
+                         f"outputs {shapes(model)}; give the float model the "
+                         "quantization-aware one was made from.")
+    if rows is not None:
+        model_inputs(reference, rows, f"the rows scored on, for reference '{reference.name}'")
 
 
 def _check_min_agreement(model, min_agreement, rows):

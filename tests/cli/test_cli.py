@@ -383,13 +383,17 @@ def test_help_does_not_import_tensorflow():
 def test_export_of_a_quantization_aware_model_needs_no_calibration(tmp_path):
     """A trained QAT .keras file (loaded safely) gives integer files from its learned
     ranges: `--quantize int8` alone, both formats, each within the output steps the
-    exporter checks."""
+    exporter checks; scored against the QAT model by default (and said so), against the
+    float model with `--reference`."""
     from tests.export.test_quantization_aware import _trained
 
-    aware, _ = _trained("keras3")
+    aware, data, model = _trained("keras3")
     aware.save(tmp_path / "qat.keras")
+    model.save(tmp_path / "float.keras")
+    np.save(tmp_path / "x.npy", data)
     result = keras_bn_cli("export", tmp_path / "qat.keras", "--onnx", tmp_path / "q.onnx",
-                          "--tflite", tmp_path / "q.tflite", "--quantize", "int8")
+                          "--tflite", tmp_path / "q.tflite", "--quantize", "int8",
+                          "--eval", tmp_path / "x.npy")
     assert result.returncode == 0, result.stderr
     for fmt in ("onnx-int8", "tflite-int8"):
         line = next(line for line in result.stdout.splitlines()
@@ -397,6 +401,21 @@ def test_export_of_a_quantization_aware_model_needs_no_calibration(tmp_path):
         share = float(line.split(": ")[1].split("%")[0])
         assert share >= 99 and "of the output values within a step" in line, line
     assert (tmp_path / "q.onnx").exists() and (tmp_path / "q.tflite").exists()
+    # Scored against the QAT model, it says so and how to score against the float one.
+    assert "give --reference FLOAT_MODEL to score them against it" in result.stdout
+    against = keras_bn_cli("export", tmp_path / "qat.keras", "--tflite",
+                           tmp_path / "r.tflite", "--quantize", "int8", "--eval",
+                           tmp_path / "x.npy", "--reference", tmp_path / "float.keras")
+    assert against.returncode == 0, against.stderr
+    assert "--reference" not in against.stdout and "SQNR" in against.stdout
+
+    def sqnr(stdout):  # the scores table's tflite-int8 row
+        row = next(line for line in stdout.splitlines() if line.startswith("tflite-int8 ")
+                   and line.rstrip().endswith("dB"))
+        return float(row.split()[-2])
+
+    # The file is far nearer its own simulation than the float model.
+    assert sqnr(result.stdout) > sqnr(against.stdout) + 10, (result.stdout, against.stdout)
 
 
 def test_qat_trains_toward_the_models_answers_and_its_file_exports(tmp_path):

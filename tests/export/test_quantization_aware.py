@@ -28,7 +28,7 @@ def _trained(flavour, head=None):
     """A small residual net (conv -> BN -> ReLU, separable -> BN, an Add, a max pool,
     dense with the `head` activation: logits or "softmax") made quantization-aware on
     64 rows and trained a few steps, so that its weights and ranges are the QAT model's
-    own, not the float model's."""
+    own, not the float model's. Returns `(QAT model, rows, float model)`."""
     k, bn = FLAVOURS[flavour]
     k.utils.set_random_seed(0)
     rs = np.random.RandomState(0)
@@ -45,13 +45,13 @@ def _trained(flavour, head=None):
     loss = k.losses.SparseCategoricalCrossentropy(from_logits=head is None)
     aware.compile("adam", loss)
     aware.fit(data, labels, batch_size=16, epochs=2, verbose=0)
-    return aware, data
+    return aware, data, model
 
 
 @pytest.mark.parametrize("fmt", EXPORTS)
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_int8_files_compute_what_was_trained(flavour, fmt, tmp_path):
-    aware, data = _trained(flavour)
+    aware, data, _ = _trained(flavour)
     assert state(aware).learned
     export_to, suffix = EXPORTS[fmt]
     result = export_to(aware, tmp_path / f"q{suffix}", quantize="int8", samples=data)
@@ -184,7 +184,7 @@ def _assert_integer_onnx(path):
 def test_int8_io_file_of_a_softmax_model(flavour, tmp_path):
     """int8 inputs and outputs; the softmax's output on its fixed [0, 1) grid, which
     the integer kernel computes with a table: within two steps here."""
-    aware, data = _trained(flavour, "softmax")
+    aware, data, _ = _trained(flavour, "softmax")
     result = to_tflite(aware, tmp_path / "q.tflite", quantize=QuantizationOptions(
         "int8-io", calibration=data))
     assert result.steps_off <= 2.0 + 1e-3 and "calibration rows (64)" in result.steps_on
@@ -192,7 +192,7 @@ def test_int8_io_file_of_a_softmax_model(flavour, tmp_path):
 
 
 def test_options_that_change_what_was_trained_are_one_line(tmp_path):
-    aware, data = _trained("keras3")
+    aware, data, _ = _trained("keras3")
     cases = [
         ("float16", "export it with mode 'int8' or 'int8-io', not 'float16'; for a "
                     "float16 file export keras_bn.quantization.inference_model"),
@@ -215,11 +215,47 @@ def test_options_that_change_what_was_trained_are_one_line(tmp_path):
 def test_float_file_of_the_trained_weights(tmp_path):
     """`inference_model(..., activations=False)` is the float model training left; its
     float file matches it as any float export."""
-    aware, data = _trained("tf_keras")
+    aware, data, _ = _trained("tf_keras")
     plain = inference_model(aware, activations=False)
     assert not state(plain).aware
     result = to_onnx(plain, tmp_path / "f.onnx", samples=data)
     assert result.max_error <= result.tolerance
+
+
+def test_a_reference_scores_the_file_against_the_float_model(tmp_path):
+    """`QuantizationOptions(reference=float model)`: the QAT model's file is scored
+    against the float model it was made from (the file run here in LiteRT, row by row,
+    scored alike: the same figures to float32 rounding), not against the QAT model's
+    simulated forward, which the file matches far more closely. A reference with other
+    outputs is one line."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from keras_bn.quantization import scoring
+
+    aware, data, model = _trained("tf_keras", "softmax")
+    own = to_tflite(aware, tmp_path / "own.tflite",
+                    quantize=QuantizationOptions("int8", evaluation=data))
+    result = to_tflite(aware, tmp_path / "q.tflite", quantize=QuantizationOptions(
+        "int8", evaluation=data, reference=model))
+    interpreter = Interpreter(str(result.path))
+    interpreter.allocate_tensors()
+    feed, fetch = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    got = []
+    for row in data:
+        interpreter.set_tensor(feed["index"], row[None])
+        interpreter.invoke()
+        got.append(interpreter.get_tensor(fetch["index"])[0])
+    want = scoring.score(["out"], [model.predict(data, verbose=0)], [np.array(got)])[0]
+    scored = result.evaluation[0]
+    assert scored.agreement == want.agreement
+    assert scored.sqnr_db == pytest.approx(want.sqnr_db, abs=0.01)
+    assert own.evaluation[0].sqnr_db > scored.sqnr_db + 10, (own.evaluation, scored)
+    other = tf_keras.Sequential([tf_keras.Input((12, 12, 3)), tf_keras.layers.Flatten(),
+                                 tf_keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match=r"reference for '.*': \[\(3,\)\] does not give "
+                                         r"the model's outputs \[\(4,\)\]"):
+        to_tflite(aware, tmp_path / "bad.tflite", quantize=QuantizationOptions(
+            "int8", evaluation=data, reference=other))
 
 
 def test_the_keras3_cases_pass_on_jax():
