@@ -14,8 +14,9 @@ lose the most. `--only mini_xception_noisy` adds the 32x32 mini-Xception trained
 shapes with twice the noise (43 to 55 % accurate: many answers near a tie), where the
 best PTQ file lost 3 points or more on some seeds. Per model and seed, each arm writes a
 TFLite and an ONNX int8 file, run in its runtime and scored against the float model
-(`scored`) on held-out rows neither trained, calibrated nor distilled on (before
-commit ad08deb the QAT files were scored against the QAT model's simulated forward):
+(`QuantizationOptions(reference=...)`) on held-out rows neither trained, calibrated nor
+distilled on (before commit ad08deb the QAT files were scored against the QAT model's
+simulated forward):
 
 - `dynamic`: int8 weights, float activations (the reference the goal is judged by);
 - `PTQ best`: the best on held-out agreement of full-integer int8 with the min/max and
@@ -60,44 +61,28 @@ DISTILLED = {"epochs": 6, "learning_rate": 1e-4}
 ARMS = ("dynamic", "PTQ best", "QAT untrained", "QAT labels", "QAT distilled")
 
 
-def _export(model, fmt, path, quantize, x_test, y_test, reference):
-    """The scores of `model`'s `fmt` file on the held-out rows against `reference` (the
-    float model). The export's own scores are against the model exported, which for a
-    QAT model is its simulated int8 forward, not the float model (kept as
-    `agreement_with_exported`)."""
+def _export(model, fmt, path, options, x_test, y_test, reference):
+    """The scores of `model`'s `fmt` file (quantized by `options`) on the held-out rows
+    against `reference`, the float model (`QuantizationOptions.reference`: by default
+    an export scores against the model exported, which for a QAT model is its
+    simulated int8 forward)."""
+    import dataclasses
+
     from keras_bn.export import to_onnx, to_tflite
 
     from keras_bn.errors import VerificationError
 
     export_to = to_tflite if fmt == "tflite" else to_onnx
     try:
-        result = export_to(model, path, quantize=quantize, samples=x_test, labels=y_test,
-                           latency_batch=None)
+        result = export_to(model, path, quantize=dataclasses.replace(
+            options, reference=reference), samples=x_test, labels=y_test,
+            latency_batch=None)
     except VerificationError as error:  # a file that fails its check: recorded, no score
         return {"agreement": None, "accuracy": None, "sqnr_db": None, "steps_off": None,
                 "steps_within": None, "error": str(error)}
-    against = scored(fmt, path, reference, x_test, y_test)
-    return {**against, "agreement_with_exported": result.evaluation[0].agreement,
-            "steps_off": result.steps_off, "steps_within": result.steps_within}
-
-
-def scored(fmt, path, reference, rows, labels):
-    """`{"agreement", "sqnr_db", "accuracy"}` of the file at `path` (run in its runtime,
-    in a child process) against the Keras model `reference` on `rows` (one input, one
-    classifier output)."""
-    from keras_bn.export import onnx as onnx_export, tflite as tflite_export
-    from keras_bn.export.isolated import IsolatedRuntime
-    from keras_bn.quantization import scoring
-    from keras_bn.verification import predict
-
-    runner = (tflite_export if fmt == "tflite" else onnx_export).file_runner
-    with IsolatedRuntime(fmt, path) as runtime:
-        run = runner(runtime, [name for name, _ in runtime.inputs], runtime.outputs)
-        got = np.concatenate([run([rows[i:i + 64]])[0] for i in range(0, len(rows), 64)])
-    want = predict(reference, [rows])[0]
-    found = scoring.score(["output"], [want], [got])[0]
-    return {"agreement": found.agreement, "sqnr_db": float(found.sqnr_db),
-            "accuracy": float(np.mean(np.argmax(got, -1) == labels))}
+    return {"agreement": result.evaluation[0].agreement, "accuracy": result.accuracy,
+            "sqnr_db": float(result.evaluation[0].sqnr_db), "steps_off": result.steps_off,
+            "steps_within": result.steps_within}
 
 
 def flip_and_noise(rows, rng):
