@@ -214,10 +214,13 @@ def _parser():
     return parser
 
 
-def _load(args, steps):
+def _load(args, steps, path=None):
+    """The model at `path` (default: MODEL), loaded with the command's --unsafe and
+    --import, as a step."""
     from keras_bn.files import load_model
 
-    return steps.run(f"load {args.model}", load_model, args.model, unsafe=args.unsafe,
+    path = path or args.model
+    return steps.run(f"load {path}", load_model, path, unsafe=args.unsafe,
                      imports=args.imports)
 
 
@@ -290,11 +293,7 @@ def _export(args):
     steps = Steps(1 + bool(args.reference) + bool(args.onnx) + bool(args.tflite))
     model = _load(args, steps)
     if args.reference:
-        from keras_bn.files import load_model
-
-        options = dataclasses.replace(options, reference=steps.run(
-            f"load {args.reference}", load_model, args.reference, unsafe=args.unsafe,
-            imports=args.imports))
+        options = dataclasses.replace(options, reference=_load(args, steps, args.reference))
     if quantize in CALIBRATED and not calibration:
         from keras_bn.quantization.inference import state
 
