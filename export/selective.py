@@ -97,8 +97,10 @@ class LayerwiseFile:
                 f"rows (evaluation=, --eval) or at least {scoring.MIN_ROWS_TO_SPLIT} "
                 "calibration rows (a fifth is then held out)")
         self.rows: list = rows
-        self.reference = [np.concatenate(parts) for parts in zip(*(
-            predict(model, [r[i:i + 64] for r in rows]) for i in range(0, len(rows[0]), 64)))]
+        self.reference = self._predicted(model)
+        reference = ready.options.reference
+        self.judged_by = self.reference if reference is None else self._predicted(reference)
+        self._runs: dict[tuple, list] = {}  # the file's outputs, by the layers in float
 
     def content(self, float_layers: Iterable[str] = ()) -> bytes:  # pragma: no cover
         # each format's own
@@ -109,8 +111,30 @@ class LayerwiseFile:
         """The op or node names of the layers of `float_layers`."""
         return [n for layer in float_layers for n in self.nodes[layer]]
 
+    def _predicted(self, model: Model) -> list:
+        rows = self.rows
+        return [np.concatenate(parts) for parts in zip(*(
+            predict(model, [r[i:i + 64] for r in rows]) for i in range(0, len(rows[0]), 64)))]
+
     def score(self, float_layers: Iterable[str] = ()) -> list[scoring.OutputScore]:
-        """Scores of `content(float_layers)` against the Keras model on the rows."""
+        """Scores of `content(float_layers)` against the Keras model on the rows: what
+        quantization changed (the ranking of sensitivity and fallback)."""
+        return scoring.score(self.outputs, self.reference, self._outputs_of(float_layers))
+
+    def judge(self, float_layers: Iterable[str] = ()) -> list[scoring.OutputScore]:
+        """Scores of `content(float_layers)` against the options' `reference` (else
+        the Keras model), as the written file is scored: what `min_agreement` judges.
+        The file runs once for both."""
+        return scoring.score(self.outputs, self.judged_by, self._outputs_of(float_layers))
+
+    def _outputs_of(self, float_layers: Iterable[str]) -> list:
+        """The outputs of `content(float_layers)` on the rows, in its runtime (once)."""
+        key = tuple(sorted(float_layers))
+        if key not in self._runs:
+            self._runs[key] = self._run(key)
+        return self._runs[key]
+
+    def _run(self, float_layers: tuple) -> list:
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "candidate." + self.fmt)
             with open(path, "wb") as f:
@@ -119,8 +143,7 @@ class LayerwiseFile:
                 run = self._runner(runtime)
                 got = [run([r[i:i + 64] for r in self.rows])
                        for i in range(0, len(self.rows[0]), 64)]
-        got = [np.concatenate([g[k] for g in got]) for k in range(len(self.outputs))]
-        return scoring.score(self.outputs, self.reference, got)
+        return [np.concatenate([g[k] for g in got]) for k in range(len(self.outputs))]
 
     def _runner(self, runtime):
         """The format's own `file_runner` (as its exporter verifies with) of `runtime`."""
@@ -311,7 +334,7 @@ def with_fallback(file: LayerwiseFile, latency_batch: int | None) -> tuple:
             f"{file.ready.options.mode} export of '{file.model.name}'")
     target = file.ready.options.min_agreement
     assert target is not None  # float_fallback requires it (QuantizationOptions)
-    record = fallback.choose(file.layers, file.score, target, what)
+    record = fallback.choose(file.layers, file.score, target, what, judge=file.judge)
     record.size_bytes_integer = len(file.content())
     if latency_batch and record.layers:
         record.latency_ms_integer = file.latency_ms((), latency_batch)

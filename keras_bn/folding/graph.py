@@ -129,8 +129,8 @@ class Graph:
         """The (edited) config without the `removed` layers.
 
         Args:
-          removed: layer name -> the `Ref` its output is replaced by (its input). Each
-            removed layer is called once and has one output.
+          removed: layer name -> the `Ref` its output is replaced by (its input), or a
+            list of them, one per call of the layer. Each removed layer has one output.
 
         Returns:
           The config dict, every reference to a removed layer's output (in call
@@ -138,7 +138,8 @@ class Graph:
         """
         def resolve(ref):
             while ref.layer in removed:
-                ref = removed[ref.layer]
+                target = removed[ref.layer]
+                ref = target[ref.call] if isinstance(target, list) else target
             return ref
 
         def rewire(value):

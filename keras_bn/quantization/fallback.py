@@ -56,39 +56,45 @@ class Fallback:
                 + f" ({self.files_tried} files tried)")
 
 
-def choose(layers: Sequence[str], score: Scorer, target: float, what: str) -> Fallback:
-    """The `Fallback` of the fewest most harmful `layers` to keep in float so that
-    `score` (see `keras_bn.quantization.sensitivity.Scorer`) reaches `target` agreement.
+def choose(layers: Sequence[str], score: Scorer, target: float, what: str,
+           judge: Scorer | None = None) -> Fallback:
+    """The `Fallback` of the fewest most harmful `layers` to keep in float so that the
+    file reaches `target` agreement. `score` (see
+    `keras_bn.quantization.sensitivity.Scorer`) ranks the layers: the file against the
+    model quantized, what each layer's rounding loses; `judge` (default `score`) says
+    when the target is met: the file against the model it is scored by (a `reference`
+    model's differences from the model quantized are no layer's to win back).
 
     Raises:
       VerificationError: no number of layers in float reaches the target (the message
         gives the best agreement found).
     """
-    tried = 0
+    tried: set[tuple] = set()
 
-    def counted(kept):
-        nonlocal tried
-        tried += 1
-        return score(kept)
+    def counted(scorer: Scorer) -> Scorer:
+        def run(kept):
+            tried.add(tuple(sorted(kept)))
+            return scorer(kept)
+        return run
 
-    quantized = counted([])
-    record = Fallback(agreement_before=lowest_agreement(quantized))
+    rank, accept = counted(score), counted(judge or score)
+    record = Fallback(agreement_before=lowest_agreement(accept([])))
     if record.agreement_before is not None and record.agreement_before >= target:
-        record.agreement, record.files_tried = record.agreement_before, tried
+        record.agreement, record.files_tried = record.agreement_before, len(tried)
         return record
-    _, ranked = measure(layers, counted, alone=False, quantized=quantized)
+    _, ranked = measure(layers, rank, alone=False, quantized=rank([]))
     best = record.agreement_before or 0.0
     order = [s.layer for s in ranked]
     for count in range(1, len(order) + 1):
         kept = order[:count]
-        scores = ranked[0].all_but if count == 1 else counted(kept)
-        agreement = lowest_agreement(scores)
+        agreement = lowest_agreement(ranked[0].all_but if count == 1 and judge is None
+                                     else accept(kept))
         best = max(best, agreement or 0.0)
         if agreement is not None and agreement >= target:
-            record.layers, record.agreement, record.files_tried = kept, agreement, tried
+            record.layers, record.agreement, record.files_tried = kept, agreement, len(tried)
             return record
     raise VerificationError(
         f"{what}: no float fallback reaches min_agreement {target:.2%}: the best of "
-        f"{tried} files agrees {best:.2%} (all {len(order)} layers in float is the float "
+        f"{len(tried)} files agrees {best:.2%} (all {len(order)} layers in float is the float "
         "model's rounding alone). Try a lower minimum, another mode, or more typical "
         "calibration data.")

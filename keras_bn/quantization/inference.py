@@ -19,7 +19,7 @@ from keras_bn.layers.activation_quantizer import ActivationQuantizer
 from keras_bn.layers.find import activation_quantizers, all_layers
 from keras_bn.layers.quantized_conv_bn import QuantizedConvBN
 from keras_bn.quantization import fake_quant
-from keras_bn.quantization.splitting import SUBSAMPLE, merged_subsampling
+from keras_bn.quantization.splitting import rejoined
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,9 +124,7 @@ def inference_model(model: Model, *, activations: bool = True) -> Model:
             entries[name]["config"]["fixed"] = list(bounds)
             updates[name] = {"low": bounds[0], "high": bounds[1]}
     # a strided 1x1 conv that quantize_aware split for training is one layer again
-    for name, (source, strides) in merged_subsampling(graph).items():
-        removed[name] = source
-        entries[name[:-len(SUBSAMPLE)]]["config"]["strides"] = list(strides)
+    removed.update(rejoined(graph, entries))
     config = graph.without(removed)
     return rebuilt(model, config, updates)
 

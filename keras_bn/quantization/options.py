@@ -102,6 +102,8 @@ class QuantizationOptions:
         give the float model it was made from: the model exported is the QAT model,
         whose simulated int8 forward the file matches by construction, so its own
         score says nothing about the float model's answers. Same inputs and outputs.
+        Float fallback still ranks the layers by what their rounding changes in the
+        model exported, and stops once the file agrees `min_agreement` with this one.
     """
 
     mode: str | None = None

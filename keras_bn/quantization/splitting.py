@@ -23,6 +23,7 @@ from keras_bn import flavour
 from keras_bn.flavour import Layer, Model
 from keras_bn.folding.graph import Graph, Ref, pointing_at
 from keras_bn.folding.rewrite import describe, rebuilt, short_name, weight_arrays
+from keras_bn.layers.find import is_model
 
 #: The separable layer classes, by their spatial rank.
 _SEPARABLE = {"SeparableConv1D": 1, "SeparableConv2D": 2}
@@ -38,25 +39,39 @@ _CONV = {"Conv1D": 1, "Conv2D": 2, "Conv3D": 3}
 SUBSAMPLE = "_subsample"
 
 
-def split_for_int8(model: Model, linear: bool = False) -> Model:
-    """`model` with every top-level layer called once that the files compute as two ops
-    written as two layers: a channels-last SeparableConv1D/2D as `DepthwiseConv`
-    (named `<name>_depthwise`) -> `Conv` 1x1 (named as the separable layer), a layer
-    with an unfused activation (not linear, relu or relu6) as the layer without it
-    (named `<name>_linear`) -> `Activation` (named as the layer); and a channels-last
-    strided 1x1 convolution as `MaxPooling` of size 1 with its strides (named
+def split_for_int8(model: Model, linear: bool = False, *, nested: bool = False) -> Model:
+    """`model` with every top-level layer that the files compute as two ops written as
+    two layers: a channels-last SeparableConv1D/2D as `DepthwiseConv` (named
+    `<name>_depthwise`) -> `Conv` 1x1 (named as the separable layer), a layer with an
+    unfused activation (not linear, relu or relu6) as the layer without it (named
+    `<name>_linear`) -> `Activation` (named as the layer); and a channels-last strided
+    1x1 convolution as `MaxPooling` of size 1 with its strides (named
     `<name>_subsample`) -> the convolution with strides 1. With `linear`, also a
     built-in Conv1D/2D/3D, DepthwiseConv2D or Dense with a fused activation (relu,
     relu6) as the layer without it and the `Activation`, as an unfused one: every such
     layer is then linear (a QuantizedConvBN computes none; the converters fuse the
-    activation back). The model itself if there is none. A Sequential model comes back
-    as the functional model it is. The model is not changed."""
+    activation back). A layer called several times (shared) is split once, each call
+    of the second half reading the same call of the first. In nested Sequential and
+    functional models only the strided 1x1 convolutions are split (quantize_aware
+    trains them float, but they train: oneDNN's crash). The model itself if there is
+    none. A Sequential model comes back as the functional model it is. The model is not
+    changed.
+
+    Args:
+      model: A Sequential or functional model; only read.
+      linear: Also split fused activations from the weight layers (above).
+      nested: Split only the strided 1x1 convolutions (what a nested model gets).
+    """
     plumbing = flavour.of(model)
     graph = Graph(model)
     found = [name for name, node in graph.nodes.items()
-             if len(node.calls) == 1 and (_separable(node.layer) or _unfused(node.layer, linear)
-                                          or _strided_pointwise(node.layer))]
-    if not found:
+             if node.calls and (_strided_pointwise(node.layer) or not nested and (
+                 _separable(node.layer) or _unfused(node.layer, linear)))]
+    inner = {name: split_for_int8(node.layer, nested=True)
+             for name, node in graph.nodes.items()
+             if node.calls and is_model(node.layer) and plumbing.is_graph_model(node.layer)}
+    inner = {name: split for name, split in inner.items() if split is not graph.nodes[name].layer}
+    if not found and not inner:
         return model
     if graph.sequential:
         model = plumbing.keras.Model(model.inputs, model.outputs, name=model.name)
@@ -67,22 +82,25 @@ def split_for_int8(model: Model, linear: bool = False) -> Model:
     for name in found:
         layer = graph.nodes[name].layer
         first, second, weights = (
-            _separable_halves(plumbing, layer) if _separable(layer)
-            else _activation_halves(plumbing, layer) if _unfused(layer, linear)
+            _separable_halves(plumbing, layer) if _separable(layer) and not nested
+            else _activation_halves(plumbing, layer) if _unfused(layer, linear) and not nested
             else _subsampling_halves(plumbing, layer))
         entry = entries[name]
         before = copy.deepcopy(entry)  # called as the layer was
         describe(before, first)
         describe(entry, second)
-        plumbing.walk_references(entry["inbound_nodes"], pointing_at([first.name, 0, 0]))
+        for call, data in enumerate(entry["inbound_nodes"]):  # call k reads first's call k
+            plumbing.walk_references(data, pointing_at([first.name, call, 0]))
         inserted.append((position[name], before))
         updates.update(weights)
+    for name, split in inner.items():  # its weights: matched by name in the original
+        describe(entries[name], split)
     layers = list(graph.config["layers"])
     for index, entry in sorted(inserted, key=lambda t: -t[0]):
         layers.insert(index, entry)
     graph.config["layers"] = layers
     # again: the linear half of a strided 1x1 conv with an unfused activation is one
-    return split_for_int8(rebuilt(model, graph.config, updates), linear)
+    return split_for_int8(rebuilt(model, graph.config, updates), linear, nested=nested)
 
 
 def _separable(layer: Layer) -> bool:
@@ -139,22 +157,42 @@ def _subsampling_halves(plumbing, layer):
     return subsample, conv, {conv.name: weight_arrays(layer)}
 
 
-def merged_subsampling(graph: Graph) -> dict[str, tuple[Ref, tuple]]:
-    """The subsamplings `split_for_int8` wrote of strided 1x1 convolutions, still read by
-    their convolution alone: `{subsampling layer: (its input, its strides)}`, for the
-    convolution (or the QuantizedConvBN it became) to take the strides back."""
+def merged_subsampling(graph: Graph) -> dict[str, tuple[list[Ref], tuple]]:
+    """The subsamplings `split_for_int8` wrote of strided 1x1 convolutions, each call
+    still read by the same call of its convolution alone: `{subsampling layer: (the
+    input of each call, its strides)}`, for the convolution (or the QuantizedConvBN it
+    became) to take the strides back."""
     found = {}
     for name, node in graph.nodes.items():
         conv = name[:-len(SUBSAMPLE)]
-        if (not name.endswith(SUBSAMPLE) or conv not in graph.nodes
+        if (not name.endswith(SUBSAMPLE) or conv not in graph.nodes or not node.calls
                 or not type(node.layer).__name__.startswith("MaxPooling")
                 or any(p != 1 for p in _tuple(node.layer.pool_size))
-                or len(node.calls) != 1):
+                or len(graph.nodes[conv].calls) != len(node.calls)):
             continue
-        readers = graph.consumers.get(Ref(name), [])
-        if [call.layer for call in readers] == [conv] and len(graph.nodes[conv].calls) == 1:
-            found[name] = (node.calls[0].args[0], _tuple(node.layer.strides))
+        if all([(c.layer, c.index) for c in graph.consumers.get(Ref(name, call.index), [])]
+               == [(conv, call.index)] for call in node.calls):
+            found[name] = ([call.args[0] for call in node.calls], _tuple(node.layer.strides))
     return found
+
+
+def rejoined(graph: Graph, entries: dict) -> dict[str, list[Ref]]:
+    """Makes each strided 1x1 convolution that `split_for_int8` split one strided
+    convolution again, in nested models too: edits `entries` (`graph.entries()`: the
+    convolutions' strides, the nested models' configs) and returns the subsamplings to
+    remove, `{name: the input of each call}`, for `graph.without`."""
+    removed: dict[str, list[Ref]] = {}
+    for name, (sources, strides) in merged_subsampling(graph).items():
+        removed[name] = sources
+        entries[name[:-len(SUBSAMPLE)]]["config"]["strides"] = list(strides)
+    for name, node in graph.nodes.items():
+        if node.calls and is_model(node.layer) and graph.flavour.is_graph_model(node.layer):
+            inner = Graph(node.layer)
+            before = copy.deepcopy(inner.config)
+            inner_removed = rejoined(inner, inner.entries())
+            if inner_removed or inner.config != before:
+                entries[name]["config"] = inner.without(inner_removed)
+    return removed
 
 
 def _separable_halves(plumbing, layer):

@@ -197,12 +197,21 @@ def test_the_keras3_cases_pass_on_the_other_backends(backend):
     assert "14 passed" in run.stdout, run.stdout[-500:]
 
 
-@pytest.mark.parametrize("after", ["BN", "nothing"])
+#: How the crashing Conv2D(16, 1, strides=2) on 3 channels sits in the model.
+_STRIDED_POINTWISE = {
+    "BN": "x = keras.layers.BatchNormalization()(conv(i))\n",
+    "nothing": "x = conv(i)\n",
+    "shared": "x = keras.layers.Add()([conv(i), conv(keras.layers.ReLU()(i))])\n",
+    "nested": "x = keras.Model(i, conv(i), name='nested')(i)\n"}
+
+
+@pytest.mark.parametrize("after", _STRIDED_POINTWISE)
 def test_training_a_strided_pointwise_conv_does_not_crash_with_onednn_on(after, tmp_path):
     """TensorFlow 2.21 with oneDNN on (the Makefile's setting) dies with SIGSEGV training
     a Conv2D(16, 1, strides=2) on 3 channels; a QAT model of it trains, whether a BN
     follows (a QuantizedConvBN) or not (a residual shortcut: a subsampling, then the
-    conv unstrided). A child process: a crash is a return code, not this run's end."""
+    conv unstrided), called twice, or inside a nested model (which QAT trains float).
+    A child process: a crash is a return code, not this run's end."""
     import os
     import subprocess
     import sys
@@ -211,8 +220,8 @@ def test_training_a_strided_pointwise_conv_does_not_crash_with_onednn_on(after, 
         "import numpy as np, keras\n"
         "from keras_bn.quantization import quantize_aware\n"
         "i = keras.Input((64, 64, 3))\n"
-        "x = keras.layers.Conv2D(16, 1, strides=2, padding='same', use_bias=False)(i)\n"
-        + ("x = keras.layers.BatchNormalization()(x)\n" if after == "BN" else "") +
+        "conv = keras.layers.Conv2D(16, 1, strides=2, padding='same', use_bias=False)\n"
+        + _STRIDED_POINTWISE[after] +
         "x = keras.layers.ReLU()(x)\n"
         "m = keras.Model(i, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))\n"
         "d = np.random.rand(32, 64, 64, 3).astype('float32')\n"

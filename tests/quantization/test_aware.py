@@ -119,6 +119,61 @@ def test_a_strided_pointwise_conv_trains_as_a_subsampling_and_exports_as_itself(
     _close(plain(data), model(data, training=False))
 
 
+def _shared_and_nested_net(flavour):
+    """A strided 1x1 conv called twice (a shared shortcut on two branches), and a nested
+    model holding one beside a nested model inside it that holds another: the cases
+    the top-level split used to leave strided (oneDNN's crash)."""
+    k, _ = FLAVOURS[flavour]
+    inner_in = k.Input((10, 10, 6))
+    deepest_in = k.Input((10, 10, 6))
+    deepest = k.Model(deepest_in, k.layers.Conv2D(4, 1, strides=2, name="deep_conv")(
+        deepest_in), name="deepest")
+    y = k.layers.Conv2D(4, 1, strides=2, padding="same", name="inner_conv")(inner_in)
+    inner = k.Model(inner_in, k.layers.Add()([y, deepest(inner_in)]), name="inner")
+    inputs = k.Input((10, 10, 3))
+    x = k.layers.Conv2D(6, 3, padding="same", activation="relu", name="stem")(inputs)
+    shared = k.layers.Conv2D(4, 1, strides=2, name="shared")
+    a, b = shared(x), shared(k.layers.ReLU()(x))
+    x = k.layers.Concatenate()([a, b, inner(x)])
+    model = k.Model(inputs, k.layers.GlobalAveragePooling2D()(x))
+    return model, np.random.RandomState(2).randn(16, 10, 10, 3).astype("float32")
+
+
+def _strided_pointwise(model, path=()):
+    """Every strided 1x1 Conv/QuantizedConvBN of `model`, nested ones too, by path."""
+    found = []
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            found += _strided_pointwise(layer, path + (layer.name,))
+        elif (type(layer).__name__ in ("Conv2D", "QuantizedConvBN")
+              and tuple(layer.kernel_size) == (1, 1) and tuple(layer.strides) != (1, 1)):
+            found.append("/".join(path + (layer.name,)))
+    return sorted(found)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_shared_or_nested_strided_pointwise_conv_trains_as_a_subsampling_too(flavour):
+    """A shared strided 1x1 conv is split once, each call of the conv reading the same
+    call of its subsampling; nested models (two deep) get their strided 1x1 convs split;
+    the values stay, and `inference_model` makes every one a strided conv again."""
+    model, data = _shared_and_nested_net(flavour)
+    assert _strided_pointwise(model) == ["inner/deepest/deep_conv", "inner/inner_conv",
+                                         "shared"]
+    aware = quantize_aware(model, weight_bits=None)
+    assert _strided_pointwise(aware) == []
+    subsample = aware.get_layer("shared_subsample")
+    assert len(subsample._inbound_nodes) == len(aware.get_layer("shared")._inbound_nodes) == 2
+    assert type(aware.get_layer("inner").get_layer("inner_conv_subsample")).__name__ == \
+        "MaxPooling2D"
+    _close(aware(data, training=False), model(data, training=False))
+    _close(aware(data, training=True), model(data, training=True))
+    plain = keras_bn.quantization.inference_model(aware, activations=False)
+    assert _strided_pointwise(plain) == _strided_pointwise(model)
+    assert not [layer.name for layer in plain.get_layer("inner").layers
+                if layer.name.endswith("_subsample")]
+    _close(plain(data), model(data, training=False))
+
+
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_int8_inference_is_the_folded_model_with_int8_grid_kernels(flavour):
     model, data = _net(flavour)
@@ -253,4 +308,4 @@ def test_the_keras3_cases_pass_on_the_other_backends(backend):
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           "-p", "no:xdist", __file__, "-k", "keras3 and not other_backends"],
                          env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and "5 passed" in run.stdout, run.stdout[-3000:]
+    assert run.returncode == 0 and "6 passed" in run.stdout, run.stdout[-3000:]

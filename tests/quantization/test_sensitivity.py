@@ -170,6 +170,13 @@ def test_fallback_keeps_the_most_harmful_first_and_the_fewest():
                                                 "99.00%: the best of .* files agrees 97.00%"):
         fallback.choose(list(won), score, 0.99, "test")
 
+    def judge(kept):  # another model's view: "a" alone moves it, the ranking stays
+        return _scores(0.8 + 0.16 * ("a" in kept) + 0.01 * len(kept), 0.0)
+
+    judged = fallback.choose(list(won), score, 0.95, "test", judge=judge)
+    assert judged.layers == ["b", "c", "a"] and judged.agreement == pytest.approx(0.99)
+    assert judged.agreement_before == pytest.approx(0.8) and judged.files_tried == 6
+
 
 def test_cli_sensitivity_and_fallback(planted, tmp_path):
     """`keras-bn sensitivity` prints the table with the planted layer first and writes
@@ -214,3 +221,28 @@ def test_ops_belong_to_their_layers_in_both_flavours_naming():
     assert layer_of("functional_1/head_1/MatMul/MatMulAddFusion", layers, weighted,
                     "functional") == "head"
     assert layer_of("StatefulPartitionedCall:0", layers, weighted, "functional") is None
+
+
+def test_fallback_judges_by_the_reference_it_is_given(planted, tmp_path):
+    """With `reference=`, fallback ranks and judges its candidates against that model,
+    as the file's own score is: the agreement it records is the written file's
+    evaluation against the reference. The reference here is the planted MLP with its
+    hidden weights perturbed, so that it disagrees with the model exported on some
+    held-out rows (a judge by the exported model records other figures)."""
+    model, calibration, held_out = planted
+    reference = tf_keras.models.clone_model(model)
+    rs = np.random.RandomState(3)
+    weights = model.get_weights()
+    reference.set_weights([w + 0.3 * np.std(w) * rs.randn(*w.shape) if w.ndim == 2 and i <
+                           len(weights) - 2 else w for i, w in enumerate(weights)])
+    differ = np.mean(np.argmax(reference.predict(held_out, verbose=0), -1) != np.argmax(
+        model.predict(held_out, verbose=0), -1))
+    assert 0.02 < differ < 0.2, differ  # apart enough to tell the judges apart
+    result = to_tflite(model, tmp_path / "fallback.tflite", quantize=QuantizationOptions(
+        "int8", calibration=calibration, evaluation=held_out, min_agreement=0.75,
+        float_fallback=True, reference=reference))
+    record = result.fallback
+    assert record.agreement == result.evaluation[0].agreement
+    without = to_tflite(model, tmp_path / "plain.tflite", quantize=QuantizationOptions(
+        "int8", calibration=calibration, evaluation=held_out, reference=reference))
+    assert record.agreement_before == without.evaluation[0].agreement
