@@ -4,8 +4,8 @@ estimators), after QAT on labels, and after QAT distilled from the float model o
 hundred unlabelled rows.
 
     python -m benchmarks.qat_study [--seeds 3] [--first-seed 0] [--only MODEL ...]
-        [--formats tflite onnx] [--arms ARM ...] [--qat-ranges mse] [--augment]
-        [--replot]
+        [--formats tflite onnx] [--arms ARM ...] [--qat-ranges mse]
+        [--qat-bias-correction] [--augment] [--replot]
 
 Models (`benchmarks.study_data`, trained here per seed with keras_bn's BN): the
 mini-Xception at 32x32 and 64x64 and the MobileNet-style net on synthesized shapes, and
@@ -104,10 +104,10 @@ def flip_and_noise(rows, rng):
 
 
 def run_model(name, seed, folder, formats=FORMATS, arms=ARMS, ranges="minmax",
-              augment=False):
+              augment=False, bias_correction=False):
     """The rows of one trained model (one seed): one per arm (of `ARMS`) and format;
     `ranges`: the QAT models' range estimator; `augment`: distil on `flip_and_noise`
-    rows."""
+    rows; `bias_correction`: of the QAT models' start."""
     from keras_bn.export import QuantizationOptions
     from keras_bn.quantization import distill, quantize_aware
 
@@ -144,7 +144,8 @@ def run_model(name, seed, folder, formats=FORMATS, arms=ARMS, ranges="minmax",
         if arm not in arms:
             continue
         start = time.perf_counter()
-        aware = quantize_aware(model, x_cal, freeze_after=1, ranges=ranges)
+        aware = quantize_aware(model, x_cal, freeze_after=1, ranges=ranges,
+                               bias_correction=bias_correction)
         record = None
         if arm == "QAT labels":
             record = distill(aware, model, x_train, labels=y_train, verbose=0, **settings)
@@ -154,9 +155,10 @@ def run_model(name, seed, folder, formats=FORMATS, arms=ARMS, ranges="minmax",
             record = distill(aware, model, x_cal, verbose=0,
                              augment=flip_and_noise if augment else None, **settings)
         trained_s = time.perf_counter() - start
-        extra = {"ranges": ranges} if record is None else {
-            "ranges": ranges, "augment": augment, "best_epoch": record.best_epoch,
-            "held_out_before": record.before, "held_out_after": record.after}
+        extra = {"ranges": ranges, "bias_correction": bias_correction}
+        if record is not None:
+            extra.update(augment=augment, best_epoch=record.best_epoch,
+                         held_out_before=record.before, held_out_after=record.after)
         for fmt in formats:
             path = os.path.join(folder, f"{name}_{seed}_qat.{fmt}")
             add(arm, fmt, _export(aware, fmt, path, QuantizationOptions(
@@ -237,6 +239,9 @@ def main(argv=None):
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--qat-ranges", default="minmax", choices=("minmax", "mse"),
                         help="the QAT models' range estimator (quantize_aware's ranges=)")
+    parser.add_argument("--qat-bias-correction", action="store_true",
+                        help="start the QAT models bias-corrected (quantize_aware's "
+                        "bias_correction=True)")
     parser.add_argument("--augment", action="store_true",
                         help="distil on flipped, noisy rows (flip_and_noise)")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
@@ -252,7 +257,8 @@ def main(argv=None):
             for name in args.only:
                 for seed in range(args.first_seed, args.first_seed + args.seeds):
                     rows.extend(run_model(name, seed, folder, args.formats, args.arms,
-                                          args.qat_ranges, args.augment))
+                                          args.qat_ranges, args.augment,
+                                          args.qat_bias_correction))
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "qat_study.json"), "w") as f:
             json.dump(rows, f, indent=1, default=float)

@@ -208,6 +208,10 @@ def _parser():
                              help="how those rows set each range: the converters' min/max "
                              "(default), or a range with less expected error (mse, "
                              "percentile)")
+    made["qat"].add_argument("--bias-correction", action="store_true",
+                             help="start each int8 layer from its folded bias less the "
+                             "mean shift its int8 kernel adds on those rows (as "
+                             "post-training quantization's bias correction)")
     made["demo"].add_argument("--epochs", type=int, default=12, help="training epochs")
     made["demo"].add_argument("--out", default="demo_results",
                               help="folder for the exported files and the plot")
@@ -504,7 +508,7 @@ def _qat(args):
     aware, plan = steps.run(
         "make the quantization-aware model", quantize_aware, model,
         [r[:args.calibration_rows] for r in rows], freeze_after=freeze_after,
-        ranges=args.ranges, return_plan=True)
+        ranges=args.ranges, bias_correction=args.bias_correction, return_plan=True)
     record = steps.run("train" + (" on the labels" if labels is not None else
                                   " toward the model's answers"),
                        distill, aware, model, rows,
@@ -522,6 +526,9 @@ def _qat(args):
           f"{freeze_after} steps")
     for bn, reason in plan.kept.items():
         print(f"kept BN '{bn}': {reason}")
+    if args.bias_correction:
+        print(f"bias correction: {len(plan.corrected)} layer(s) corrected"
+              + "".join(f"; '{name}' not: {why}" for name, why in plan.uncorrected.items()))
     print(record.summary())
     print(f"written to {args.out}; its int8 files: keras-bn export {args.out} --tflite "
           "q.tflite --onnx q.onnx --quantize int8")

@@ -144,9 +144,9 @@ class QuantizedConvBN(LayerCore):
             return ops.ones((self._channels,)) * default
         return ops.convert_to_tensor(variable)
 
-    def _folded_kernel(self, s):
+    def _folded_kernel(self, s, quantize=True):
         """`kernel * s` per output channel (the kernel itself when `s` is None), on the
-        int8 grid when `weight_bits`."""
+        int8 grid when `weight_bits` (and `quantize`)."""
         ops = self._flavour.ops
         kernel = ops.convert_to_tensor(self.kernel)
         if self.kind == "depthwise":  # output channel c * multiplier + m
@@ -155,7 +155,7 @@ class QuantizedConvBN(LayerCore):
         else:
             folded = kernel if s is None else kernel * s
             reduce = tuple(range(len(kernel.shape) - 1))
-        if self.weight_bits is None:
+        if self.weight_bits is None or not quantize:
             return folded
         return fake_quant.fake_quantize_weights(ops, folded, reduce, self.weight_bits)
 
@@ -202,6 +202,37 @@ class QuantizedConvBN(LayerCore):
         _, _, _, _, s, shift = self._factors()
         kernel, bias = self._flavour.get_values([self._folded_kernel(s), shift])
         return kernel, bias
+
+    def rounding_shift(self, inputs: Tensor) -> tuple[np.ndarray, int]:
+        """The sum over `inputs` (a batch of this layer's inputs) and positions of what
+        the int8 kernel adds to each output channel in inference, `op(x, Q(W s) - W s)`
+        (zeros without `weight_bits`), as float64, and how many values each channel
+        summed: `(sums, count)`. Bias correction (`quantize_aware(bias_correction=True)`)
+        subtracts its mean from the folded bias."""
+        ops = self._flavour.ops
+        s = self._factors()[4]
+        error = self._folded_kernel(s) - self._folded_kernel(s, quantize=False)
+        y = self._flavour.get_values([self._operation(
+            ops.cast(ops.convert_to_tensor(inputs), self.compute_dtype), error)])[0]
+        y = np.asarray(y, np.float64).reshape(-1, self._channels)
+        return y.sum(axis=0), len(y)
+
+    def correct_bias(self, shift: np.ndarray) -> str | None:
+        """Subtracts `shift` (per output channel) from the folded bias of inference:
+        from BN's `beta`, else from the layer's `bias` (divided by the fold's factor
+        where a BN follows). None when done, else why it cannot (no beta and no bias)."""
+        flavour = self._flavour
+        s = self._factors()[4]
+        if self.beta is not None:
+            target, delta = self.beta, shift
+        elif self.bias is not None:  # the folded bias holds `bias * s`
+            factor = np.ones_like(shift) if s is None else flavour.get_values([s])[0]
+            target = self.bias
+            delta = np.where(factor == 0, 0.0, shift / np.where(factor == 0, 1.0, factor))
+        else:
+            return "it has neither a BN beta nor a bias to correct"
+        flavour.set_values([(target, flavour.get_values([target])[0] - delta)])
+        return None
 
     def call(self, inputs: Tensor, training: Any = None) -> Tensor:
         flavour = self._flavour

@@ -23,6 +23,7 @@ from keras_bn.folding.graph import Graph, Ref, pointing_at, walk_outputs
 from keras_bn.folding.kinds import kind_of
 from keras_bn.folding.plan import plan_model
 from keras_bn.folding.rewrite import rebuild, rebuilt, weight_arrays
+from keras_bn.layers.quantized_conv_bn import QuantizedConvBN
 from keras_bn.quantization import ranges as estimators
 from keras_bn.quantization.activations import tensor_batches
 from keras_bn.quantization.splitting import WEIGHT_LAYERS, split_for_int8
@@ -50,13 +51,17 @@ class AwarePlan:
     dense layers with no BN that became a QuantizedConvBN without one (int8 weights);
     `kept` maps each BN left as it was to the reason; `quantized` names the tensors
     given an ActivationQuantizer (by the layer that makes them) and `ranges` their
-    calibrated `(low, high)`."""
+    calibrated `(low, high)`; with bias correction, `corrected` maps each layer whose
+    folded bias it changed to the largest change, and `uncorrected` each layer it left
+    to the reason."""
 
     fused: dict = dataclasses.field(default_factory=dict)
     plain: list = dataclasses.field(default_factory=list)
     kept: dict = dataclasses.field(default_factory=dict)
     quantized: list = dataclasses.field(default_factory=list)
     ranges: dict = dataclasses.field(default_factory=dict)
+    corrected: dict = dataclasses.field(default_factory=dict)
+    uncorrected: dict = dataclasses.field(default_factory=dict)
 
 
 def _layers_module(plumbing):
@@ -153,7 +158,7 @@ def _weights(layer, bn, args):
 def quantize_aware(model: Model, calibration: Inputs | None = None, *,
                    freeze_after: int | None = None, weight_bits: int | None = 8,
                    momentum: float = 0.99, ranges: str = "minmax",
-                   return_plan: bool = False) -> Model | tuple[Model, AwarePlan]:
+                   bias_correction: bool = False, return_plan: bool = False) -> Model | tuple[Model, AwarePlan]:
     """A trainable copy of `model` in which every conv, depthwise conv or dense layer
     followed by a BatchNormalization is one `QuantizedConvBN`.
 
@@ -196,8 +201,13 @@ def quantize_aware(model: Model, calibration: Inputs | None = None, *,
       ranges: How the calibration sets each range: "minmax" (the converters' rule),
         "mse" or "percentile" (`keras_bn.quantization.ranges`, as post-training
         quantization's `ranges=`: a range shrunk to less expected squared error).
+      bias_correction: Start from the folded biases less the mean shift each layer's
+        int8 kernel puts on its outputs over the calibration rows (Nagel et al. 2019,
+        as post-training quantization's `bias_correction`; the shift of a layer is
+        measured on the inputs the model with int8 kernels and float activations gives
+        it, and comes off its BN's beta, else its bias). Needs `calibration`.
       return_plan: Also return the `AwarePlan` (the pairs fused, the layers with int8
-        weights and no BN, the BNs kept and why).
+        weights and no BN, the BNs kept and why, the biases corrected).
 
     Returns:
       The new model (a functional or Sequential model of `model`'s flavour), or
@@ -217,6 +227,9 @@ def quantize_aware(model: Model, calibration: Inputs | None = None, *,
     if not model.built:
         raise InputError(f"Model '{model.name}' is not built: call it on data or give it "
                          "an Input shape first.")
+    if bias_correction and calibration is None:
+        raise InputError(f"quantize_aware of '{model.name}': bias_correction measures "
+                         "each layer's shift on calibration rows; give calibration.")
     plumbing = flavour.of(model)
     model = split_for_int8(model, linear=True)  # each tensor the file holds an output
     graph = Graph(model)
@@ -264,9 +277,46 @@ def quantize_aware(model: Model, calibration: Inputs | None = None, *,
                                                          "calibration data")
     config = graph.without(removed)
     new_model = rebuilt(model, config, updates)
+    if bias_correction:
+        _correct_biases(new_model, rows, plan)
     if rows is not None:
         new_model = _with_quantizers(new_model, rows, momentum, plan, gone, ranges)
     return (new_model, plan) if return_plan else new_model
+
+
+def _correct_biases(model, rows, plan):
+    """Subtracts from the folded bias of every top-level QuantizedConvBN with int8
+    weights, called once, the mean over `rows` and positions of what its int8 kernel
+    adds to each output channel (`QuantizedConvBN.rounding_shift`), on the inputs the
+    model gives it in inference (one pass: int8 kernels, activations not yet
+    quantized, no layer corrected yet). Records in `plan`."""
+    graph = Graph(model)
+    layers = []
+    for name, node in graph.nodes.items():
+        layer = node.layer
+        if not isinstance(layer, QuantizedConvBN) or layer.weight_bits is None:
+            continue
+        if len(node.calls) != 1:
+            plan.uncorrected[name] = "a shared layer (its inputs differ per call)"
+        else:
+            layers.append(layer)
+    if not layers:
+        return
+    plumbing = flavour.of(model)
+    sums: list = [0.0] * len(layers)
+    counts = [0] * len(layers)
+    tensors = [plumbing.call_input(model, layer) for layer in layers]
+    for values in tensor_batches(model, tensors, rows):
+        for i, (layer, x) in enumerate(zip(layers, values)):
+            total, count = layer.rounding_shift(x)
+            sums[i], counts[i] = sums[i] + total, counts[i] + count
+    for layer, total, count in zip(layers, sums, counts):
+        shift = total / max(count, 1)
+        why = layer.correct_bias(shift)
+        if why:
+            plan.uncorrected[layer.name] = why
+        else:
+            plan.corrected[layer.name] = float(np.max(np.abs(shift)))
 
 
 def activation_name(layer):

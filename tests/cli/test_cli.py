@@ -1,6 +1,7 @@
 """The keras-bn command line, run as a subprocess like a user runs it."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -439,8 +440,9 @@ def test_qat_trains_toward_the_models_answers_and_its_file_exports(tmp_path):
     assert exported.returncode == 0, exported.stderr
     labelled = keras_bn_cli("qat", tmp_path / "model.keras", tmp_path / "qat2.keras",
                             "--data", tmp_path / "x.npy", "--labels", tmp_path / "y.npy",
-                            "--epochs", "1", "--ranges", "mse")
+                            "--epochs", "1", "--ranges", "mse", "--bias-correction")
     assert labelled.returncode == 0 and "task loss" in labelled.stdout, labelled.stderr
+    assert re.search(r"bias correction: [1-9]\d* layer\(s\) corrected", labelled.stdout)
     bad = keras_bn_cli("qat", tmp_path / "model.keras", tmp_path / "qat3.keras",
                        "--data", tmp_path / "x.npy", "--labels", tmp_path / "bad.npy")
     assert bad.returncode == 2 and "give one integer class label per row" in bad.stderr

@@ -297,6 +297,44 @@ def test_ranges_estimated_as_post_training_quantization_does():
         quantize_aware(model, data, ranges="entropy")
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_bias_correction_removes_the_mean_shift_of_the_int8_kernels(flavour):
+    """With `bias_correction`, each int8 layer starts with its folded bias less the
+    mean its kernel's rounding adds: the first layer (its inputs the same in every
+    copy) then has the float layer's per-channel mean on the calibration rows, to
+    float32 rounding, where without it is off by far more. It lands in BN's beta, else
+    in the bias (BN without beta), and a layer with neither is named with its reason."""
+    k, bn = FLAVOURS[flavour]
+    model, data = _net(flavour)
+    data = np.abs(data)  # inputs with a mean (as images): the shift is then large
+    inputs = k.Input((8, 8, 3))
+    y = bn(center=False)(k.layers.Conv2D(5, 3, name="conv")(inputs))  # bias, no beta
+    y = k.layers.Conv2D(4, 1, use_bias=False, name="bare")(y)  # neither: named
+    no_beta = k.Model(inputs, k.layers.Dense(2, name="dense")(k.layers.Flatten()(y)))
+    for net in (model, no_beta):
+        exact = quantize_aware(net, data, weight_bits=None)
+        plain = quantize_aware(net, data)
+        corrected, plan = quantize_aware(net, data, bias_correction=True, return_plan=True)
+
+        def channel_error(aware):
+            output = lambda m: _numpy(k.Model(m.inputs, m.get_layer("conv").output)(
+                data, training=False))
+            return np.max(np.abs(np.mean(output(aware) - output(exact), axis=(0, 1, 2))))
+
+        scale = np.max(np.abs(_numpy(k.Model(exact.inputs, exact.get_layer(
+            "conv").output)(data, training=False))))
+        assert channel_error(plain) > 1e-4 * scale, channel_error(plain)
+        assert channel_error(corrected) <= RTOL * scale, channel_error(corrected)
+        assert plan.corrected["conv"] == pytest.approx(channel_error(plain), rel=1e-3)
+    assert sorted(plan.corrected) == ["conv", "dense"]
+    assert plan.uncorrected == {"bare": "it has neither a BN beta nor a bias to correct"}
+    _, plan = quantize_aware(model, data, bias_correction=True, return_plan=True)
+    assert sorted(plan.corrected) == ["conv", "depthwise", "head", "separable"], plan
+    with pytest.raises(keras_bn.InputError, match="bias_correction measures each layer's "
+                                                  "shift on calibration rows"):
+        quantize_aware(model, bias_correction=True)
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_the_keras3_cases_pass_on_the_other_backends(backend):
     """This file's Keras 3 cases in a process on the JAX and torch backends."""
@@ -308,4 +346,4 @@ def test_the_keras3_cases_pass_on_the_other_backends(backend):
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           "-p", "no:xdist", __file__, "-k", "keras3 and not other_backends"],
                          env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and "6 passed" in run.stdout, run.stdout[-3000:]
+    assert run.returncode == 0 and "7 passed" in run.stdout, run.stdout[-3000:]
