@@ -203,24 +203,23 @@ class QuantizedConvBN(LayerCore):
         kernel, bias = self._flavour.get_values([self._folded_kernel(s), shift])
         return kernel, bias
 
-    def rounding_shift(self, inputs: Tensor) -> tuple[np.ndarray, int]:
-        """The sum over `inputs` (a batch of this layer's inputs) and positions of what
-        the int8 kernel adds to each output channel in inference, `op(x, Q(W s) - W s)`
-        (zeros without `weight_bits`), as float64, and how many values each channel
-        summed: `(sums, count)`. Bias correction (`quantize_aware(bias_correction=True)`)
-        subtracts its mean from the folded bias."""
+    def inference(self, inputs: Tensor, quantize: bool = True) -> Tensor:
+        """This layer's output in inference (the folded layer) on `inputs`, its kernel
+        on the int8 grid with `weight_bits` and `quantize`, else in float: what bias
+        correction compares (`quantize_aware(bias_correction=True)`)."""
         ops = self._flavour.ops
-        s = self._factors()[4]
-        error = self._folded_kernel(s) - self._folded_kernel(s, quantize=False)
-        y = self._flavour.get_values([self._operation(
-            ops.cast(ops.convert_to_tensor(inputs), self.compute_dtype), error)])[0]
-        y = np.asarray(y, np.float64).reshape(-1, self._channels)
-        return y.sum(axis=0), len(y)
+        s, shift = self._factors()[4:]
+        x = ops.cast(ops.convert_to_tensor(inputs), self.compute_dtype)
+        return self._operation(x, self._folded_kernel(s, quantize)) + shift
 
-    def correct_bias(self, shift: np.ndarray) -> str | None:
+    def correct_bias(self, shift: np.ndarray) -> str:
         """Subtracts `shift` (per output channel) from the folded bias of inference:
         from BN's `beta`, else from the layer's `bias` (divided by the fold's factor
-        where a BN follows). None when done, else why it cannot (no beta and no bias)."""
+        where a BN follows). Returns the name of the weight changed.
+
+        Raises:
+          ValueError: the layer has neither (nothing holds a bias to change).
+        """
         flavour = self._flavour
         s = self._factors()[4]
         if self.beta is not None:
@@ -230,9 +229,10 @@ class QuantizedConvBN(LayerCore):
             target = self.bias
             delta = np.where(factor == 0, 0.0, shift / np.where(factor == 0, 1.0, factor))
         else:
-            return "it has neither a BN beta nor a bias to correct"
+            raise ValueError(f"QuantizedConvBN {self.name!r} has neither a BN beta nor a "
+                             "bias to correct")
         flavour.set_values([(target, flavour.get_values([target])[0] - delta)])
-        return None
+        return "beta" if target is self.beta else "bias"
 
     def call(self, inputs: Tensor, training: Any = None) -> Tensor:
         flavour = self._flavour

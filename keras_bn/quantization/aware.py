@@ -52,8 +52,9 @@ class AwarePlan:
     `kept` maps each BN left as it was to the reason; `quantized` names the tensors
     given an ActivationQuantizer (by the layer that makes them) and `ranges` their
     calibrated `(low, high)`; with bias correction, `corrected` maps each layer whose
-    folded bias it changed to the largest change, and `uncorrected` each layer it left
-    to the reason."""
+    int8 kernel's shift was corrected to where ("beta (largest shift ...)", or, for a
+    layer without a bias, "through the bias of '<the layer after it>'"), and
+    `uncorrected` each layer it left to the reason."""
 
     fused: dict = dataclasses.field(default_factory=dict)
     plain: list = dataclasses.field(default_factory=list)
@@ -286,37 +287,61 @@ def quantize_aware(model: Model, calibration: Inputs | None = None, *,
 
 def _correct_biases(model, rows, plan):
     """Subtracts from the folded bias of every top-level QuantizedConvBN with int8
-    weights, called once, the mean over `rows` and positions of what its int8 kernel
-    adds to each output channel (`QuantizedConvBN.rounding_shift`), on the inputs the
-    model gives it in inference (one pass: int8 kernels, activations not yet
-    quantized, no layer corrected yet). Records in `plan`."""
+    weights, called once, the mean over `rows` and positions of what int8 kernels add to
+    each of its output channels in inference, on the inputs the model gives it (one
+    pass: int8 kernels, activations not yet quantized, no layer corrected yet). A layer
+    with no bias to take its own shift (the depthwise half of a separable conv) that
+    feeds one such layer alone is measured with it: the layer after takes both
+    shifts, the output of the two through int8 kernels less through float ones.
+    Records in `plan`."""
     graph = Graph(model)
-    layers = []
+    chains = {}  # the layer corrected -> the layers measured, first to last
     for name, node in graph.nodes.items():
         layer = node.layer
         if not isinstance(layer, QuantizedConvBN) or layer.weight_bits is None:
             continue
         if len(node.calls) != 1:
             plan.uncorrected[name] = "a shared layer (its inputs differ per call)"
-        else:
-            layers.append(layer)
-    if not layers:
+            continue
+        if layer.beta is None and layer.bias is None:
+            readers = graph.consumers.get(Ref(name), [])
+            after = graph.nodes[readers[0].layer].layer if len(readers) == 1 else None
+            if not (isinstance(after, QuantizedConvBN) and after.weight_bits is not None
+                    and len(graph.nodes[after.name].calls) == 1):
+                plan.uncorrected[name] = "it has neither a BN beta nor a bias to correct"
+            continue  # else measured with the layer after it
+        chain = [layer]
+        while True:
+            source = graph.nodes[chain[0].name].calls[0].args[0].layer
+            before = graph.nodes[source].layer
+            if not (isinstance(before, QuantizedConvBN) and before.beta is None
+                    and before.bias is None and before.weight_bits is not None
+                    and len(graph.nodes[source].calls) == 1
+                    and len(graph.consumers.get(Ref(source), [])) == 1):
+                break
+            chain.insert(0, before)
+        chains[name] = chain
+    if not chains:
         return
     plumbing = flavour.of(model)
-    sums: list = [0.0] * len(layers)
-    counts = [0] * len(layers)
-    tensors = [plumbing.call_input(model, layer) for layer in layers]
+    names = list(chains)
+    sums: list = [0.0] * len(names)
+    counts = [0] * len(names)
+    tensors = [plumbing.call_input(model, chains[name][0]) for name in names]
     for values in tensor_batches(model, tensors, rows):
-        for i, (layer, x) in enumerate(zip(layers, values)):
-            total, count = layer.rounding_shift(x)
-            sums[i], counts[i] = sums[i] + total, counts[i] + count
-    for layer, total, count in zip(layers, sums, counts):
+        for i, (name, x) in enumerate(zip(names, values)):
+            exact = rounded = x
+            for layer in chains[name]:
+                rounded, exact = layer.inference(rounded), layer.inference(exact, False)
+            difference = np.asarray(plumbing.get_values([rounded - exact])[0], np.float64)
+            difference = difference.reshape(-1, difference.shape[-1])
+            sums[i], counts[i] = sums[i] + difference.sum(axis=0), counts[i] + len(difference)
+    for name, total, count in zip(names, sums, counts):
         shift = total / max(count, 1)
-        why = layer.correct_bias(shift)
-        if why:
-            plan.uncorrected[layer.name] = why
-        else:
-            plan.corrected[layer.name] = float(np.max(np.abs(shift)))
+        weight = chains[name][-1].correct_bias(shift)
+        plan.corrected[name] = f"{weight} (largest shift {np.max(np.abs(shift)):.3g})"
+        for layer in chains[name][:-1]:
+            plan.corrected[layer.name] = f"through the {weight} of '{name}'"
 
 
 def activation_name(layer):

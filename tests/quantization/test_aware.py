@@ -301,9 +301,11 @@ def test_ranges_estimated_as_post_training_quantization_does():
 def test_bias_correction_removes_the_mean_shift_of_the_int8_kernels(flavour):
     """With `bias_correction`, each int8 layer starts with its folded bias less the
     mean its kernel's rounding adds: the first layer (its inputs the same in every
-    copy) then has the float layer's per-channel mean on the calibration rows, to
+    copy; activations not rounded) then has the float layer's per-channel mean on the calibration rows, to
     float32 rounding, where without it is off by far more. It lands in BN's beta, else
-    in the bias (BN without beta), and a layer with neither is named with its reason."""
+    in the bias (BN without beta); the depthwise half of a separable conv, which has
+    neither, is measured with its pointwise half, which takes both shifts; a layer
+    with neither and no such layer after it is named with its reason."""
     k, bn = FLAVOURS[flavour]
     model, data = _net(flavour)
     data = np.abs(data)  # inputs with a mean (as images): the shift is then large
@@ -311,25 +313,34 @@ def test_bias_correction_removes_the_mean_shift_of_the_int8_kernels(flavour):
     y = bn(center=False)(k.layers.Conv2D(5, 3, name="conv")(inputs))  # bias, no beta
     y = k.layers.Conv2D(4, 1, use_bias=False, name="bare")(y)  # neither: named
     no_beta = k.Model(inputs, k.layers.Dense(2, name="dense")(k.layers.Flatten()(y)))
-    for net in (model, no_beta):
+    inputs = k.Input((8, 8, 3))  # the depthwise half has no bias: "sep" takes its shift
+    y = bn()(k.layers.SeparableConv2D(4, 3, use_bias=False, name="sep")(inputs))
+    separable = k.Model(inputs, k.layers.GlobalAveragePooling2D()(y))
+    for net, name in ((model, "conv"), (no_beta, "conv"), (separable, "sep")):
         exact = quantize_aware(net, data, weight_bits=None)
         plain = quantize_aware(net, data)
         corrected, plan = quantize_aware(net, data, bias_correction=True, return_plan=True)
 
-        def channel_error(aware):
-            output = lambda m: _numpy(k.Model(m.inputs, m.get_layer("conv").output)(
+        def output(aware):  # the layer's output without the activations' rounding
+            lowered = keras_bn.quantization.inference_model(aware, activations=False)
+            return _numpy(k.Model(lowered.inputs, lowered.get_layer(name).output)(
                 data, training=False))
+
+        def channel_error(aware):
             return np.max(np.abs(np.mean(output(aware) - output(exact), axis=(0, 1, 2))))
 
-        scale = np.max(np.abs(_numpy(k.Model(exact.inputs, exact.get_layer(
-            "conv").output)(data, training=False))))
+        scale = np.max(np.abs(output(exact)))
         assert channel_error(plain) > 1e-4 * scale, channel_error(plain)
         assert channel_error(corrected) <= RTOL * scale, channel_error(corrected)
-        assert plan.corrected["conv"] == pytest.approx(channel_error(plain), rel=1e-3)
+    assert plan.corrected == {"sep": plan.corrected["sep"],
+                              "sep_depthwise": "through the beta of 'sep'"}
+    _, plan = quantize_aware(no_beta, data, bias_correction=True, return_plan=True)
     assert sorted(plan.corrected) == ["conv", "dense"]
+    assert plan.corrected["conv"].startswith("bias (largest shift ")  # no beta
     assert plan.uncorrected == {"bare": "it has neither a BN beta nor a bias to correct"}
     _, plan = quantize_aware(model, data, bias_correction=True, return_plan=True)
     assert sorted(plan.corrected) == ["conv", "depthwise", "head", "separable"], plan
+    assert plan.corrected["conv"].startswith("beta (largest shift ")
     with pytest.raises(keras_bn.InputError, match="bias_correction measures each layer's "
                                                   "shift on calibration rows"):
         quantize_aware(model, bias_correction=True)
