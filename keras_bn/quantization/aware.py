@@ -295,32 +295,36 @@ def _correct_biases(model, rows, plan):
     shifts, the output of the two through int8 kernels less through float ones.
     Records in `plan`."""
     graph = Graph(model)
+
+    def int8(name):  # a QuantizedConvBN with int8 weights, called once
+        node = graph.nodes[name]
+        return (isinstance(node.layer, QuantizedConvBN) and node.layer.weight_bits is not None
+                and len(node.calls) == 1)
+
     chains = {}  # the layer corrected -> the layers measured, first to last
+    biasless = []
     for name, node in graph.nodes.items():
         layer = node.layer
         if not isinstance(layer, QuantizedConvBN) or layer.weight_bits is None:
             continue
-        if len(node.calls) != 1:
+        if not int8(name):
             plan.uncorrected[name] = "a shared layer (its inputs differ per call)"
-            continue
-        if layer.beta is None and layer.bias is None:
-            readers = graph.consumers.get(Ref(name), [])
-            after = graph.nodes[readers[0].layer].layer if len(readers) == 1 else None
-            if not (isinstance(after, QuantizedConvBN) and after.weight_bits is not None
-                    and len(graph.nodes[after.name].calls) == 1):
-                plan.uncorrected[name] = "it has neither a BN beta nor a bias to correct"
-            continue  # else measured with the layer after it
-        chain = [layer]
-        while True:
-            source = graph.nodes[chain[0].name].calls[0].args[0].layer
-            before = graph.nodes[source].layer
-            if not (isinstance(before, QuantizedConvBN) and before.beta is None
-                    and before.bias is None and before.weight_bits is not None
-                    and len(graph.nodes[source].calls) == 1
-                    and len(graph.consumers.get(Ref(source), [])) == 1):
-                break
-            chain.insert(0, before)
-        chains[name] = chain
+        elif layer.beta is None and layer.bias is None:
+            biasless.append(name)  # measured with the layer it feeds, if it can be
+        else:
+            chain = [layer]
+            while True:  # the bias-less int8 layers feeding it alone, in a row
+                source = graph.nodes[chain[0].name].calls[0].args[0].layer
+                before = graph.nodes[source].layer
+                if not (source in biasless and int8(source)
+                        and len(graph.consumers.get(Ref(source), [])) == 1):
+                    break
+                chain.insert(0, before)
+            chains[name] = chain
+    measured = {layer.name for chain in chains.values() for layer in chain}
+    for name in biasless:
+        if name not in measured:
+            plan.uncorrected[name] = "it has neither a BN beta nor a bias to correct"
     if not chains:
         return
     plumbing = flavour.of(model)
