@@ -38,7 +38,8 @@ user's unlabelled rows are. The QAT files take their learned ranges (no calibrat
 Each fine-tuning holds out a fifth of its rows and keeps the best epoch by agreement with
 the float model, then held-out error. Writes OUT/qat_study.{md,json,png} (OUT:
 benchmarks/results by default; the unseen-rows run is in
-benchmarks/results/qat_study_unseen).
+benchmarks/results/qat_study_unseen, the bias-corrected start's in
+benchmarks/results/qat_study_bias_correction).
 
 TensorFlow's oneDNN kernels are off, as in the post-training study (the 64x64
 mini-Xception's training aborted with them on).
