@@ -159,7 +159,8 @@ def _weights(layer, bn, args):
 def quantize_aware(model: Model, calibration: Inputs | None = None, *,
                    freeze_after: int | None = None, weight_bits: int | None = 8,
                    momentum: float = 0.99, ranges: str = "minmax",
-                   bias_correction: bool = False, return_plan: bool = False) -> Model | tuple[Model, AwarePlan]:
+                   bias_correction: bool = False,
+                   return_plan: bool = False) -> Model | tuple[Model, AwarePlan]:
     """A trainable copy of `model` in which every conv, depthwise conv or dense layer
     followed by a BatchNormalization is one `QuantizedConvBN`.
 
@@ -314,12 +315,12 @@ def _correct_biases(model, rows, plan):
         else:
             chain = [layer]
             while True:  # the bias-less int8 layers feeding it alone, in a row
-                source = graph.nodes[chain[0].name].calls[0].args[0].layer
-                before = graph.nodes[source].layer
+                reads = graph.nodes[chain[0].name].calls[0].args
+                source = reads[0].layer if reads else None  # a Sequential's first: none
                 if not (source in biasless and int8(source)
-                        and len(graph.consumers.get(Ref(source), [])) == 1):
+                        and len(graph.consumers.get(Ref(str(source)), [])) == 1):
                     break
-                chain.insert(0, before)
+                chain.insert(0, graph.nodes[source].layer)
             chains[name] = chain
     measured = {layer.name for chain in chains.values() for layer in chain}
     for name in biasless:
