@@ -301,11 +301,12 @@ def test_ranges_estimated_as_post_training_quantization_does():
 def test_bias_correction_removes_the_mean_shift_of_the_int8_kernels(flavour):
     """With `bias_correction`, each int8 layer starts with its folded bias less the
     mean its kernel's rounding adds: the first layer (its inputs the same in every
-    copy; activations not rounded) then has the float layer's per-channel mean on the calibration rows, to
-    float32 rounding, where without it is off by far more. It lands in BN's beta, else
-    in the bias (BN without beta); the depthwise half of a separable conv, which has
-    neither, is measured with its pointwise half, which takes both shifts; a layer
-    with neither and no such layer after it is named with its reason."""
+    copy; activations not rounded) then has the float layer's per-channel mean on the
+    calibration rows, to float32 rounding, where without it is off by far more. It
+    lands in BN's beta, else in the bias (BN without beta); the depthwise half of a
+    separable conv, which has neither, is measured with its pointwise half, which
+    takes both shifts; a layer with neither and no such layer after it is named with
+    its reason."""
     k, bn = FLAVOURS[flavour]
     model, data = _net(flavour)
     data = np.abs(data)  # inputs with a mean (as images): the shift is then large
