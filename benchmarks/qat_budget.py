@@ -23,7 +23,7 @@ import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks import study_data  # noqa: E402
+from benchmarks import qat_study, study_data  # noqa: E402
 
 
 def _agreement(model, rows, reference):
@@ -101,8 +101,7 @@ def table(rows) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="+", default=["mini_xception_noisy"],
-                        choices=["mini_xception_noisy", "mini_xception", "mobilenet",
-                                 "mini_xception64", "audio_cnn"])
+                        choices=list(qat_study.MODELS) + ["mini_xception_noisy"])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
