@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from benchmarks import study_data
+from benchmarks import study_data, study_files
 
 #: Configuration name -> QuantizationOptions fields.
 CONFIGS = {
@@ -168,23 +168,14 @@ def main(argv=None):
     parser.add_argument("--replot", action="store_true",
                         help="only rewrite the table and plot from OUT/int8_study.json")
     args = parser.parse_args(argv)
-    rows = []
-    if args.replot:
-        with open(os.path.join(args.out, "int8_study.json")) as f:
-            rows = json.load(f)
-    else:
+
+    def run():
         with tempfile.TemporaryDirectory() as folder:
-            for name in args.only:
-                for seed in range(args.seeds):
-                    rows.extend(run_model(name, seed, folder))
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "int8_study.json"), "w") as f:
-            json.dump(rows, f, indent=1)
-    text = table(rows)
-    with open(os.path.join(args.out, "int8_study.md"), "w") as f:
-        f.write(text)
-    plot(rows, os.path.join(args.out, "int8_study.png"))
-    print(text)
+            return [row for name in args.only for seed in range(args.seeds)
+                    for row in run_model(name, seed, folder)]
+
+    rows = study_files.study_rows(args.out, "int8_study", run, args.replot)
+    print(study_files.publish(args.out, "int8_study", rows, table, plot))
 
 
 if __name__ == "__main__":

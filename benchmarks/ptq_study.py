@@ -27,7 +27,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks import study_data  # noqa: E402
+from benchmarks import study_data, study_files  # noqa: E402
 
 MODELS = ("digits_mlp", "mini_xception", "mobilenet", "audio_cnn", "mini_xception64",
           "audio_frames")
@@ -135,23 +135,13 @@ def main(argv=None):
     parser.add_argument("--replot", action="store_true",
                         help="only rewrite the table and plot from OUT/ptq_study.json")
     args = parser.parse_args(argv)
-    json_path = os.path.join(args.out, "ptq_study.json")
-    if args.replot:
-        with open(json_path) as f:
-            rows = json.load(f)
-    else:
-        rows = []
+
+    def run():
         with tempfile.TemporaryDirectory() as folder:
-            for name in args.only:
-                rows.extend(run_model(name, args.seed, folder))
-        os.makedirs(args.out, exist_ok=True)
-        with open(json_path, "w") as f:
-            json.dump(rows, f, indent=1)
-    text = table(rows)
-    with open(os.path.join(args.out, "ptq_study.md"), "w") as f:
-        f.write(text)
-    plot(rows, os.path.join(args.out, "ptq_study.png"))
-    print(text)
+            return [row for name in args.only for row in run_model(name, args.seed, folder)]
+
+    rows = study_files.study_rows(args.out, "ptq_study", run, args.replot)
+    print(study_files.publish(args.out, "ptq_study", rows, table, plot))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks import qat_study, study_data  # noqa: E402
+from benchmarks import qat_study, study_data, study_files  # noqa: E402
 
 
 def _agreement(model, rows, reference):
@@ -106,15 +106,10 @@ def main(argv=None):
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     args = parser.parse_args(argv)
-    rows = [budget(name, seed) for name in args.only
-            for seed in range(args.first_seed, args.first_seed + args.seeds)]
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "qat_budget.json"), "w") as f:
-        json.dump(rows, f, indent=1)
-    text = table(rows)
-    with open(os.path.join(args.out, "qat_budget.md"), "w") as f:
-        f.write(text)
-    print(text)
+    rows = study_files.study_rows(args.out, "qat_budget", lambda: [
+        budget(name, seed) for name in args.only
+        for seed in range(args.first_seed, args.first_seed + args.seeds)])
+    print(study_files.publish(args.out, "qat_budget", rows, table))
 
 
 if __name__ == "__main__":

@@ -163,6 +163,25 @@ def _audio_cnn(keras, bn, outputs=len(SOUNDS)):
     return keras.Model(inputs, L.Dense(outputs)(x))
 
 
+#: Added to a model's seed for the rows of `fresh`: a source no model trained on.
+FRESH_SEED = 10_000
+
+
+def fresh(name, seed, n):
+    """`(rows, targets)`: `n` rows more from the source of study model `name` (seed
+    `seed`), drawn from seed `FRESH_SEED + seed`, which no model trained, calibrated or
+    was scored on: for figures that resolve what the held-out rows alone cannot (600
+    rows: a row is 0.17 points)."""
+    if name in ("mini_xception", "mobilenet", "mini_xception_noisy", "mini_xception64"):
+        return shapes(n, FRESH_SEED + seed, size=64 if name == "mini_xception64" else 32,
+                      noise=0.3 if name == "mini_xception_noisy" else 0.15)
+    if name == "audio_cnn":
+        x, labels, _ = sounds(n, FRESH_SEED + seed)
+        return x, labels
+    raise ValueError(f"study model {name!r} has no fresh rows (digits are finite; "
+                     "the regressor and the event detector are not classifiers)")
+
+
 def trained(name, seed, training_rows=False, unseen_calibration=False):
     """`(model, (calibration rows, held-out rows, held-out targets))` of a study model;
     with `training_rows`, also `(training rows, their targets)` as a third item.

@@ -186,3 +186,28 @@ def test_worker_runs_cases_in_children_it_replaces_and_survives_one_that_dies():
         with pytest.raises(WorkerDied, match="abort"):
             run(os.abort)
         assert run(math.sqrt, 4.0) == 2.0  # a fresh child for the next case
+
+
+def test_study_files_write_whole_files_and_replot_from_the_rows(tmp_path):
+    from benchmarks import study_files
+
+    out = str(tmp_path / "results")
+    rows = study_files.study_rows(out, "s", lambda: [{"a": np.float32(0.5)}])
+    assert json.loads((tmp_path / "results" / "s.json").read_text()) == [{"a": 0.5}]
+    drawn = []
+    text = study_files.publish(out, "s", rows, lambda r: f"| {r[0]['a']} |",
+                               lambda r, path: drawn.append(path) or open(path, "w").close())
+    assert (tmp_path / "results" / "s.md").read_text() == text == "| 0.5 |"
+    assert drawn and (tmp_path / "results" / "s.png").exists()
+
+    def crashes():
+        raise KeyboardInterrupt  # a run stopped halfway
+
+    with pytest.raises(KeyboardInterrupt):
+        study_files.study_rows(out, "s", crashes)
+    assert study_files.study_rows(out, "s", crashes, replot=True) == [{"a": 0.5}]
+    with pytest.raises(ZeroDivisionError):  # a table that fails leaves the old one
+        study_files.publish(out, "s", rows, lambda r: str(1 / 0))
+    assert (tmp_path / "results" / "s.md").read_text() == "| 0.5 |"
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [
+        "s.json", "s.md", "s.png"]
