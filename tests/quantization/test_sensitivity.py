@@ -22,8 +22,9 @@ def planted():
     "planted", has an 11th output: a logit at -1000 and below (weights -100 |N(0, 1)| on
     ReLU inputs), never the argmax, but with a range many times the ten real logits'
     (one channel with a huge range). The float model's answers are the MLP's; quantized
-    per tensor, the output's int8 step swallows the real logits' differences (agreement
-    ~79 %)."""
+    per tensor, the output's int8 step swallows the real logits' differences: most of
+    the ten tie on the grid (the TFLite file agreed 9.6 % when measured; the tests ask
+    only < 90 %)."""
     model, calibration, held_out, _ = digits_models.trained_classifier()
     clone = tf_keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
