@@ -5,11 +5,14 @@ out and the best epoch kept.
 A few hundred rows overfit within a few epochs, and the learning rate decides whether
 fine-tuning helps or hurts, so every epoch is judged on rows it did not train on by the
 figure users judge an integer file by: top-1 agreement of the simulated int8 model with
-the float model. The weights of the best epoch (the starting weights included) are the
-ones kept.
+the float model. The weights of the best epoch are the ones kept, and an epoch replaces
+the starting weights only if it beats them beyond chance on those rows (`beats`): on a
+few dozen held-out rows the best of several epochs is ahead by a row or two by luck
+alone, and such a lead did not hold on fresh rows (`benchmarks.qat_study`).
 """
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -27,13 +30,18 @@ class Distillation:
     """What `distill` did.
 
     Attributes:
-      epochs: one `{"epoch", "loss", "agreement", "error"}` per epoch (epoch 0:
-        before training; agreement: held-out top-1 agreement with the float model, the
-        lowest over outputs with a class axis, None where no output has one; error: the
-        largest held-out mean squared error from its outputs). Epochs are ranked by
-        agreement, then error.
-      best_epoch: the epoch whose weights the model keeps (0: none improved on the
-        start).
+      epochs: one `{"epoch", "loss", "agreement", "error", "fixed", "broken"}` per
+        epoch (epoch 0: before training; agreement: held-out top-1 agreement with the
+        float model, the lowest over outputs with a class axis, None where no output
+        has one; error: the largest held-out mean squared error from its outputs;
+        fixed and broken: the held-out rows it answers right that the start answered
+        wrong, and the reverse, a row being right when every output with a class axis
+        agrees, None without one). Epochs are ranked by agreement, then error; one
+        that does not beat the start beyond chance (`beats`) is never kept.
+      best_epoch: the epoch whose weights the model keeps (0: none beat the start
+        beyond chance).
+      significance: the chance an epoch's lead over the start may have of being luck
+        (`beats`).
       held_out: how many rows judged the epochs.
       trained_on: how many rows it trained on.
       loss: which loss it trained with, in words.
@@ -45,6 +53,7 @@ class Distillation:
     best_epoch: int = 0
     held_out: int = 0
     trained_on: int = 0
+    significance: float = 0.05
     loss: str = ""
     judged_by: str = "top-1 agreement with the float model"
 
@@ -63,17 +72,19 @@ class Distillation:
         if self.before is None:
             return (f"{self.loss}; {self.trained_on} rows, best of {len(self.epochs) - 1} "
                     f"epochs by held-out error: epoch {self.best_epoch}")
+        kept = (f"epoch {self.best_epoch} of {len(self.epochs) - 1} kept" if self.best_epoch
+                else f"none of {len(self.epochs) - 1} epochs beat the start beyond chance "
+                f"(p < {self.significance:g}): start kept")
         return (f"{self.loss}; trained on {self.trained_on} rows, judged on {self.held_out} "
                 f"held-out rows: {self.judged_by} {self.before:.2%} "
-                f"before, {self.after:.2%} after (epoch {self.best_epoch} of "
-                f"{len(self.epochs) - 1} kept)")
+                f"before, {self.after:.2%} after ({kept})")
 
 
 def distill(aware: Model, teacher: Model, data: Inputs, *, labels: Inputs | None = None,
             epochs: int = 10, learning_rate: float = 3e-5, batch_size: int = 32,
             temperature: float = 2.0, held_out: float = 0.2,
             augment: Callable[[list, np.random.Generator], list] | None = None, seed: int = 0,
-            verbose: int = 1) -> Distillation:
+            significance: float = 0.05, verbose: int = 1) -> Distillation:
     """Fine-tunes the quantization-aware model `aware` to give `teacher`'s answers.
 
     Without `labels` it distills (Hinton et al. 2015): an output that ends in a softmax
@@ -88,8 +99,11 @@ def distill(aware: Model, teacher: Model, data: Inputs, *, labels: Inputs | None
     A fraction `held_out` of the rows (at random, `seed`) is not trained on: after each
     epoch the model's held-out top-1 agreement with the teacher (the simulated int8
     forward in inference mode) is measured, and at the end `aware` keeps the weights of
-    the best epoch, the starting ones included: fine-tuning never leaves it worse on
-    those rows. `aware` is trained in place, as `fit` trains a model.
+    the best epoch that beats the starting weights beyond chance on those rows (a sign
+    test on the rows it fixes and breaks, one-sided p below `significance`; `beats`),
+    or else the starting weights: fine-tuning never leaves it worse on those rows, nor
+    trades the start for a lead of a row or two that the next rows would not show.
+    `aware` is trained in place, as `fit` trains a model.
 
     Example:
 
@@ -117,6 +131,8 @@ def distill(aware: Model, teacher: Model, data: Inputs, *, labels: Inputs | None
         `labels`, the augmented rows keep their rows' labels, so `augment` must return
         as many rows, each still of its label.
       seed: Of the held-out split and of `augment`'s generator.
+      significance: How likely by chance an epoch's lead over the start may be and still
+        replace it (one-sided p of the sign test; 1: any lead, however small).
       verbose: 1 shows a progress bar with the loss and held-out agreement per epoch.
 
     Returns:
@@ -134,6 +150,9 @@ def distill(aware: Model, teacher: Model, data: Inputs, *, labels: Inputs | None
     if temperature <= 0:
         raise InputError(f"distill of '{aware.name}': temperature={temperature!r}; give a "
                          "positive number (2 to 4 is usual).")
+    if not 0 < significance <= 1:
+        raise InputError(f"distill of '{aware.name}': significance={significance!r}; give a "
+                         "probability in (0, 1] (0.05: a lead that luck gives once in 20).")
     if teacher is None and labels is None:
         raise InputError(f"distill of '{aware.name}': give the float model to learn from, "
                          "or labels.")
@@ -166,11 +185,12 @@ def distill(aware: Model, teacher: Model, data: Inputs, *, labels: Inputs | None
     student.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=losses,
                     loss_weights=weights)
     record = Distillation(held_out=hold, trained_on=len(train), loss=described,
+                          significance=significance,
                           judged_by="top-1 agreement with the float model"
                           if teacher is not None else "accuracy on the held-out labels")
-    agreement, error = _score(aware, held, reference)
-    record.epochs.append({"epoch": 0, "loss": None, "agreement": agreement, "error": error})
-    best, kept = _rank(agreement, error), aware.get_weights()
+    start = _score(aware, held, reference)
+    record.epochs.append({"epoch": 0, "loss": None, **start.figures(start)})
+    best, kept = start.rank, aware.get_weights()
     bar = plumbing.Progbar(epochs, verbose=verbose, unit_name="epoch")
     train_rows = pick(rows, train)
     targets = teach(train_rows)
@@ -187,14 +207,13 @@ def distill(aware: Model, teacher: Model, data: Inputs, *, labels: Inputs | None
         history = student.fit(inputs, targets, batch_size=batch_size, epochs=1, verbose=0,
                               shuffle=True)
         loss = float(history.history["loss"][-1])
-        agreement, error = _score(aware, held, reference)
-        record.epochs.append({"epoch": epoch, "loss": loss, "agreement": agreement,
-                              "error": error})
-        if not hold or _rank(agreement, error) > best:
-            best, kept = _rank(agreement, error), aware.get_weights()
+        score = _score(aware, held, reference)
+        record.epochs.append({"epoch": epoch, "loss": loss, **score.figures(start)})
+        if not hold or (score.rank > best and beats(score, start, significance)):
+            best, kept = score.rank, aware.get_weights()
             record.best_epoch = epoch
-        bar.update(epoch, [("loss", loss)] + ([("held-out agreement", agreement)]
-                                              if agreement is not None else []))
+        bar.update(epoch, [("loss", loss)] + ([("held-out agreement", score.agreement)]
+                                              if score.agreement is not None else []))
     aware.set_weights(kept)
     return record
 
@@ -268,22 +287,82 @@ def _softened(probabilities, temperature):
     return (np.exp(log_p) / np.exp(log_p).sum(-1, keepdims=True)).astype("f4")
 
 
-def _score(model, rows, reference):
-    """`(agreement, error)` of `model` (inference) against `reference` outputs on
-    `rows`: the lowest top-1 agreement over outputs with a class axis (None without
-    one) and the largest mean squared error over the outputs; `(None, None)` without
-    rows."""
+@dataclasses.dataclass
+class HeldOutScore:
+    """A model's answers to the held-out rows against the reference: `agreement` (the
+    lowest top-1 agreement over outputs with a class axis, None without one), `error`
+    (the largest mean squared error over the outputs), and per row `right` (every
+    output with a class axis agrees; None without one) and `errors` (the row's squared
+    error summed over the outputs' means). All None without held-out rows."""
+
+    agreement: float | None = None
+    error: float | None = None
+    right: np.ndarray | None = None
+    errors: np.ndarray | None = None
+
+    @property
+    def rank(self):
+        """What makes an epoch better: higher agreement, then lower error."""
+        return (-1.0 if self.agreement is None else self.agreement, -(self.error or 0.0))
+
+    def figures(self, start: "HeldOutScore") -> dict:
+        """The record's entries: agreement, error, and the rows fixed and broken
+        against `start`."""
+        fixed = broken = None
+        if self.right is not None and start.right is not None:
+            fixed = int(np.sum(self.right & ~start.right))
+            broken = int(np.sum(start.right & ~self.right))
+        return {"agreement": self.agreement, "error": self.error, "fixed": fixed,
+                "broken": broken}
+
+
+def _score(model: Model, rows: list, reference: list | None) -> HeldOutScore:
+    """The `HeldOutScore` of `model` (inference) against `reference` outputs on `rows`."""
     if reference is None:
-        return None, None
-    agreements, errors = [], []
+        return HeldOutScore()
+    agreements, errors, right, row_errors = [], [], None, 0.0
     for got, want in zip(predict(model, rows), reference):
         got, want = np.asarray(got), np.asarray(want)
-        errors.append(float(np.mean((got - want) ** 2)))
+        squared = (got - want).reshape(len(got), -1) ** 2
+        errors.append(float(np.mean(squared)))
+        row_errors = row_errors + squared.mean(axis=1)
         if got.ndim >= 2 and got.shape[-1] >= 2:
-            agreements.append(float(np.mean(np.argmax(got, -1) == np.argmax(want, -1))))
-    return (min(agreements) if agreements else None), max(errors)
+            same = np.argmax(got, -1) == np.argmax(want, -1)
+            agreements.append(float(np.mean(same)))
+            same = same.reshape(len(got), -1).all(axis=1)
+            right = same if right is None else right & same
+    return HeldOutScore(min(agreements) if agreements else None, max(errors), right,
+                        np.asarray(row_errors, np.float64))
 
 
-def _rank(agreement, error):
-    """What makes an epoch better: higher agreement, then lower error."""
-    return (-1.0 if agreement is None else agreement, -(error or 0.0))
+def beats(score: HeldOutScore, start: HeldOutScore, significance: float = 0.05) -> bool:
+    """Whether `score` beats `start` on the same held-out rows beyond chance.
+
+    With a class axis: the sign test on the rows that changed (Dixon & Mood 1946;
+    McNemar's exact test): of the `fixed + broken` rows one of the two answers right,
+    `fixed` or more would go to `score` with probability `p` if each row were a fair
+    coin; it beats the start when `p < significance`. Otherwise (no class axis): the
+    one-sided paired t-test of the rows' squared errors, normal approximation
+    (z > the normal quantile of `1 - significance`). With `significance` 1 any lead
+    beats the start.
+    """
+    if significance >= 1:
+        return True
+    if score.right is not None and start.right is not None:
+        fixed = int(np.sum(score.right & ~start.right))
+        changed = fixed + int(np.sum(start.right & ~score.right))
+        return sign_test(fixed, changed) < significance
+    if score.errors is None or start.errors is None or len(score.errors) < 2:
+        return False
+    gain = start.errors - score.errors
+    spread = float(np.std(gain, ddof=1))
+    if spread == 0:
+        return float(np.mean(gain)) > 0
+    z = float(np.mean(gain)) / (spread / math.sqrt(len(gain)))
+    return 0.5 * math.erfc(z / math.sqrt(2)) < significance
+
+
+def sign_test(successes: int, trials: int) -> float:
+    """One-sided p of the sign test: the chance of `successes` or more heads in
+    `trials` tosses of a fair coin (1 for no trials)."""
+    return sum(math.comb(trials, k) for k in range(successes, trials + 1)) / 2 ** trials
