@@ -305,13 +305,18 @@ class HeldOutScore:
         """What makes an epoch better: higher agreement, then lower error."""
         return (-1.0 if self.agreement is None else self.agreement, -(self.error or 0.0))
 
+    def changed(self, start: "HeldOutScore") -> tuple[int, int] | None:
+        """`(fixed, broken)`: the rows right here and wrong in `start`, and the
+        reverse; None without a class axis."""
+        if self.right is None or start.right is None:
+            return None
+        return (int(np.sum(self.right & ~start.right)),
+                int(np.sum(start.right & ~self.right)))
+
     def figures(self, start: "HeldOutScore") -> dict:
         """The record's entries: agreement, error, and the rows fixed and broken
         against `start`."""
-        fixed = broken = None
-        if self.right is not None and start.right is not None:
-            fixed = int(np.sum(self.right & ~start.right))
-            broken = int(np.sum(start.right & ~self.right))
+        fixed, broken = self.changed(start) or (None, None)
         return {"agreement": self.agreement, "error": self.error, "fixed": fixed,
                 "broken": broken}
 
@@ -348,10 +353,10 @@ def beats(score: HeldOutScore, start: HeldOutScore, significance: float = 0.05) 
     """
     if significance >= 1:
         return True
-    if score.right is not None and start.right is not None:
-        fixed = int(np.sum(score.right & ~start.right))
-        changed = fixed + int(np.sum(start.right & ~score.right))
-        return sign_test(fixed, changed) < significance
+    changed = score.changed(start)
+    if changed is not None:
+        fixed, broken = changed
+        return sign_test(fixed, fixed + broken) < significance
     if score.errors is None or start.errors is None or len(score.errors) < 2:
         return False
     gain = start.errors - score.errors
