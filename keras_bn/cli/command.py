@@ -199,6 +199,10 @@ def _parser():
                              help="distillation temperature of a softmax output (default 2)")
     made["qat"].add_argument("--held-out", type=float, default=0.2, metavar="FRACTION",
                              help="rows that judge each epoch, not trained on (default 0.2)")
+    made["qat"].add_argument("--significance", type=float, default=0.05, metavar="P",
+                             help="how likely by chance an epoch's lead over the start "
+                             "may be and still replace it (sign test on the held-out "
+                             "rows; default 0.05; 1: any lead)")
     made["qat"].add_argument("--freeze-after", type=int, metavar="STEPS",
                              help="training steps after which the BN statistics freeze "
                              "(default: a fifth of all steps)")
@@ -513,7 +517,8 @@ def _qat(args):
                                   " toward the model's answers"),
                        distill, aware, model, rows,
                        labels=labels, epochs=args.epochs, learning_rate=args.learning_rate,
-                       temperature=args.temperature, held_out=args.held_out)
+                       temperature=args.temperature, held_out=args.held_out,
+                       significance=args.significance)
 
     def save():
         with atomic_path(args.out, (".keras",), inputs=inputs) as tmp:

@@ -435,13 +435,16 @@ def test_qat_trains_toward_the_models_answers_and_its_file_exports(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "2 layer -> BN pair(s) trained folded and int8" in result.stdout, result.stdout
     assert "judged on 80 held-out rows: top-1 agreement with the float model" in result.stdout
+    assert re.search(r"\(epoch \d of 2 kept\)|start kept\)", result.stdout), result.stdout
     exported = keras_bn_cli("export", tmp_path / "qat.keras", tmp_path / "q.tflite",
                             "--quantize", "int8")
     assert exported.returncode == 0, exported.stderr
     labelled = keras_bn_cli("qat", tmp_path / "model.keras", tmp_path / "qat2.keras",
                             "--data", tmp_path / "x.npy", "--labels", tmp_path / "y.npy",
-                            "--epochs", "1", "--ranges", "mse", "--bias-correction")
+                            "--epochs", "1", "--ranges", "mse", "--bias-correction",
+                            "--significance", "1")
     assert labelled.returncode == 0 and "task loss" in labelled.stdout, labelled.stderr
+    assert re.search(r"epoch 1 of 1 kept|\(p < 1\): start kept", labelled.stdout)
     assert re.search(r"bias correction: [1-9]\d* layer\(s\) corrected", labelled.stdout)
     bad = keras_bn_cli("qat", tmp_path / "model.keras", tmp_path / "qat3.keras",
                        "--data", tmp_path / "x.npy", "--labels", tmp_path / "bad.npy")
