@@ -39,10 +39,12 @@ The 300 calibration rows (of PTQ, of `quantize_aware` and of distillation) are r
 float model did not train on (`study_data.trained(unseen_calibration=True)`), as a
 user's unlabelled rows are. The QAT files take their learned ranges (no calibration).
 Each fine-tuning holds out a fifth of its rows and keeps the best epoch by agreement with
-the float model, then held-out error. Writes OUT/qat_study.{md,json,png} (OUT:
+the float model, then held-out error, if it beats the start beyond chance (`distill`'s
+sign test; up to commit 34c4d0e any lead). Writes OUT/qat_study.{md,json,png} (OUT:
 benchmarks/results by default; the unseen-rows run is in
 benchmarks/results/qat_study_unseen, the bias-corrected start's in
-benchmarks/results/qat_study_bias_correction).
+benchmarks/results/qat_study_bias_correction, the runs on 3,600 rows in
+benchmarks/results/qat_study_3600_rows*).
 
 TensorFlow's oneDNN kernels are off, as in the post-training study (the 64x64
 mini-Xception's training aborted with them on).
@@ -210,8 +212,8 @@ def table(rows) -> str:
     seeds = max(s["seeds"] for s in summary.values())
     scored = sorted({r.get("scored_rows", 600) for r in rows})  # 600 before --scored-rows
     return ("\n".join(lines) + f"\n\nMean ± std over {seeds} seeds; agreement and accuracy "
-            f"on {' or '.join(map(str, scored))} held-out rows. Goal: every integer-only file within 1 point of the dynamic "
-            "file's agreement.\n")
+            f"on {' or '.join(map(str, scored))} held-out rows. Goal: every integer-only "
+            "file within 1 point of the dynamic file's agreement.\n")
 
 
 def plot(rows, path):
