@@ -165,6 +165,10 @@ def _audio_cnn(keras, bn, outputs=len(SOUNDS)):
 
 #: Added to a model's seed for the rows of `fresh`: a source no model trained on.
 FRESH_SEED = 10_000
+#: The `shapes` arguments of the study models trained on shapes.
+SHAPE_SOURCES = {"mini_xception": {}, "mobilenet": {},
+                 "mini_xception_noisy": {"noise": 0.3},  # twice the noise: more near ties
+                 "mini_xception64": {"size": 64}}  # the issue's case: 64x64 grayscale
 
 
 def fresh(name, seed, n):
@@ -172,9 +176,8 @@ def fresh(name, seed, n):
     `seed`), drawn from seed `FRESH_SEED + seed`, which no model trained, calibrated or
     was scored on: for figures that resolve what the held-out rows alone cannot (600
     rows: a row is 0.17 points)."""
-    if name in ("mini_xception", "mobilenet", "mini_xception_noisy", "mini_xception64"):
-        return shapes(n, FRESH_SEED + seed, size=64 if name == "mini_xception64" else 32,
-                      noise=0.3 if name == "mini_xception_noisy" else 0.15)
+    if name in SHAPE_SOURCES:
+        return shapes(n, FRESH_SEED + seed, **SHAPE_SOURCES[name])
     if name == "audio_cnn":
         x, labels, _ = sounds(n, FRESH_SEED + seed)
         return x, labels
@@ -210,17 +213,10 @@ def trained(name, seed, training_rows=False, unseen_calibration=False):
         order = np.random.RandomState(seed).permutation(len(x))
         x, y = x[order], y[order]
         model, train, test, epochs = _digits_mlp(tf_keras, bn), slice(0, 1400), slice(1400, None), 20
-    elif name in ("mini_xception", "mobilenet"):
-        x, y = shapes(3000 + extra, seed)
-        model = (_mini_xception if name == "mini_xception" else _mobilenet)(tf_keras, bn)
-        train, test, epochs = slice(0, 2400), slice(2400, None), 8
-    elif name == "mini_xception_noisy":  # twice the noise: more answers near a tie
-        x, y = shapes(3000 + extra, seed, noise=0.3)
-        model = _mini_xception(tf_keras, bn)
-        train, test, epochs = slice(0, 2400), slice(2400, None), 8
-    elif name == "mini_xception64":  # the issue's case: 64x64 grayscale, 7 classes
-        x, y = shapes(3000 + extra, seed, size=64)
-        model = _mini_xception(tf_keras, bn, size=64)
+    elif name in SHAPE_SOURCES:
+        x, y = shapes(3000 + extra, seed, **SHAPE_SOURCES[name])
+        model = (_mobilenet(tf_keras, bn) if name == "mobilenet" else
+                 _mini_xception(tf_keras, bn, size=SHAPE_SOURCES[name].get("size", 32)))
         train, test, epochs = slice(0, 2400), slice(2400, None), 8
     elif name == "audio_frames":
         x, y = events(3000 + extra, seed)
