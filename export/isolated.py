@@ -135,15 +135,19 @@ class IsolatedRuntime:
 def _histograms(interpreter, feed, runner):
     """Runs `feed` and returns, for each `[tensor index, low, high, bins]` of its
     `__histograms__` entry, the counts of that tensor's values in `bins` equal bins over
-    [low, high] (values outside count in the end bins), as `h<index>`."""
+    [low, high] (values outside count in the end bins), as `h<index>`, and for each
+    tensor index of its `__values__` entry (if any) the tensor itself, as `v<index>`."""
     import numpy as np
 
     wanted = json.loads(str(feed.pop("__histograms__")))
+    whole = json.loads(str(feed.pop("__values__", "[]")))
     runner(**feed)
     counts = {}
     for index, low, high, bins in wanted:
         values = np.clip(interpreter.get_tensor(int(index)).ravel(), low, high)
         counts[f"h{index}"] = np.histogram(values, int(bins), (low, high))[0]
+    for index in whole:
+        counts[f"v{index}"] = np.array(interpreter.get_tensor(int(index)))
     return counts
 
 

@@ -154,9 +154,59 @@ def _ends(path):
     return {v.name for v in graph.input} | {v.name for v in graph.output}
 
 
-def _histograms(path, tensors, arrays, names, bins):
-    """`{tensor name: counts}` of each `{name: (low, high)}` tensor over its range, the
-    float model run in onnxruntime with those tensors as extra outputs."""
+def _softmax_inputs(path):
+    """`{name: [tensors with its values]}` of the tensors only Softmax nodes read, each
+    over its input's last axis (opset 13's default, -1; before 13 the axis flattens the
+    dimensions after it, the same for a 2-D input), with the tensors they are
+    rearranged from (`_same_values`)."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(path, load_external_data=False))
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in
+             list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+             if v.type.tensor_type.HasField("shape")}
+    readers: dict[str, set] = {}
+    for node in model.graph.node:
+        last = node.op_type == "Softmax"
+        if last:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+            rank = ranks.get(node.input[0])
+            opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                         13)
+            axis = (-1 if opset >= 13 else 1) if axis is None else axis
+            last = rank is not None and axis in (-1, rank - 1)
+        for name in node.input:
+            readers.setdefault(name, set()).add(last)
+    return {name: _same_values(model.graph, name, readers)
+            for name, kinds in readers.items() if kinds == {True}}
+
+
+#: Nodes whose output holds their input's values rearranged: onnxruntime's QDQ gives
+#: the output the input's scale and zero point.
+_REARRANGE = frozenset("Squeeze Unsqueeze Reshape Flatten Transpose Identity".split())
+
+
+def _same_values(graph, name, readers):
+    """The tensors up the graph from `name` that hold its values (through Squeeze,
+    Reshape and the like, each read by that node only): their grid is `name`'s."""
+    makers = {out: node for node in graph.node for out in node.output}
+    found = []
+    node = makers.get(name)
+    while node is not None and node.op_type in _REARRANGE and node.input:
+        source = node.input[0]
+        if len(readers.get(source, ())) != 1 or sum(
+                source in n.input for n in graph.node) != 1:
+            break
+        found.append(source)
+        node = makers.get(source)
+    return found
+
+
+def _histograms(path, tensors, arrays, names, bins, whole=()):
+    """`({tensor name: counts}, {tensor name: values})`: the counts of each
+    `{name: (low, high)}` tensor over its range, and the values of the tensors `whole`
+    names as softmax rows (`keras_bn.quantization.ranges.softmax_rows`), the float model
+    run in onnxruntime with those tensors as extra outputs."""
     import numpy as np
     import onnx
     import onnxruntime
@@ -171,13 +221,18 @@ def _histograms(path, tensors, arrays, names, bins):
     session = onnxruntime.InferenceSession(model.SerializeToString(),
                                            providers=["CPUExecutionProvider"])
     counts: dict[str, np.ndarray] = {}
+    kept: dict[str, list] = {name: [] for name in whole if name in wanted}
     for start in range(0, len(arrays[0]), _BATCH):
         feed = {n: a[start:start + _BATCH] for n, a in zip(names, arrays)}
         for name, value in zip(wanted, session.run(wanted, feed)):
             low, high = tensors[name]
+            if name in kept:
+                kept[name].append(np.asarray(value, np.float32))
             values = np.clip(np.asarray(value, np.float64).ravel(), low, high)
             counts[name] = counts.get(name, 0) + np.histogram(values, bins, (low, high))[0]
-    return counts
+    from keras_bn.quantization.ranges import softmax_rows
+
+    return counts, {name: softmax_rows(np.concatenate(v)) for name, v in kept.items() if v}
 
 
 def _calibrated(request, arrays, op_types, symmetric):
@@ -204,9 +259,14 @@ def _calibrated(request, arrays, op_types, symmetric):
     ends = _ends(request["model"])
     recorded = {n: (n, float(np.min(t.range_value[0])), float(np.max(t.range_value[1])))
                 for n, t in data.data.items() if n not in ends}
-    counts = _histograms(request["model"], {n: v[1:] for n, v in recorded.items()}, arrays,
-                         request["inputs"], estimators.BINS)
-    new, record = estimators.estimate(recorded, counts, request["ranges"])
+    logits = _softmax_inputs(request["model"]) if request["ranges"] == "mse" else {}
+    counts, vectors = _histograms(request["model"], {n: v[1:] for n, v in recorded.items()},
+                                  arrays, request["inputs"], estimators.BINS, logits)
+    new, record = estimators.estimate(recorded, counts, request["ranges"], vectors=vectors)
+    for name, sources in logits.items():  # the same values on the same grid
+        for source in sources:
+            if name in new and source in recorded:
+                new[source] = new[name]
     for name, (low, high) in new.items():
         data.data[name] = TensorData(lowest=np.array(low, np.float32),
                                      highest=np.array(high, np.float32))

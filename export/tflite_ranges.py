@@ -50,31 +50,94 @@ def with_ranges(content: bytes, ranges: dict) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+#: Operators whose output holds their input's values rearranged: the quantizer gives
+#: both one grid.
+_REARRANGE = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
+
+
+def softmax_inputs(content: bytes) -> dict:
+    """`{index: [indices of the tensors it is rearranged from]}` of the tensors that only
+    SOFTMAX operators read in a TFLite file's main subgraph (TFLite's softmax is over
+    the last axis), and up the graph through RESHAPE, SQUEEZE and EXPAND_DIMS (each
+    tensor read by that operator only, besides SHAPE) the tensors holding the same
+    values."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(content)
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    operators = model.subgraphs[0].operators
+    readers: dict[int, list] = {}
+    makers = {}
+    for op in operators:
+        for index in op.inputs if op.inputs is not None else ():
+            readers.setdefault(int(index), []).append(codes[op.opcodeIndex])
+        for index in op.outputs if op.outputs is not None else ():
+            makers[int(index)] = op
+    softmax, rearrange = _builtin("SOFTMAX"), {_builtin(n) for n in _REARRANGE}
+    shape = _builtin("SHAPE")  # reads a tensor's shape, not its values
+    readers = {index: [op for op in ops if op != shape] for index, ops in readers.items()}
+    found = {}
+    for index, ops in readers.items():
+        if set(ops) != {softmax}:
+            continue
+        chain, op = [], makers.get(index)
+        while op is not None and codes[op.opcodeIndex] in rearrange:
+            source = int(op.inputs[0])
+            if len(readers.get(source, ())) != 1:
+                break
+            chain.append(source)
+            op = makers.get(source)
+        found[index] = chain
+    return found
+
+
+def _builtin(name: str) -> int:
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return int(getattr(schema.BuiltinOperator, name))
+
+
 def histograms(content: bytes, feeds: Iterable[dict[str, np.ndarray]], tensors: dict,
-               bins: int = BINS) -> dict:
-    """`{tensor index: counts}` of each calibrated tensor of `tensors`
-    (`recorded_ranges`' form) over its [min, max], summed over `feeds` (dicts from input
-    name to a batch), the file run in LiteRT in a child process."""
+               bins: int = BINS, whole: Iterable[int] = ()) -> tuple:
+    """`({tensor index: counts}, {tensor index: values})`: the counts of each calibrated
+    tensor of `tensors` (`recorded_ranges`' form) over its [min, max], summed over
+    `feeds` (dicts from input name to a batch), and the values of the tensors `whole`
+    names as softmax rows (`keras_bn.quantization.ranges.softmax_rows`), the file run in
+    LiteRT in a child process."""
     from keras_bn.export.isolated import IsolatedRuntime, _text
 
     wanted = _text([[i, low, high, bins] for i, (_, low, high) in tensors.items()
                     if high > low])
+    whole = [int(i) for i in whole]
     totals: dict[int, np.ndarray] = {}
+    values: dict[int, list] = {i: [] for i in whole}
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "calibrated.tflite")
         with open(path, "wb") as f:
             f.write(content)
         with IsolatedRuntime("tflite-tensors", path) as runtime:
             for feed in feeds:
-                for key, counts in runtime({**feed, "__histograms__": wanted}).items():
+                for key, array in runtime({**feed, "__histograms__": wanted,
+                                           "__values__": _text(whole)}).items():
                     index = int(key[1:])
-                    totals[index] = totals.get(index, 0) + counts
-    return totals
+                    if key[0] == "v":
+                        values[index].append(array)
+                    else:
+                        totals[index] = totals.get(index, 0) + array
+    return totals, {i: estimators.softmax_rows(np.concatenate(v)) for i, v in values.items()
+                    if v}
 
 
 def estimate(content: bytes, feeds: Iterable[dict[str, np.ndarray]], estimator: str) -> tuple:
     """`(ranges, Technique)`: the new `{tensor index: (min, max)}` of a calibrated file's
-    activations by `estimator` (`keras_bn.quantization.ranges`), and the record of what
-    changed."""
+    activations by `estimator` (`keras_bn.quantization.ranges`; with "mse", the tensors
+    a softmax reads by the error of the softmax), and the record of what changed."""
     tensors = recorded_ranges(content)
-    return estimators.estimate(tensors, histograms(content, feeds, tensors), estimator)
+    logits = ({i: chain for i, chain in softmax_inputs(content).items() if i in tensors}
+              if estimator == "mse" else {})
+    counts, vectors = histograms(content, feeds, tensors, whole=sorted(logits))
+    ranges, record = estimators.estimate(tensors, counts, estimator, vectors=vectors)
+    for index, chain in logits.items():  # the same values, one grid
+        ranges.update({source: ranges[index] for source in chain
+                       if index in ranges and source in tensors})
+    return ranges, record

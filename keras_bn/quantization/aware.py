@@ -363,6 +363,30 @@ def activation_name(layer):
     return getattr(activation, "__name__", None) if activation is not None else None
 
 
+def _read_by_softmax(graph, name):
+    """Whether every layer that reads the output of layer `name` is a softmax over the
+    last axis (and one does), or a Reshape or Flatten that keeps the last axis (the
+    values the softmax reads, on the same grid: it has no quantizer of its own) read
+    so in turn."""
+    calls = graph.consumers.get(Ref(name), [])
+    for call in calls:
+        layer = graph.nodes[call.layer].layer
+        kind = type(layer).__name__
+        if kind in ("Reshape", "Flatten"):
+            if len(graph.nodes[call.layer].calls) != 1 or \
+                    layer.output.shape[-1] != layer.input.shape[-1] or \
+                    not _read_by_softmax(graph, call.layer):
+                return False
+            continue
+        if activation_name(layer) != "softmax" or kind not in ("Softmax", "Activation"):
+            return False
+        axis = getattr(layer, "axis", -1)
+        axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+        if axis != -1 and axis != len(layer.output.shape) - 1:
+            return False
+    return bool(calls)
+
+
 def _quantized_refs(graph, gone=frozenset()):
     """`[(Ref, fixed range or None)]`: the tensors the int8 file holds, in graph order
     (not the outputs of the layers in `gone`, which a fold merges away on export)."""
@@ -463,10 +487,16 @@ def _calibrate(model, quantizers, rows, plan, estimator="minmax"):
         spans = {i: (q.name, low, high)
                  for i, (q, low, high) in enumerate(zip(free, lows, highs)) if high > low}
         counts = {i: np.zeros(estimators.BINS) for i in spans}
+        graph = Graph(model)
+        logits = [i for i in spans if _read_by_softmax(graph, free[i].name)]
+        kept: dict = {i: [] for i in logits}
         for values in tensor_batches(model, tensors, rows):
             for i in spans:
                 counts[i] += np.histogram(values[i], estimators.BINS, spans[i][1:])[0]
-        estimated, _ = estimators.estimate(spans, counts, estimator)
+            for i in logits:
+                kept[i].append(np.asarray(values[i], np.float32))
+        vectors = {i: estimators.softmax_rows(np.concatenate(kept[i])) for i in logits}
+        estimated, _ = estimators.estimate(spans, counts, estimator, vectors=vectors)
         for i, (low, high) in estimated.items():
             lows[i], highs[i] = low, high
     for q, low, high in zip(free, lows, highs):

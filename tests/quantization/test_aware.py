@@ -298,6 +298,40 @@ def test_ranges_estimated_as_post_training_quantization_does():
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_softmax_input_is_ranged_by_the_softmax_error(flavour, monkeypatch):
+    """`ranges="mse"` on a net ending in a softmax: the quantizer of the tensor the
+    softmax reads takes `ranges.softmax_input_range` of that tensor's calibration values
+    (the ones min/max sees: their min and max are its min/max range), a range of its own
+    at each end; the other quantizers the histogram's `mse_range`, as before; without
+    the softmax, none is ranged so."""
+    from keras_bn.quantization import ranges as estimators
+
+    k, _ = FLAVOURS[flavour]
+    model, data = _net(flavour)
+    model = k.Model(model.inputs, k.layers.Softmax(name="probabilities")(model.output))
+    calls = []
+    spy = estimators.softmax_input_range
+
+    def recorded(vectors, low, high, *args):
+        calls.append((np.array(vectors), low, high, spy(vectors, low, high, *args)))
+        return calls[-1][-1]
+
+    monkeypatch.setattr(estimators, "softmax_input_range", recorded)
+    _, minmax = quantize_aware(model, data, return_plan=True)
+    _, mse = quantize_aware(model, data, ranges="mse", return_plan=True)
+    (vectors, low, high, got), = calls
+    assert "head" in mse.quantized  # the logits: the dense -> BN head
+    quantizer = "head_quantized"
+    assert vectors.shape == (len(data), 3)
+    assert (low, high) == pytest.approx(minmax.ranges[quantizer])
+    assert (float(vectors.min()), float(vectors.max())) == pytest.approx((low, high), rel=1e-6)
+    assert mse.ranges[quantizer] == pytest.approx(got)
+    calls.clear()
+    quantize_aware(_net(flavour)[0], data, ranges="mse")
+    assert calls == []
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
 def test_bias_correction_removes_the_mean_shift_of_the_int8_kernels(flavour):
     """With `bias_correction`, each int8 layer starts with its folded bias less the
     mean its kernel's rounding adds: the first layer (its inputs the same in every
@@ -358,4 +392,4 @@ def test_the_keras3_cases_pass_on_the_other_backends(backend):
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           "-p", "no:xdist", __file__, "-k", "keras3 and not other_backends"],
                          env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and "7 passed" in run.stdout, run.stdout[-3000:]
+    assert run.returncode == 0 and "8 passed" in run.stdout, run.stdout[-3000:]
