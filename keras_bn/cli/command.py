@@ -166,7 +166,8 @@ def _parser():
                                 default="minmax",
                                 help="int8: how activation ranges are estimated from the "
                                 "calibration data: minmax (the converter's, default), "
-                                "percentile (0.01-99.99 %%), mse (least squared error)")
+                                "percentile (0.01-99.99 %%), mse (least squared error; of the "
+                                "softmax's output for a softmax's input)")
     made["export"].add_argument("--no-fold", action="store_true", help="export without folding")
     made["export"].add_argument("--opset", type=int, help="ONNX opset (default: tf2onnx's)")
     made["sensitivity"].add_argument("--calibration", metavar="DATA", required=True,
