@@ -218,6 +218,34 @@ def test_fit_freezes_the_statistics_and_the_file_loads_safely(flavour, tmp_path)
     _close(loaded(data[:4], training=False), aware(data[:4], training=False), 1e-6)
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_estimated_ranges_are_held_in_training_and_min_max_ones_tracked(flavour):
+    """By default, min/max ranges follow the batches' min and max in training (momentum
+    0.99), while an estimator's ranges ("mse") stay as estimated (momentum 1): the
+    batches' min and max would pull them back toward min/max. An explicit momentum
+    wins either way."""
+    model, data = _net(flavour)
+    targets = _numpy(model(data, training=False))
+
+    def ranges_after_fit(**kwargs):
+        aware = quantize_aware(model, data, **kwargs)
+        quantizers = [l for l in aware.layers if type(l).__name__ == "ActivationQuantizer"
+                      and l.fixed is None]
+        before = [(float(_numpy(q.low)), float(_numpy(q.high))) for q in quantizers]
+        aware.compile(keras.optimizers.SGD(0.0) if flavour == "keras3" else
+                      tf_keras.optimizers.SGD(0.0), "mse")
+        aware.fit(data * 3, targets, batch_size=8, epochs=1, verbose=0)  # wider batches
+        after = [(float(_numpy(q.low)), float(_numpy(q.high))) for q in quantizers]
+        return {q.momentum for q in quantizers}, before, after
+
+    momenta, before, after = ranges_after_fit()
+    assert momenta == {0.99} and after != before
+    momenta, before, after = ranges_after_fit(ranges="mse")
+    assert momenta == {1.0} and after == before
+    momenta, before, after = ranges_after_fit(ranges="mse", momentum=0.9)
+    assert momenta == {0.9} and after != before
+
+
 def test_a_custom_conv_class_stays_a_keras_layer_with_its_reason():
     """A subclass of the built-in Conv2D (its call differs) is not computed by a
     QuantizedConvBN, with a BN after it or without one, though its class is named Conv2D."""
@@ -392,4 +420,4 @@ def test_the_keras3_cases_pass_on_the_other_backends(backend):
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           "-p", "no:xdist", __file__, "-k", "keras3 and not other_backends"],
                          env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and "8 passed" in run.stdout, run.stdout[-3000:]
+    assert run.returncode == 0 and "9 passed" in run.stdout, run.stdout[-3000:]
