@@ -177,7 +177,7 @@ def _softmax_inputs(path):
             last = rank is not None and axis in (-1, rank - 1)
         for name in node.input:
             readers.setdefault(name, set()).add(last)
-    return {name: _same_values(model.graph, name, readers)
+    return {name: _same_values(model.graph, name)
             for name, kinds in readers.items() if kinds == {True}}
 
 
@@ -186,16 +186,16 @@ def _softmax_inputs(path):
 _REARRANGE = frozenset("Squeeze Unsqueeze Reshape Flatten Transpose Identity".split())
 
 
-def _same_values(graph, name, readers):
+def _same_values(graph, name):
     """The tensors up the graph from `name` that hold its values (through Squeeze,
-    Reshape and the like, each read by that node only): their grid is `name`'s."""
+    Reshape and the like, each read by that node only, besides Shape): their grid is
+    `name`'s."""
     makers = {out: node for node in graph.node for out in node.output}
     found = []
     node = makers.get(name)
     while node is not None and node.op_type in _REARRANGE and node.input:
         source = node.input[0]
-        if len(readers.get(source, ())) != 1 or sum(
-                source in n.input for n in graph.node) != 1:
+        if sum(source in n.input for n in graph.node if n.op_type != "Shape") != 1:
             break
         found.append(source)
         node = makers.get(source)

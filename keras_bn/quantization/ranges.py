@@ -121,9 +121,10 @@ def softmax_input_range(vectors: np.ndarray, low: float, high: float,
 
     The softmax ignores how low a logit is once it is far below its row's largest (its
     probability is near zero, and rounds to zero on the int8 output's grid of 1/256),
-    so the int8 steps are best spent near the top: on a trained classifier's logits, whose lowest values
-    stretch [min, max], a range shrunk at the low end keeps more of the top answers than
-    one shrunk evenly (`mse_range`), which weighs every value alike.
+    so the int8 steps are best spent near the top: on a trained classifier's logits,
+    whose lowest values stretch [min, max], a range shrunk at the low end keeps more of
+    the top answers than one shrunk evenly (`mse_range`), which weighs every value
+    alike.
     """
     if high <= low:
         return float(low), float(high)
