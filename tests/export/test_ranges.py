@@ -203,8 +203,9 @@ def test_the_softmax_input_range_lands_in_the_file(fmt, head, tmp_path):
     candidate; bias correction off, as it moves the logits), and on held-out rows its
     error is under half that of the histogram's MSE range; the record says so, and the
     file agrees with the float model on held-out rows (98 %, 6 rows of 297: int8 keeps
-    99.8 % of a digits MLP's answers, docs/quantization.md). Where the logits are reshaped on their way to the
-    softmax, the tensor before the reshape holds the same range."""
+    99.8 % of a digits MLP's answers, docs/quantization.md). Where the logits are
+    reshaped on their way to the softmax, the tensor before the reshape holds the same
+    range (the "reshape" head; 1x1 convolutions)."""
     model, calibration, held_out = _softmax_classifier(head)
     calibration = calibration[:QuantizationOptions("int8").calibration_rows]  # the used
     logits = tf_keras.Model(model.inputs, model.layers[-1].input)
