@@ -172,9 +172,9 @@ def test_a_softmax_input_spends_its_grid_where_the_softmax_reads_it():
 
 def _softmax_classifier(head):
     """A digits net ending in a softmax, trained 10 epochs (87 % accurate on the 297
-    held-out rows): `(model, calibration rows, held-out rows)`. `head` "dense": an MLP, Dense -> Softmax;
-    "reshape": the same on a 1x1 image, 1x1 convolutions, the logits reshaped to a
-    vector before the softmax (keras.applications' MobileNet head)."""
+    held-out rows): `(model, calibration rows, held-out rows)`. `head` "dense": an MLP,
+    Dense -> Softmax; "reshape": the same on a 1x1 image, 1x1 convolutions, the logits
+    reshaped to a vector before the softmax (keras.applications' MobileNet head)."""
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
