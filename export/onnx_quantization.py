@@ -165,14 +165,13 @@ def _softmax_inputs(path):
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in
              list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
              if v.type.tensor_type.HasField("shape")}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     readers: dict[str, set] = {}
     for node in model.graph.node:
         last = node.op_type == "Softmax"
         if last:
             axis = next((a.i for a in node.attribute if a.name == "axis"), None)
             rank = ranks.get(node.input[0])
-            opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-                         13)
             axis = (-1 if opset >= 13 else 1) if axis is None else axis
             last = rank is not None and axis in (-1, rank - 1)
         for name in node.input:

@@ -66,16 +66,17 @@ def softmax_inputs(content: bytes) -> dict:
     model = flatbuffer_utils.read_model_from_bytearray(content)
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
     operators = model.subgraphs[0].operators
+    softmax, rearrange = _builtin("SOFTMAX"), {_builtin(n) for n in _REARRANGE}
+    shape = _builtin("SHAPE")
     readers: dict[int, list] = {}
     makers = {}
     for op in operators:
-        for index in op.inputs if op.inputs is not None else ():
-            readers.setdefault(int(index), []).append(codes[op.opcodeIndex])
+        code = codes[op.opcodeIndex]
+        if code != shape:  # SHAPE reads a tensor's shape, not its values
+            for index in op.inputs if op.inputs is not None else ():
+                readers.setdefault(int(index), []).append(code)
         for index in op.outputs if op.outputs is not None else ():
             makers[int(index)] = op
-    softmax, rearrange = _builtin("SOFTMAX"), {_builtin(n) for n in _REARRANGE}
-    shape = _builtin("SHAPE")  # reads a tensor's shape, not its values
-    readers = {index: [op for op in ops if op != shape] for index, ops in readers.items()}
     found = {}
     for index, ops in readers.items():
         if set(ops) != {softmax}:

@@ -369,6 +369,13 @@ def activation_name(layer):
     return getattr(activation, "__name__", None) if activation is not None else None
 
 
+def is_softmax(layer):
+    """Whether `layer` is a Softmax layer or an Activation("softmax") (the layers the
+    splitting leaves a softmax in)."""
+    return activation_name(layer) == "softmax" and type(layer).__name__ in (
+        "Softmax", "Activation")
+
+
 def _read_by_softmax(graph, name):
     """Whether every layer that reads the output of layer `name` is a softmax over the
     last axis (and one does), or a Reshape or Flatten that keeps the last axis (the
@@ -384,7 +391,7 @@ def _read_by_softmax(graph, name):
                     not _read_by_softmax(graph, call.layer):
                 return False
             continue
-        if activation_name(layer) != "softmax" or kind not in ("Softmax", "Activation"):
+        if not is_softmax(layer):
             return False
         axis = getattr(layer, "axis", -1)
         axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis

@@ -221,7 +221,7 @@ def distill(aware: Model, teacher: Model, data: Inputs, *, labels: Inputs | None
 def _softmax_layers(model):
     """For each output of `model`, the softmax layer that makes it (through its fixed
     ActivationQuantizer), or None."""
-    from keras_bn.quantization.aware import activation_name
+    from keras_bn.quantization.aware import is_softmax
 
     graph = Graph(model)
     found = []
@@ -229,8 +229,7 @@ def _softmax_layers(model):
         node = graph.nodes[ref.layer]
         if isinstance(node.layer, ActivationQuantizer) and node.calls:
             node = graph.nodes[node.calls[ref.call].args[0].layer]
-        found.append(node.layer if activation_name(node.layer) == "softmax" and
-                     type(node.layer).__name__ in ("Softmax", "Activation") else None)
+        found.append(node.layer if is_softmax(node.layer) else None)
     return found
 
 

@@ -104,9 +104,14 @@ def softmax_output_mse(vectors: np.ndarray, range_low: float, range_high: float,
     point depends on where the grid falls, which the file's zero point moves (and other
     rows' values fall elsewhere), as `quantization_mse` takes `step^2 / 12`."""
     x = np.asarray(vectors, np.float64)
+    return _softmax_error(x, _softmax(x), range_low, range_high, levels)
+
+
+def _softmax_error(x, reference, range_low, range_high, levels):
+    """`softmax_output_mse` of float64 `x`, whose softmax is `reference`."""
     step = (range_high - range_low) / (levels - 1)
     p = _softmax(np.clip(x, range_low, range_high))
-    clipping = np.sum((p - _softmax(x)) ** 2, axis=-1)
+    clipping = np.sum((p - reference) ** 2, axis=-1)
     squares = np.sum(p ** 2, axis=-1)
     jacobian = np.sum(p ** 2 * (1 - p) ** 2, axis=-1) + squares ** 2 - np.sum(p ** 4, axis=-1)
     return float(np.mean(clipping + step ** 2 / 12 * jacobian) / x.shape[-1])
@@ -129,10 +134,12 @@ def softmax_input_range(vectors: np.ndarray, low: float, high: float,
     if high <= low:
         return float(low), float(high)
     low0, high0 = _with_zero(low, high)
+    x = np.asarray(vectors, np.float64)
+    reference = _softmax(x)  # once, not per candidate
     best, best_error = (low0, high0), np.inf
     for f in SOFTMAX_FACTORS:  # widest first: a later range must be strictly better
         for g in SOFTMAX_FACTORS:
-            error = softmax_output_mse(vectors, f * low0, g * high0, levels)
+            error = _softmax_error(x, reference, f * low0, g * high0, levels)
             if error < best_error:
                 best, best_error = (f * low0, g * high0), error
     return float(best[0]), float(best[1])
