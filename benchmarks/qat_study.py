@@ -27,7 +27,9 @@ rows resolve 0.17 points a row, and two files one rounding apart differ by a poi
   calibration rows (as a user can pick; up to commit 3505c04 it was picked on the
   scored rows themselves, an edge no QAT arm had);
 - `QAT untrained`: `quantize_aware(model, 300 rows)` exported as it is (its weights on
-  the int8 grid, its ranges the calibration's), the start of both fine-tunings;
+  the int8 grid, its ranges the calibration's), the start of both fine-tunings, which
+  train with the BN statistics frozen from the first step (`freeze_after=0`; up to
+  commit a77d6c9 they were updated once, by the first batch of 32 rows);
 - `QAT labels`: the same, then `distill(..., labels=...)` on the training rows with
   their labels (`LABELS`);
 - `QAT distilled`: the same QAT model distilled from the float model on the 300
@@ -156,7 +158,7 @@ def run_model(name, seed, folder, formats=FORMATS, arms=ARMS, ranges="minmax",
         if arm not in arms:
             continue
         start = time.perf_counter()
-        aware = quantize_aware(model, x_cal, freeze_after=1, ranges=ranges,
+        aware = quantize_aware(model, x_cal, ranges=ranges,  # BN statistics frozen
                                bias_correction=bias_correction)
         record = None
         if arm == "QAT labels":

@@ -204,9 +204,10 @@ def _parser():
                              help="how likely by chance an epoch's lead over the start "
                              "may be and still replace it (sign test on the held-out "
                              "rows; default 0.05; 1: any lead)")
-    made["qat"].add_argument("--freeze-after", type=int, metavar="STEPS",
-                             help="training steps after which the BN statistics freeze "
-                             "(default: a fifth of all steps)")
+    made["qat"].add_argument("--freeze-after", type=int, default=0, metavar="STEPS",
+                             help="training steps with the batch's BN statistics before "
+                             "they freeze (default 0: frozen from the start, the model's "
+                             "own statistics kept)")
     made["qat"].add_argument("--calibration-rows", type=int, default=500, metavar="N",
                              help="rows of DATA that set the activation ranges (default 500)")
     made["qat"].add_argument("--ranges", choices=ESTIMATORS, default="minmax",
@@ -490,7 +491,7 @@ def _qat(args):
     inputs = [args.model, args.data] + _given(args.labels)
     check_output(args.out, (".keras",), inputs)
     for flag, value, low in (("--epochs", args.epochs, 1), ("--freeze-after",
-                             args.freeze_after, 1), ("--calibration-rows",
+                             args.freeze_after, 0), ("--calibration-rows",
                              args.calibration_rows, 1)):
         if value is not None and value < low:
             raise UserError(f"{flag} {value}: give at least {low}")
@@ -507,9 +508,7 @@ def _qat(args):
     from keras_bn.verification import model_inputs
 
     rows = model_inputs(model, data, f"--data {args.data}")
-    count = len(rows[0])
-    per_epoch = -(-int(count * (1 - args.held_out)) // 32)  # steps of batch 32
-    freeze_after = args.freeze_after or max(1, args.epochs * per_epoch // 5)
+    freeze_after = args.freeze_after
     aware, plan = steps.run(
         "make the quantization-aware model", quantize_aware, model,
         [r[:args.calibration_rows] for r in rows], freeze_after=freeze_after,
@@ -528,8 +527,8 @@ def _qat(args):
     steps.run(f"save {args.out}", save)
     print(f"{len(plan.fused)} layer -> BN pair(s) trained folded and int8, "
           f"{len(plan.plain)} layer(s) without a BN with int8 weights, "
-          f"{len(plan.quantized)} activation(s) quantized, BN statistics frozen after "
-          f"{freeze_after} steps")
+          f"{len(plan.quantized)} activation(s) quantized, BN statistics frozen "
+          + (f"after {freeze_after} steps" if freeze_after else "from the start"))
     for bn, reason in plan.kept.items():
         print(f"kept BN '{bn}': {reason}")
     if args.bias_correction:

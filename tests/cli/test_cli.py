@@ -10,6 +10,7 @@ import pytest
 import tf_keras
 
 import keras_bn
+from keras_bn.files import load_model
 from keras_bn.layers.find import is_batch_norm
 from helpers import keras_bn_cli, randomize_bn
 
@@ -436,14 +437,26 @@ def test_qat_trains_toward_the_models_answers_and_its_file_exports(tmp_path):
     assert "2 layer -> BN pair(s) trained folded and int8" in result.stdout, result.stdout
     assert "judged on 80 held-out rows: top-1 agreement with the float model" in result.stdout
     assert re.search(r"\(epoch \d of 2 kept\)|start kept\)", result.stdout), result.stdout
+    # By default the model's moving statistics are kept through training.
+    assert "BN statistics frozen from the start" in result.stdout, result.stdout
+
+    def statistics(path):
+        return [layer.moving_mean.numpy() for layer in load_model(path).layers
+                if type(layer).__name__ == "QuantizedConvBN" and layer.moving_mean is not None]
+
+    given = [layer.moving_mean.numpy() for layer in model.layers if is_batch_norm(layer)]
+    kept = statistics(tmp_path / "qat.keras")
+    assert len(kept) == len(given) == 2
+    assert all(np.array_equal(a, b) for a, b in zip(kept, given))
     exported = keras_bn_cli("export", tmp_path / "qat.keras", tmp_path / "q.tflite",
                             "--quantize", "int8")
     assert exported.returncode == 0, exported.stderr
     labelled = keras_bn_cli("qat", tmp_path / "model.keras", tmp_path / "qat2.keras",
                             "--data", tmp_path / "x.npy", "--labels", tmp_path / "y.npy",
                             "--epochs", "1", "--ranges", "mse", "--bias-correction",
-                            "--significance", "1")
+                            "--significance", "1", "--freeze-after", "2")
     assert labelled.returncode == 0 and "task loss" in labelled.stdout, labelled.stderr
+    assert "BN statistics frozen after 2 steps" in labelled.stdout, labelled.stdout
     assert re.search(r"epoch 1 of 1 kept|\(p < 1\): start kept", labelled.stdout)
     assert re.search(r"bias correction: [1-9]\d* layer\(s\) corrected", labelled.stdout)
     bad = keras_bn_cli("qat", tmp_path / "model.keras", tmp_path / "qat3.keras",

@@ -225,7 +225,7 @@ def test_training_a_strided_pointwise_conv_does_not_crash_with_onednn_on(after, 
         "x = keras.layers.ReLU()(x)\n"
         "m = keras.Model(i, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))\n"
         "d = np.random.rand(32, 64, 64, 3).astype('float32')\n"
-        "q = quantize_aware(m, d)\n"
+        "q = quantize_aware(m, d, freeze_after=None)\n"  # batch statistics throughout
         "q.compile('adam', 'mse')\n"
         "q.fit(d, np.random.rand(32, 2), epochs=2, verbose=0)\n"
         "print('trained')\n")

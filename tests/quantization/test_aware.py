@@ -268,9 +268,31 @@ def test_a_custom_conv_class_stays_a_keras_layer_with_its_reason():
 
 def test_bad_freeze_after_is_one_line():
     model, _ = _net("keras3")
-    with pytest.raises(ValueError, match="freeze_after=0; give a number of training "
-                                         "steps >= 1, or None"):
-        quantize_aware(model, freeze_after=0)
+    with pytest.raises(ValueError, match="freeze_after=-1; give a number of training "
+                                         "steps >= 0, or None"):
+        quantize_aware(model, freeze_after=-1)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_statistics_frozen_from_the_first_step(flavour):
+    """freeze_after=0: training runs the inference graph from the first step, and fit
+    keeps the trained model's moving statistics (freeze_after=1 moves them once, with
+    the first batch's statistics, and its first training output is conv -> BN's)."""
+    model, data = _net(flavour)
+    targets = _numpy(model(data, training=False))
+    k = keras if flavour == "keras3" else tf_keras
+    for freeze_after, frozen in ((0, True), (1, False)):
+        aware = quantize_aware(model, data, freeze_after=freeze_after, momentum=1.0)
+        layer = aware.get_layer("conv")
+        before = [_numpy(v).copy() for v in (layer.moving_mean, layer.moving_variance)]
+        same = np.allclose(_numpy(layer(data, training=True)),
+                           _numpy(layer(data, training=False)), rtol=0, atol=1e-6)
+        assert same == frozen, freeze_after
+        aware.compile(k.optimizers.SGD(0.0), "mse")
+        aware.fit(data, targets, batch_size=8, epochs=1, verbose=0)
+        after = [_numpy(v) for v in (layer.moving_mean, layer.moving_variance)]
+        assert all(np.array_equal(a, b) for a, b in zip(before, after)) == frozen, \
+            freeze_after
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
