@@ -508,7 +508,7 @@ def _qat(args):
     from keras_bn.verification import model_inputs
 
     rows = model_inputs(model, data, f"--data {args.data}")
-    freeze_after = args.freeze_after
+    freeze_after = args.freeze_after  # 0: the model's own statistics, from the start
     aware, plan = steps.run(
         "make the quantization-aware model", quantize_aware, model,
         [r[:args.calibration_rows] for r in rows], freeze_after=freeze_after,
