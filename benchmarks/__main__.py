@@ -80,9 +80,10 @@ def bench_keras3_training(quick, rows, log):
 
 
 def bench_qat(quick, rows, log):
-    """A quantization-aware training step (`quantize_aware`, calibrated) against the
-    float model's step: tf-keras and Keras 3 here, Keras 3's JAX and torch backends in
-    child processes. Goal: 1.5x the float step's CPU time."""
+    """A quantization-aware training step (`quantize_aware`, calibrated; the BN
+    statistics of the batch, and frozen) against the float model's step: tf-keras and
+    Keras 3 here, Keras 3's JAX and torch backends in child processes. Goal: 1.5x the
+    float step's CPU time."""
     import keras
 
     measured = {"tf-keras": qat.timings("tf_keras", quick),
@@ -93,6 +94,8 @@ def bench_qat(quick, rows, log):
     for case, timing in measured.items():
         rows.append(harness.Row(f"QAT train step, {case}", "QAT", "float", timing["QAT"],
                                 timing["float"], 1.5))
+        rows.append(harness.Row(f"QAT train step, statistics frozen, {case}", "QAT",
+                                "float", timing[qat.FROZEN], timing["float"], 1.5))
 
 
 def bench_inference(quick, rows, log, workdir):

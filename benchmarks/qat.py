@@ -4,7 +4,9 @@ A small conv net (three conv -> BN -> ReLU blocks, a residual Add, pooling, a de
 head) and its `keras_bn.quantization.quantize_aware` copy (calibrated: weights and
 activations fake-quantized) each take Keras's own training step (`train_on_batch`, the
 same optimizer and loss) on the same batch, interleaved; the CPU-time ratio is the
-cost of simulating int8 in training. The tf-keras and Keras 3 TensorFlow cases run in
+cost of simulating int8 in training. Two QAT copies: with the BN statistics of the
+batch every step (`freeze_after=None`, the whitepaper's correction) and frozen (the
+default, `freeze_after=0`: the folded layer). The tf-keras and Keras 3 TensorFlow cases run in
 the bench's process; JAX and torch each in a child process (`python -m benchmarks.qat
 --backend jax`), as Keras 3 picks its backend at import.
 """
@@ -37,9 +39,14 @@ def _net(k, shape):
     return k.Model(inputs, k.layers.Dense(10)(x))
 
 
+#: The contender whose BN statistics are frozen (`quantize_aware`'s default).
+FROZEN = "QAT, statistics frozen"
+
+
 def contenders(flavour, quick=False):
-    """name -> one training step, for "float" and "QAT" models of `flavour` ("tf_keras"
-    or "keras3", on the active backend)."""
+    """name -> one training step, for the "float" model of `flavour` ("tf_keras" or
+    "keras3", on the active backend) and its QAT copies: "QAT" with the BN statistics
+    never frozen (the batch-statistics correction every step) and `FROZEN`."""
     if flavour == "tf_keras":
         import tf_keras as k
     else:
@@ -51,8 +58,11 @@ def contenders(flavour, quick=False):
     x = rs.randn(*shape).astype("float32")
     y = rs.randint(0, 10, shape[0])
     model = _net(k, shape)
-    # never frozen: the step with the batch-statistics correction, as the float step
-    made = {"float": model, "QAT": quantize_aware(model, x, freeze_after=None)}
+    made = {"float": model,
+            # never frozen: conv -> BN with the batch's statistics, as the float step
+            "QAT": quantize_aware(model, x, freeze_after=None),
+            # the default: statistics frozen, training runs the folded layer
+            FROZEN: quantize_aware(model, x)}
     for m in made.values():
         m.compile(k.optimizers.SGD(1e-3),
                   k.losses.SparseCategoricalCrossentropy(from_logits=True))

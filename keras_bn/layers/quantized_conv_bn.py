@@ -55,7 +55,8 @@ class QuantizedConvBN(LayerCore):
         unfolded model).
       momentum, epsilon, center, scale: The BatchNormalization's.
       freeze_after: Training steps (calls in training mode) after which the BN
-        statistics freeze and training runs the inference graph; None never freezes.
+        statistics freeze and training runs the inference graph; 0: from the start
+        (no batch statistics are computed, `step` does not count); None never freezes.
       weight_bits: 8 (int8 weights) or None (float, for checks).
       batch_norm: Whether a BN follows (False: the layer alone; `momentum`, `epsilon`,
         `center`, `scale` and `freeze_after` are then unused).
@@ -241,8 +242,8 @@ class QuantizedConvBN(LayerCore):
         gamma, beta, bias, sigma, s, shift = self._factors()
         y = self._operation(x, self._folded_kernel(s))
         training = flavour.training_flag(self, training)
-        if training is False or not self.batch_norm:
-            return y + shift
+        if training is False or not self.batch_norm or self.freeze_after == 0:
+            return y + shift  # frozen from the start: no statistics to compute
         return flavour.train_or_infer(
             training, lambda gate: self._training(y, shift, s, sigma, gamma, beta, bias, gate),
             lambda: y + shift)
