@@ -6,9 +6,9 @@ activations fake-quantized) each take Keras's own training step (`train_on_batch
 same optimizer and loss) on the same batch, interleaved; the CPU-time ratio is the
 cost of simulating int8 in training. Two QAT copies: with the BN statistics of the
 batch every step (`freeze_after=None`, the whitepaper's correction) and frozen (the
-default, `freeze_after=0`: the folded layer). The tf-keras and Keras 3 TensorFlow cases run in
-the bench's process; JAX and torch each in a child process (`python -m benchmarks.qat
---backend jax`), as Keras 3 picks its backend at import.
+default, `freeze_after=0`: the folded layer). The tf-keras and Keras 3 TensorFlow
+cases run in the bench's process; JAX and torch each in a child process (`python -m
+benchmarks.qat --backend jax`), as Keras 3 picks its backend at import.
 """
 
 import argparse

@@ -508,10 +508,9 @@ def _qat(args):
     from keras_bn.verification import model_inputs
 
     rows = model_inputs(model, data, f"--data {args.data}")
-    freeze_after = args.freeze_after  # 0: the model's own statistics, from the start
     aware, plan = steps.run(
         "make the quantization-aware model", quantize_aware, model,
-        [r[:args.calibration_rows] for r in rows], freeze_after=freeze_after,
+        [r[:args.calibration_rows] for r in rows], freeze_after=args.freeze_after,
         ranges=args.ranges, bias_correction=args.bias_correction, return_plan=True)
     record = steps.run("train" + (" on the labels" if labels is not None else
                                   " toward the model's answers"),
@@ -528,7 +527,7 @@ def _qat(args):
     print(f"{len(plan.fused)} layer -> BN pair(s) trained folded and int8, "
           f"{len(plan.plain)} layer(s) without a BN with int8 weights, "
           f"{len(plan.quantized)} activation(s) quantized, BN statistics frozen "
-          + (f"after {freeze_after} steps" if freeze_after else "from the start"))
+          + (f"after {args.freeze_after} steps" if args.freeze_after else "from the start"))
     for bn, reason in plan.kept.items():
         print(f"kept BN '{bn}': {reason}")
     if args.bias_correction:
